@@ -1,0 +1,1 @@
+"""A local control plane (etcd + kube-apiserver built from Go modules) for the demo and the tests."""

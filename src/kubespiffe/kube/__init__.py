@@ -1,0 +1,1 @@
+"""Kubernetes plumbing: client setup and a generic list+watch cache."""

@@ -1,0 +1,1 @@
+"""kubespiffe's own issuer API: the .proto and its generated code."""

@@ -1,0 +1,1 @@
+"""Registrations: CRD models, matching pods to registrations, ID templates and the tenancy rule."""
