@@ -1,0 +1,230 @@
+"""Run a real etcd + kube-apiserver on loopback, configured as a cluster that issues pod-bound tokens.
+
+There is no kubelet, scheduler or controller-manager: callers create Pods and request their tokens through
+the TokenRequest API exactly as a kubelet would. The ServiceAccount issuer, TokenRequest, RBAC, the Node
+authorizer and the PodCertificateRequest / ClusterTrustBundle APIs are all on.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+import yaml
+
+from kubespiffe.devenv import pki
+from kubespiffe.devenv.build import ControlPlaneBinaries, ensure_binaries
+
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+FEATURE_GATES = "ClusterTrustBundle=true,ClusterTrustBundleProjection=true,PodCertificateRequest=true"
+RUNTIME_CONFIG = (
+    "certificates.k8s.io/v1beta1/clustertrustbundles=true,"
+    "certificates.k8s.io/v1beta1/podcertificaterequests=true"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _runtime_dir(name: str) -> Path:
+    """Keys and etcd data go to tmpfs when the machine has one, so nothing is left on a real disk."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix=f"kubespiffe-{name}-", dir=base))
+
+
+def kubeconfig(server: str, ca_pem: bytes, user: dict[str, str], name: str = "kubespiffe-dev") -> str:
+    """A one-context kubeconfig with everything embedded (no file references)."""
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": name,
+                "cluster": {
+                    "server": server,
+                    "certificate-authority-data": base64.b64encode(ca_pem).decode(),
+                },
+            }
+        ],
+        "users": [{"name": name, "user": user}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+        "current-context": name,
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+class ControlPlane:
+    """One local control plane. Use as a context manager or call start()/stop()."""
+
+    def __init__(self, name: str = "cluster", log_dir: Path | None = None) -> None:
+        self.name = name
+        self.dir = _runtime_dir(name)
+        self.log_dir = log_dir or self.dir
+        self.ca = pki.ClusterCA()
+        self.port = free_port()
+        self.server = f"https://127.0.0.1:{self.port}"
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self.binaries: ControlPlaneBinaries | None = None
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.ca.cert_pem
+
+    def client_kubeconfig(self, common_name: str, organization: str | None = None) -> str:
+        """A kubeconfig authenticating with a client certificate (e.g. `system:node:<name>`)."""
+        pair = self.ca.issue(common_name, organization=organization)
+        user = {
+            "client-certificate-data": base64.b64encode(pair.cert_pem).decode(),
+            "client-key-data": base64.b64encode(pair.key_pem).decode(),
+        }
+        return kubeconfig(self.server, self.ca_pem, user)
+
+    def admin_kubeconfig(self) -> str:
+        return self.client_kubeconfig("kubespiffe-devenv-admin", "system:masters")
+
+    def token_kubeconfig(self, token: str) -> str:
+        return kubeconfig(self.server, self.ca_pem, {"token": token})
+
+    def start(self, timeout: float = 90.0) -> None:
+        self.binaries = ensure_binaries()
+        try:
+            self._start_etcd(timeout)
+            self._start_apiserver(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        (self.dir / "admin.kubeconfig").write_text(self.admin_kubeconfig())
+        (self.dir / "admin.kubeconfig").chmod(0o600)
+
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / log_name).open("ab")
+        proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        log.close()
+        self._procs.append(proc)
+        return proc
+
+    def _start_etcd(self, timeout: float) -> None:
+        assert self.binaries is not None
+        client, peer = free_port(), free_port()
+        self.etcd_url = f"http://127.0.0.1:{client}"
+        proc = self._spawn(
+            [
+                str(self.binaries.etcd),
+                "--name=devenv",
+                f"--data-dir={self.dir / 'etcd'}",
+                f"--listen-client-urls={self.etcd_url}",
+                f"--advertise-client-urls={self.etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=devenv=http://127.0.0.1:{peer}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+            f"{self.name}-etcd.log",
+        )
+        self._wait(lambda: _http_ok(f"{self.etcd_url}/health"), proc, timeout, "etcd")
+
+    def _start_apiserver(self, timeout: float) -> None:
+        assert self.binaries is not None
+        ca_file = self.dir / "ca.crt"
+        ca_file.write_bytes(self.ca_pem)
+        serving = self.ca.issue(
+            "kube-apiserver",
+            server_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
+            server_ips=("127.0.0.1",),
+        )
+        tls_cert, tls_key = pki.write_pair(self.dir, "apiserver", serving)
+        sa_key, sa_pub = pki.write_service_account_keys(self.dir)
+        proc = self._spawn(
+            [
+                str(self.binaries.kube_apiserver),
+                "--advertise-address=127.0.0.1",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.port}",
+                f"--etcd-servers={self.etcd_url}",
+                f"--etcd-prefix=/{self.name}",
+                f"--tls-cert-file={tls_cert}",
+                f"--tls-private-key-file={tls_key}",
+                f"--client-ca-file={ca_file}",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={sa_pub}",
+                f"--service-account-signing-key-file={sa_key}",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--endpoint-reconciler-type=none",
+                "--enable-priority-and-fairness=false",
+                "--profiling=false",
+                f"--cert-dir={self.dir / 'certs'}",
+                f"--feature-gates={FEATURE_GATES}",
+                f"--runtime-config={RUNTIME_CONFIG}",
+                "--v=1",
+            ],
+            f"{self.name}-kube-apiserver.log",
+        )
+        admin = self.ca.issue("kubespiffe-devenv-admin", organization="system:masters")
+        cert, key = pki.write_pair(self.dir, "admin", admin)
+        context = ssl.create_default_context(cadata=self.ca_pem.decode())
+        context.load_cert_chain(cert, key)
+        self._wait(lambda: _http_ok(f"{self.server}/readyz", context), proc, timeout, "kube-apiserver")
+
+    def _wait(
+        self, probe: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float, what: str
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{what} exited with {proc.returncode}; see {self.log_dir}/{self.name}-{what}.log"
+                )
+            if probe():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{what} not ready after {timeout:.0f}s; see {self.log_dir}")
+
+    def stop(self) -> None:
+        for proc in reversed(self._procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self._procs.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> ControlPlane:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as resp:  # noqa: S310 (loopback URL)
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
