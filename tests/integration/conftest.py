@@ -1,0 +1,46 @@
+"""One real control plane (etcd + kube-apiserver) per test session, and clients for it."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from lightkube import AsyncClient, KubeConfig
+
+from kubespiffe.devenv.controlplane import ControlPlane
+from kubespiffe.devenv.workloads import ensure_namespace
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    log_dir = Path(os.environ.get("KUBESPIFFE_TEST_LOGS") or tmp_path_factory.mktemp("controlplane-logs"))
+    plane = ControlPlane("test", log_dir=log_dir)
+    plane.start()
+    yield plane
+    plane.stop()
+
+
+@pytest.fixture(scope="session")
+def admin_kubeconfig(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("kubeconfig") / "admin.kubeconfig"
+    path.write_text(control_plane.admin_kubeconfig())
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="session")
+async def kube(admin_kubeconfig: Path) -> AsyncIterator[AsyncClient]:
+    client = AsyncClient(KubeConfig.from_file(admin_kubeconfig), field_manager="kubespiffe-tests")
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def namespace(kube: AsyncClient) -> str:
+    """A fresh namespace per test (there is no namespace controller, so they are never deleted)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    await ensure_namespace(kube, name, {"kubespiffe-test": "true"})
+    return name
