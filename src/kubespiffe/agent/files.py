@@ -1,0 +1,50 @@
+"""Write SVIDs as files (svid.N.pem, svid.N.key, bundle.N.pem) so that no reader sees a half-written file.
+
+Each file is written to a temporary name in the same directory and renamed over the old one; keys are
+created with mode 0600 from the start (never widened, never chmod-ed after the fact).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from kubespiffe.agent.issuer_client import X509SVID
+from kubespiffe.spiffe.bundle import certificates_to_pem
+from cryptography import x509
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_x509_svids(directory: Path, svids: Sequence[X509SVID], bundle: Sequence[x509.Certificate]) -> list[Path]:
+    """svid.N.pem (leaf first, then chain), svid.N.key (PKCS#8 PEM, 0600), bundle.N.pem for each identity."""
+    directory.mkdir(parents=True, exist_ok=True)
+    bundle_pem = certificates_to_pem(list(bundle))
+    written: list[Path] = []
+    for index, svid in enumerate(svids):
+        key_pem = svid.private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        files = {
+            directory / f"svid.{index}.pem": (certificates_to_pem(list(svid.chain)), 0o644),
+            directory / f"svid.{index}.key": (key_pem, 0o600),
+            directory / f"bundle.{index}.pem": (bundle_pem, 0o644),
+        }
+        for path, (data, mode) in files.items():
+            write_atomic(path, data, mode)
+            written.append(path)
+    return written

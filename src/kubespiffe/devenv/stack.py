@@ -1,0 +1,146 @@
+"""Install kubespiffe into a control plane and run kubespiffed as a real process under its shipped RBAC.
+
+kubespiffed authenticates as its ServiceAccount (a TokenRequest token in a kubeconfig kept in the control
+plane's tmpfs directory), so everything it does is checked against deploy/manifests/rbac.yaml.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lightkube import AsyncClient
+from lightkube.codecs import load_all_yaml
+from lightkube.core.exceptions import ApiError
+from lightkube.models.authentication_v1 import TokenRequestSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
+from lightkube.resources.core_v1 import Secret, ServiceAccountToken
+
+from kubespiffe.devenv.build import repo_root
+from kubespiffe.devenv.controlplane import ControlPlane, free_port
+
+NAMESPACE = "kubespiffe-system"
+SERVICE_ACCOUNT = "kubespiffed"
+AUTHORITY_SECRET = "kubespiffe-authority"
+
+
+def manifest_paths() -> list[Path]:
+    deploy = repo_root() / "deploy"
+    return [*sorted((deploy / "crds").glob("*.yaml")), deploy / "manifests" / "rbac.yaml"]
+
+
+async def install(client: AsyncClient) -> None:
+    """Apply the CRDs and RBAC (server-side apply) and wait until the CRDs are served."""
+    crds: list[str] = []
+    for path in manifest_paths():
+        for obj in load_all_yaml(path.read_text()):
+            await client.apply(obj, field_manager="kubespiffe-devenv", force=True)
+            if isinstance(obj, CustomResourceDefinition) and obj.metadata and obj.metadata.name:
+                crds.append(obj.metadata.name)
+    for name in crds:
+        await client.wait(CustomResourceDefinition, name, for_conditions=["Established"])
+
+
+async def service_account_token(client: AsyncClient, hours: int = 24) -> str:
+    request = ServiceAccountToken(
+        metadata=ObjectMeta(namespace=NAMESPACE),
+        spec=TokenRequestSpec(audiences=[], expirationSeconds=hours * 3600),
+    )
+    response = await client.create(request, SERVICE_ACCOUNT, namespace=NAMESPACE)
+    assert response.status is not None
+    token: str = response.status.token
+    return token
+
+
+async def authority_bundle_pem(client: AsyncClient, timeout: float = 30.0) -> bytes:
+    """The trust bundle as kubespiffed published it in its authority Secret (`ca.crt`)."""
+    import base64
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            secret = await client.get(Secret, AUTHORITY_SECRET, namespace=NAMESPACE)
+            if secret.data and "ca.crt" in secret.data:
+                return base64.b64decode(secret.data["ca.crt"])
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
+        if time.monotonic() > deadline:
+            raise RuntimeError("kubespiffed did not create its authority Secret in time")
+        await asyncio.sleep(0.2)
+
+
+@dataclass
+class Kubespiffed:
+    """One kubespiffed process against a control plane."""
+
+    plane: ControlPlane
+    trust_domain: str = "example.org"
+    log_path: Path | None = None
+    extra_args: tuple[str, ...] = ()
+    port: int = field(default_factory=free_port)
+    health_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, token: str) -> None:
+        kubeconfig = self.plane.dir / f"kubespiffed-{self.port}.kubeconfig"
+        fd = os.open(kubeconfig, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.plane.token_kubeconfig(token))
+        log = (self.log_path or self.plane.log_dir / f"kubespiffed-{self.port}.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "kubespiffe.server.main",
+                f"--trust-domain={self.trust_domain}",
+                f"--namespace={NAMESPACE}",
+                f"--kubeconfig={kubeconfig}",
+                "--listen-host=127.0.0.1",
+                f"--port={self.port}",
+                f"--health-port={self.health_port}",
+                *self.extra_args,
+            ],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        log.close()
+
+    def wait_ready(self, bundle_pem: bytes, timeout: float = 60.0) -> None:
+        """Poll /readyz over TLS, verifying kubespiffed's certificate against the trust bundle."""
+        context = ssl.create_default_context(cadata=bundle_pem.decode())
+        context.check_hostname = False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"kubespiffed exited with {self.process.returncode}")
+            try:
+                import urllib.request
+
+                url = f"https://127.0.0.1:{self.health_port}/readyz"
+                with urllib.request.urlopen(url, timeout=2, context=context) as resp:  # noqa: S310
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"kubespiffed not ready after {timeout:.0f}s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -1,0 +1,102 @@
+"""kubespiffed's settings: flags with environment-variable defaults, so a Deployment can use either."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+from dataclasses import dataclass
+
+from kubespiffe.authority.keys import KeyType
+from kubespiffe.registry.models import parse_duration
+from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
+
+SERVER_ID_PATH = "/kubespiffe/kubespiffed"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    trust_domain: TrustDomain
+    namespace: str
+    kubeconfig: str | None = None
+    listen_host: str = "0.0.0.0"  # noqa: S104 (in a pod, the Service reaches the pod IP)
+    port: int = 8443
+    health_port: int = 8444
+    audience: str = "kubespiffe"
+    token_issuer: str | None = None
+    authority_secret: str = "kubespiffe-authority"
+    ca_key_type: KeyType = KeyType.EC_P256
+    ca_ttl: dt.timedelta = dt.timedelta(days=365)
+    x509_svid_ttl: dt.timedelta = dt.timedelta(hours=1)
+    service_name: str = "kubespiffed"
+
+    @property
+    def server_id(self) -> SpiffeId:
+        return SpiffeId(self.trust_domain, SERVER_ID_PATH)
+
+    @property
+    def server_dns_names(self) -> tuple[str, ...]:
+        """The Service's names; kubespiffed's certificate carries them and no workload may be granted them."""
+        svc, ns = self.service_name, self.namespace
+        return (svc, f"{svc}.{ns}", f"{svc}.{ns}.svc", f"{svc}.{ns}.svc.cluster.local")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"KUBESPIFFED_{name}", default)
+
+
+def parse_args(argv: list[str] | None = None) -> ServerConfig:
+    parser = argparse.ArgumentParser(
+        prog="kubespiffed",
+        description="Issue SPIFFE X.509-SVIDs to pods that prove themselves with pod-bound tokens.",
+        epilog="Every flag also reads KUBESPIFFED_<FLAG> (upper case, '-' as '_').",
+    )
+    parser.add_argument("--trust-domain", default=_env("TRUST_DOMAIN"), required=not _env("TRUST_DOMAIN"))
+    parser.add_argument(
+        "--namespace",
+        default=_env("NAMESPACE") or _service_account_namespace() or "kubespiffe-system",
+        help="namespace kubespiffed runs in; its authority Secret lives there",
+    )
+    parser.add_argument("--kubeconfig", default=_env("KUBECONFIG"), help="default: in-cluster config")
+    parser.add_argument("--listen-host", default=_env("LISTEN_HOST", "0.0.0.0"))  # noqa: S104
+    parser.add_argument("--port", type=int, default=int(_env("PORT", "8443") or 8443))
+    parser.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", "8444") or 8444))
+    parser.add_argument("--audience", default=_env("AUDIENCE", "kubespiffe"))
+    parser.add_argument(
+        "--token-issuer", default=_env("TOKEN_ISSUER"), help="default: from the API server's OIDC discovery"
+    )
+    parser.add_argument("--authority-secret", default=_env("AUTHORITY_SECRET", "kubespiffe-authority"))
+    parser.add_argument(
+        "--ca-key-type", choices=[k.value for k in KeyType], default=_env("CA_KEY_TYPE", KeyType.EC_P256.value)
+    )
+    parser.add_argument("--ca-ttl", default=_env("CA_TTL", "8760h"))
+    parser.add_argument("--x509-svid-ttl", default=_env("X509_SVID_TTL", "1h"))
+    parser.add_argument("--service-name", default=_env("SERVICE_NAME", "kubespiffed"))
+    args = parser.parse_args(argv)
+    try:
+        return ServerConfig(
+            trust_domain=TrustDomain.parse(args.trust_domain),
+            namespace=args.namespace,
+            kubeconfig=args.kubeconfig,
+            listen_host=args.listen_host,
+            port=args.port,
+            health_port=args.health_port,
+            audience=args.audience,
+            token_issuer=args.token_issuer,
+            authority_secret=args.authority_secret,
+            ca_key_type=KeyType(args.ca_key_type),
+            ca_ttl=parse_duration(args.ca_ttl),
+            x509_svid_ttl=parse_duration(args.x509_svid_ttl),
+            service_name=args.service_name,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def _service_account_namespace() -> str | None:
+    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+    try:
+        with open(path) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None

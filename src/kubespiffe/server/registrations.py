@@ -1,0 +1,152 @@
+"""The live view of registrations: watch caches, parsed models, and the status each one reports.
+
+Objects are parsed once per change (in the watch listener), not per issuance. Status is written by a
+single worker fed from a queue, so a burst of events never blocks the watch and a registration's status
+is only written when it actually changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.models.core_v1 import EventSource, ObjectReference
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Event, Namespace, Pod
+
+from kubespiffe.kube.client import ClusterWorkloadRegistration, WorkloadRegistration
+from kubespiffe.kube.watchcache import WatchCache
+from kubespiffe.registry.match import MatchResult, identities_for
+from kubespiffe.registry.models import Registration, RegistrationError
+from kubespiffe.registry.status import evaluate, status_document
+from kubespiffe.registry.template import PodFacts
+from kubespiffe.spiffe.spiffeid import TrustDomain
+
+log = logging.getLogger(__name__)
+
+RegKey = tuple[str, str | None, str]
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    result: dict[str, Any] = obj.to_dict()
+    return result
+
+
+class Registry:
+    def __init__(
+        self, client: AsyncClient, trust_domain: TrustDomain, reserved_dns_names: frozenset[str]
+    ) -> None:
+        self._client = client
+        self._trust_domain = trust_domain
+        self._reserved = reserved_dns_names
+        self.pods: WatchCache[Pod] = WatchCache(client, Pod)
+        self.namespaces: WatchCache[Namespace] = WatchCache(client, Namespace)
+        self._namespaced = WatchCache(client, WorkloadRegistration)
+        self._cluster = WatchCache(client, ClusterWorkloadRegistration)
+        self._parsed: dict[RegKey, Registration] = {}
+        self._status_queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._namespaced.add_listener(self._on_registration)
+        self._cluster.add_listener(self._on_registration)
+
+    @property
+    def caches(self) -> tuple[WatchCache[Any], ...]:
+        return (self.pods, self.namespaces, self._namespaced, self._cluster)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for cache in self.caches:
+                group.create_task(cache.run())
+            group.create_task(self._status_worker())
+
+    async def wait_synced(self) -> None:
+        await asyncio.gather(*(cache.synced.wait() for cache in self.caches))
+
+    def _on_registration(self, event: str, obj: Any) -> None:
+        raw = _as_dict(obj)
+        meta = raw.get("metadata", {})
+        key: RegKey = (raw.get("kind", ""), meta.get("namespace"), meta.get("name", ""))
+        if event == "DELETED":
+            self._parsed.pop(key, None)
+            log.info("registration removed kind=%s namespace=%s name=%s", *key)
+            return
+        try:
+            registration = Registration.from_object(raw)
+        except RegistrationError as exc:
+            self._parsed.pop(key, None)
+            log.warning("registration unusable kind=%s namespace=%s name=%s: %s", *key, exc)
+            return
+        self._parsed[key] = registration
+        self._status_queue.put_nowait(raw)
+
+    def identities(self, pod: Pod) -> MatchResult:
+        facts = pod_facts(pod)
+        namespace = self.namespaces.get(None, facts.namespace)
+        labels = (namespace.metadata.labels if namespace and namespace.metadata else None) or {}
+        return identities_for(facts, labels, self._parsed.values(), self._trust_domain, self._reserved)
+
+    async def _status_worker(self) -> None:
+        while True:
+            raw = await self._status_queue.get()
+            try:
+                await self._write_status(raw)
+            except Exception:
+                log.exception("could not update status of %s", raw.get("metadata", {}).get("name"))
+
+    async def _write_status(self, raw: Mapping[str, Any]) -> None:
+        registration = Registration.from_object(raw)
+        condition = evaluate(registration, self._trust_domain)
+        current = raw.get("status") or {}
+        desired = status_document(current, registration.generation, condition)
+        if desired == current:
+            return
+        resource = WorkloadRegistration if registration.namespace else ClusterWorkloadRegistration
+        await self._client.patch(
+            resource,
+            registration.name,
+            {"status": desired},
+            namespace=registration.namespace,
+            subresource="status",
+        )
+        if condition.status != "True":
+            log.warning(
+                "registration not ready kind=%s namespace=%s name=%s reason=%s: %s",
+                registration.kind, registration.namespace, registration.name,
+                condition.reason, condition.message,
+            )
+            await self._event(raw, condition.reason, condition.message)
+
+    async def _event(self, raw: Mapping[str, Any], reason: str, message: str) -> None:
+        meta = raw["metadata"]
+        namespace = meta.get("namespace") or "default"
+        try:
+            await self._client.create(
+                Event(
+                    metadata=ObjectMeta(generateName=f"{meta['name']}.", namespace=namespace),
+                    involvedObject=ObjectReference(
+                        apiVersion=raw["apiVersion"], kind=raw["kind"], name=meta["name"],
+                        namespace=meta.get("namespace"), uid=meta.get("uid"),
+                    ),
+                    reason=reason,
+                    message=message,
+                    type="Warning",
+                    source=EventSource(component="kubespiffed"),
+                )
+            )
+        except ApiError as exc:
+            log.warning("could not record event for %s: %s", meta["name"], exc)
+
+
+def pod_facts(pod: Pod) -> PodFacts:
+    assert pod.metadata is not None and pod.spec is not None
+    return PodFacts(
+        namespace=pod.metadata.namespace or "",
+        service_account=pod.spec.serviceAccountName or "default",
+        pod_name=pod.metadata.name or "",
+        pod_uid=pod.metadata.uid or "",
+        node_name=pod.spec.nodeName or "",
+        labels=dict(pod.metadata.labels or {}),
+    )

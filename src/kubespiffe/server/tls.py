@@ -1,0 +1,84 @@
+"""kubespiffed's own X.509-SVID, used to serve TLS, renewed at half-life without a restart.
+
+The key is made in memory at start and never written anywhere. gRPC asks for the certificate
+configuration on each new handshake, which is where renewal happens; the HTTPS endpoints build their
+SSL context from the same identity.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+import tempfile
+import threading
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from kubespiffe.authority.keys import KeyType, generate_key
+from kubespiffe.authority.x509ca import X509Authority, sign_x509_svid
+from kubespiffe.spiffe.spiffeid import SpiffeId
+
+SERVER_SVID_TTL = dt.timedelta(hours=24)
+
+
+class ServingIdentity:
+    def __init__(self, authority: X509Authority, spiffe_id: SpiffeId, dns_names: tuple[str, ...]) -> None:
+        self.authority = authority
+        self.spiffe_id = spiffe_id
+        self.dns_names = dns_names
+        self._lock = threading.Lock()
+        self._issue()
+
+    def _issue(self) -> None:
+        key = generate_key(KeyType.EC_P256)
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([]))
+            .sign(key, hashes.SHA256())
+        )
+        now = dt.datetime.now(dt.UTC)
+        leaf = sign_x509_svid(self.authority, csr, self.spiffe_id, self.dns_names, SERVER_SVID_TTL, now)
+        self.certificate = leaf
+        self.chain_pem = b"".join(c.public_bytes(Encoding.PEM) for c in (leaf, *self.authority.chain))
+        self.key_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+        self._renew_at = leaf.not_valid_before_utc + lifetime / 2
+
+    def refresh(self) -> bool:
+        """Renew at half-life (or when the authority changed); True when a new certificate was issued."""
+        with self._lock:
+            if dt.datetime.now(dt.UTC) < self._renew_at:
+                return False
+            self._issue()
+            return True
+
+    def grpc_credentials(self) -> grpc.ServerCredentials:
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            if not self.refresh():
+                return None
+            return grpc.ssl_server_certificate_configuration([(self.key_pem, self.chain_pem)])
+
+        initial = grpc.ssl_server_certificate_configuration([(self.key_pem, self.chain_pem)])
+        return grpc.dynamic_ssl_server_credentials(initial, fetch, require_client_authentication=False)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A server context for the HTTPS endpoints (health, metrics)."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        # ssl loads keys only from files: a private tmpfs directory, removed at once, keeps it off disk.
+        with tempfile.TemporaryDirectory(dir=_key_dir()) as tmp:
+            chain, key = Path(tmp) / "chain.pem", Path(tmp) / "key.pem"
+            chain.write_bytes(self.chain_pem)
+            key.touch(0o600)
+            key.write_bytes(self.key_pem)
+            context.load_cert_chain(chain, key)
+        return context
+
+
+def _key_dir() -> str | None:
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() else None
