@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -11,7 +12,10 @@ import pytest
 from lightkube import AsyncClient, KubeConfig
 
 from kubespiffe.devenv.controlplane import ControlPlane
+from kubespiffe.devenv.stack import Kubespiffed, authority_bundle_pem, install, service_account_token
 from kubespiffe.devenv.workloads import ensure_namespace
+
+from .kubespiffed import Running
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +48,15 @@ async def namespace(kube: AsyncClient) -> str:
     name = f"t-{uuid.uuid4().hex[:10]}"
     await ensure_namespace(kube, name, {"kubespiffe-test": "true"})
     return name
+
+
+@pytest.fixture(scope="session")
+async def kubespiffed(control_plane: ControlPlane, kube: AsyncClient) -> AsyncIterator[Running]:
+    """kubespiffed as a real process, authenticated as its ServiceAccount under the shipped RBAC."""
+    await install(kube)
+    daemon = Kubespiffed(control_plane, trust_domain="example.org")
+    daemon.start(await service_account_token(kube))
+    bundle = await authority_bundle_pem(kube)
+    await asyncio.to_thread(daemon.wait_ready, bundle)
+    yield Running(daemon, bundle)
+    daemon.stop()

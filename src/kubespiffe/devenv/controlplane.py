@@ -83,6 +83,11 @@ class ControlPlane:
         self.binaries: ControlPlaneBinaries | None = None
 
     @property
+    def service_account_key(self) -> Path:
+        """The key the API server signs ServiceAccount tokens with (tests forge tokens with it)."""
+        return self.dir / "sa.key"
+
+    @property
     def ca_pem(self) -> bytes:
         return self.ca.cert_pem
 
