@@ -7,6 +7,7 @@ plane's tmpfs directory), so everything it does is checked against deploy/manife
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import ssl
@@ -60,16 +61,16 @@ async def service_account_token(client: AsyncClient, hours: int = 24) -> str:
     return token
 
 
-async def authority_bundle_pem(client: AsyncClient, timeout: float = 30.0) -> bytes:
+async def authority_bundle_pem(
+    client: AsyncClient, secret: str = AUTHORITY_SECRET, timeout: float = 30.0
+) -> bytes:
     """The trust bundle as kubespiffed published it in its authority Secret (`ca.crt`)."""
-    import base64
-
     deadline = time.monotonic() + timeout
     while True:
         try:
-            secret = await client.get(Secret, AUTHORITY_SECRET, namespace=NAMESPACE)
-            if secret.data and "ca.crt" in secret.data:
-                return base64.b64decode(secret.data["ca.crt"])
+            obj = await client.get(Secret, secret, namespace=NAMESPACE)
+            if obj.data and "ca.crt" in obj.data:
+                return base64.b64decode(obj.data["ca.crt"])
         except ApiError as exc:
             if exc.status.code != 404:
                 raise
