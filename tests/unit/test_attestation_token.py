@@ -1,0 +1,192 @@
+"""Token verification logic with an in-test JWKS (the real API server's JWKS is exercised in integration)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from kubespiffe.attestation.token import JwksCache, PodClaims, TokenRejected, TokenVerifier
+
+ISSUER = "https://kubernetes.default.svc.cluster.local"
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def _jwk(key: Any, kid: str) -> dict[str, Any]:
+    algorithm = jwt.algorithms.RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) else jwt.algorithms.ECAlgorithm
+    doc: dict[str, Any] = json.loads(algorithm.to_jwk(key.public_key()))
+    return {**doc, "kid": kid, "use": "sig"}
+
+
+class Jwks:
+    """Counts fetches, so the refetch-on-unknown-kid behaviour is observable."""
+
+    def __init__(self, *keys: tuple[Any, str]) -> None:
+        self.keys = list(keys)
+        self.fetches = 0
+        self.fail = False
+
+    async def __call__(self) -> Mapping[str, Any]:
+        self.fetches += 1
+        if self.fail:
+            raise ConnectionError("api server down")
+        return {"keys": [_jwk(k, kid) for k, kid in self.keys]}
+
+
+def claims(**changes: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base = {
+        "iss": ISSUER,
+        "aud": ["kubespiffe"],
+        "sub": "system:serviceaccount:team:web",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "kubernetes.io": {
+            "namespace": "team",
+            "serviceaccount": {"name": "web", "uid": "sa-uid"},
+            "pod": {"name": "web-1", "uid": "pod-uid"},
+            "node": {"name": "node-a", "uid": "node-uid"},
+        },
+    }
+    return {**base, **changes}
+
+
+def sign(payload: Mapping[str, Any], key: Any = KEY, kid: str = "k1", alg: str = "RS256") -> str:
+    return jwt.encode(dict(payload), key, algorithm=alg, headers={"kid": kid})
+
+
+def verifier(jwks: Jwks, review: Any = None) -> TokenVerifier:
+    return TokenVerifier(issuer=ISSUER, audience="kubespiffe", jwks=JwksCache(jwks), review=review)
+
+
+async def test_valid_token_gives_pod_claims() -> None:
+    result = await verifier(Jwks((KEY, "k1"))).verify(sign(claims()))
+    assert result == PodClaims(
+        namespace="team", service_account="web", pod_name="web-1", pod_uid="pod-uid", node_name="node-a",
+        expires_at=result.expires_at,
+    )
+    assert result.expires_at > dt.datetime.now(dt.UTC)
+
+
+async def test_es256_token_is_accepted() -> None:
+    assert (await verifier(Jwks((EC_KEY, "e1"))).verify(sign(claims(), EC_KEY, "e1", "ES256"))).pod_uid == "pod-uid"
+
+
+@pytest.mark.parametrize(
+    ("token_claims", "message"),
+    [
+        (claims(exp=int(time.time()) - 60), "expired"),
+        (claims(nbf=int(time.time()) + 600, iat=int(time.time()) + 600), "not valid yet"),
+        (claims(aud=["other"]), "audience"),
+        (claims(aud="other"), "audience"),
+        (claims(iss="https://evil"), "issuer"),
+        ({k: v for k, v in claims().items() if k != "exp"}, "exp"),
+        (claims(**{"kubernetes.io": None}), "no kubernetes.io claims"),
+        (claims(**{"kubernetes.io": {**claims()["kubernetes.io"], "pod": None}}), "not bound to a pod"),
+        (claims(sub="system:serviceaccount:other:web"), "subject does not match"),
+    ],
+)
+async def test_claims_are_checked(token_claims: dict[str, Any], message: str) -> None:
+    with pytest.raises(TokenRejected, match=message):
+        await verifier(Jwks((KEY, "k1"))).verify(sign(token_claims))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: jwt.encode(claims(), None, algorithm="none", headers={"kid": "k1"}), "'none' is not allowed"),
+        (lambda: jwt.encode(claims(), "secret" * 8, algorithm="HS256", headers={"kid": "k1"}), "'HS256'"),
+        (lambda: jwt.encode(claims(), KEY, algorithm="RS256"), "no key id"),
+        (lambda: sign(claims())[:-30], "signature does not verify"),
+        (lambda: sign(claims()).rsplit(".", 1)[0], "not a well-formed JWT"),
+        (lambda: "a" * 20000, "larger than"),
+        (lambda: "", "no token"),
+        (lambda: sign(claims(), rsa.generate_private_key(public_exponent=65537, key_size=2048)), "signature"),
+    ],
+)
+async def test_malformed_and_forged_tokens(make: Any, message: str) -> None:
+    with pytest.raises(TokenRejected, match=message):
+        await verifier(Jwks((KEY, "k1"))).verify(make())
+
+
+async def test_unknown_kid_refetches_the_jwks_and_uses_the_new_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("kubespiffe.attestation.token._JWKS_MIN_REFRESH_SECONDS", 0.0)
+    jwks = Jwks((KEY, "k1"))
+    v = verifier(jwks)
+    await v.verify(sign(claims()))
+    await v.verify(sign(claims()))
+    assert jwks.fetches == 1
+    rotated = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks.keys.append((rotated, "k2"))
+    assert (await v.verify(sign(claims(), rotated, "k2"))).pod_name == "web-1"
+    assert jwks.fetches == 2
+
+
+async def test_unknown_kid_is_rate_limited_and_falls_back_to_token_review() -> None:
+    jwks = Jwks((KEY, "k1"))
+    reviews: list[str] = []
+
+    async def review(token: str, audience: str) -> Mapping[str, Any]:
+        reviews.append(audience)
+        return {"authenticated": False, "error": "invalid signature"}
+
+    v = verifier(jwks, review)
+    for _ in range(3):
+        with pytest.raises(TokenRejected, match="TokenReview refused"):
+            await v.verify(sign(claims(), kid="unknown"))
+    assert jwks.fetches == 1
+    assert reviews == ["kubespiffe"] * 3
+
+
+async def test_token_review_decides_when_jwks_is_unavailable() -> None:
+    jwks = Jwks((KEY, "k1"))
+    jwks.fail = True
+
+    async def review(token: str, audience: str) -> Mapping[str, Any]:
+        return {
+            "authenticated": True,
+            "audiences": [audience],
+            "user": {
+                "username": "system:serviceaccount:team:web",
+                "extra": {
+                    "authentication.kubernetes.io/pod-name": ["web-1"],
+                    "authentication.kubernetes.io/pod-uid": ["pod-uid"],
+                },
+            },
+        }
+
+    result = await verifier(jwks, review).verify(sign(claims()))
+    assert (result.namespace, result.service_account, result.pod_uid, result.node_name) == (
+        "team", "web", "pod-uid", None,
+    )
+
+
+async def test_token_review_is_not_asked_about_tokens_that_cannot_be_ours() -> None:
+    jwks = Jwks((KEY, "k1"))
+    jwks.fail = True
+
+    async def review(token: str, audience: str) -> Mapping[str, Any]:
+        raise AssertionError("TokenReview must not be called")
+
+    for bad, message in ((claims(iss="https://evil"), "issuer"), (claims(aud=["x"]), "audience"),
+                         (claims(exp=int(time.time()) - 5), "expired")):
+        with pytest.raises(TokenRejected, match=message):
+            await verifier(jwks, review).verify(sign(bad))
+
+
+async def test_token_review_without_pod_binding_is_refused() -> None:
+    jwks = Jwks()
+
+    async def review(token: str, audience: str) -> Mapping[str, Any]:
+        return {"authenticated": True, "audiences": [audience], "user": {"username": "system:serviceaccount:a:b"}}
+
+    with pytest.raises(TokenRejected, match="not bound to a pod"):
+        await verifier(jwks, review).verify(sign(claims(), kid="nope"))
