@@ -1,0 +1,390 @@
+"""Generate the WorkloadRegistration and ClusterWorkloadRegistration CRDs from the models.
+
+`python -m kubespiffe.registry.crds OUTDIR` writes one YAML file per CRD. Every bound, pattern and
+description comes from models.py and template.py, so the API server refuses exactly what
+`Registration.from_object` refuses. Every string and list has a maximum size: the API server estimates the
+worst-case cost of each CEL rule from those bounds and refuses a CRD whose rules could cost too much.
+
+CEL rules are written `guard || check` where an earlier rule already reports the guard's failure, so a bad
+value gets one precise message rather than several overlapping ones.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import fields
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubespiffe.registry import models as m
+from kubespiffe.registry import template as t
+from kubespiffe.spiffe.spiffeid import MAX_TRUST_DOMAIN_BYTES
+
+Schema = dict[str, Any]
+
+_SPIFFE_PLACEHOLDER_LIST = (
+    "{trustDomain} {namespace} {serviceAccount} {podName} {podUID} {nodeName} {label:KEY}"
+)
+_DNS_PLACEHOLDER_LIST = "{namespace} {serviceAccount} {podName} {podUID} {nodeName} {label:KEY}"
+
+
+def _lit(text: str) -> str:
+    """A CEL single-quoted string literal; the shared patterns avoid quotes and backslashes by design."""
+    if "'" in text or "\\" in text:
+        raise ValueError(f"{text!r} cannot be embedded in a CEL literal as is")
+    return f"'{text}'"
+
+
+def _rule(rule: str, message: str) -> Schema:
+    return {"rule": rule, "message": message}
+
+
+def _string(description: str, max_length: int, **extra: Any) -> Schema:
+    return {"type": "string", "description": description, "maxLength": max_length, **extra}
+
+
+def _set_of(description: str, items: Schema, max_items: int) -> Schema:
+    return {
+        "type": "array",
+        "description": description,
+        "maxItems": max_items,
+        "x-kubernetes-list-type": "set",
+        "items": items,
+    }
+
+
+def _spiffe_id_template(description: str, default: str) -> Schema:
+    starts = "self.startsWith('spiffe://')"
+    placeholders = f"self.matches({_lit(t.SPIFFE_PLACEHOLDERS_RE)})"
+    return _string(
+        description,
+        t.SPIFFE_ID_TEMPLATE_MAX,
+        minLength=1,
+        default=default,
+        **{
+            "x-kubernetes-validations": [
+                _rule(starts, "spiffeIDTemplate must start with spiffe://"),
+                _rule(
+                    placeholders,
+                    f"spiffeIDTemplate may only use the placeholders {_SPIFFE_PLACEHOLDER_LIST} "
+                    "(KEY a label key); '{' and '}' may only surround a placeholder",
+                ),
+                _rule(
+                    f"!{starts} || !{placeholders} || self.matches({_lit(t.SPIFFE_SHAPE_RE)})",
+                    "spiffeIDTemplate must be spiffe://{trustDomain} or spiffe:// and a lower-case trust "
+                    "domain name, followed by one or more /segments made of A-Z a-z 0-9 . _ - "
+                    "and placeholders",
+                ),
+                _rule(
+                    f"!self.matches({_lit(t.DOT_SEGMENT_RE)})",
+                    "spiffeIDTemplate must not have a '.' or '..' path segment",
+                ),
+            ]
+        },
+    )
+
+
+def _dns_name_templates(description: str) -> Schema:
+    no_wildcard = "!self.contains('*')"
+    placeholders = f"self.matches({_lit(t.DNS_PLACEHOLDERS_RE)})"
+    shape = f"self.matches({_lit(t.DNS_SHAPE_RE)})"
+    item = _string(
+        "A DNS name template.",
+        t.DNS_NAME_TEMPLATE_MAX,
+        minLength=1,
+        **{
+            "x-kubernetes-validations": [
+                _rule(no_wildcard, "wildcard DNS names are not supported"),
+                _rule(
+                    placeholders,
+                    f"a DNS name template may only use the placeholders {_DNS_PLACEHOLDER_LIST} "
+                    "(KEY a label key); '{' and '}' may only surround a placeholder",
+                ),
+                _rule(
+                    f"self.contains('*') || !{placeholders} || {shape}",
+                    "a DNS name template must be dot-separated non-empty labels made of lower-case letters, "
+                    "digits, '-' and placeholders",
+                ),
+                _rule(
+                    f"!{shape} || self.contains('{{') || "
+                    f"(size(self) <= {t.DNS_SUBDOMAIN_MAX} && self.matches({_lit(t.DNS_SUBDOMAIN_RE)}))",
+                    f"a DNS name template without placeholders must be a valid DNS name: {t.DNS_NAME_RULE}",
+                ),
+            ]
+        },
+    )
+    return _set_of(description, item, m.MAX_DNS_NAME_TEMPLATES)
+
+
+def _ttl(description: str, json_name: str, lowest: timedelta, highest: timedelta) -> Schema:
+    low, high = m.format_duration(lowest), m.format_duration(highest)
+    rule = (
+        f"self.matches({_lit(m.DURATION_RE)}) && self != '' && "
+        f"duration(self) >= duration({_lit(low)}) && duration(self) <= duration({_lit(high)})"
+    )
+    return _string(
+        description,
+        m.DURATION_MAX_LENGTH,
+        minLength=1,
+        **{
+            "x-kubernetes-validations": [
+                _rule(
+                    rule,
+                    f"{json_name} must be a duration in whole hours, minutes and seconds such as 1h, 90s or "
+                    f"1h30m, between {low} and {high}",
+                )
+            ]
+        },
+    )
+
+
+def _label_value(description: str) -> Schema:
+    return _string(description, t.LABEL_VALUE_MAX, pattern=t.LABEL_VALUE_RE)
+
+
+def _label_selector(description: str) -> Schema:
+    requirement = {
+        "type": "object",
+        "description": "A label requirement: key, operator and, for In and NotIn, values.",
+        "required": ["key", "operator"],
+        "properties": {
+            "key": _string("The label key.", t.LABEL_KEY_MAX, pattern=t.LABEL_KEY_RE),
+            "operator": {
+                "type": "string",
+                "description": "In, NotIn, Exists or DoesNotExist.",
+                "enum": list(m.OPERATORS),
+            },
+            "values": {
+                "type": "array",
+                "description": "Non-empty for In and NotIn, absent for Exists and DoesNotExist.",
+                "maxItems": m.MAX_EXPRESSION_VALUES,
+                "x-kubernetes-list-type": "atomic",
+                "items": _label_value("A label value."),
+            },
+        },
+        "x-kubernetes-validations": [
+            _rule(
+                "(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)",
+                "In and NotIn need values; Exists and DoesNotExist take none",
+            )
+        ],
+    }
+    return {
+        "type": "object",
+        "description": description,
+        "x-kubernetes-map-type": "atomic",
+        "properties": {
+            "matchLabels": {
+                "type": "object",
+                "description": "Labels that must all be present with exactly these values.",
+                "maxProperties": m.MAX_MATCH_LABELS,
+                "additionalProperties": _label_value("The label's value."),
+                "x-kubernetes-validations": [
+                    _rule(
+                        f"self.all(k, size(k) <= {t.LABEL_KEY_MAX} && k.matches({_lit(t.LABEL_KEY_RE)}))",
+                        "matchLabels keys must be valid label keys ([prefix/]name)",
+                    )
+                ],
+            },
+            "matchExpressions": {
+                "type": "array",
+                "description": "Requirements that must all hold.",
+                "maxItems": m.MAX_MATCH_EXPRESSIONS,
+                "x-kubernetes-list-type": "atomic",
+                "items": requirement,
+            },
+        },
+    }
+
+
+def _spec_property(name: str, description: str, default: Any) -> Schema:
+    """The schema of one spec field, by Python field name (a new model field without one fails loudly)."""
+    if name == "spiffe_id_template":
+        return _spiffe_id_template(description, default.text)
+    if name == "service_account_names":
+        account = _string("A service account name.", t.DNS_SUBDOMAIN_MAX, pattern=t.DNS_SUBDOMAIN_RE)
+        return _set_of(description, account, m.MAX_SERVICE_ACCOUNT_NAMES)
+    if name in ("pod_selector", "namespace_selector"):
+        return _label_selector(description)
+    if name == "dns_name_templates":
+        return _dns_name_templates(description)
+    if name == "x509_svid_ttl":
+        return _ttl(description, "x509SVIDTTL", m.X509_TTL_MIN, m.X509_TTL_MAX)
+    if name == "jwt_svid_ttl":
+        return _ttl(description, "jwtSVIDTTL", m.JWT_TTL_MIN, m.JWT_TTL_MAX)
+    if name == "federates_with":
+        domain = _string("A trust domain name.", MAX_TRUST_DOMAIN_BYTES, pattern=m.TRUST_DOMAIN_NAME_RE)
+        return _set_of(description, domain, m.MAX_FEDERATES_WITH)
+    if name == "hint":
+        return _string(description, m.MAX_HINT_LENGTH, minLength=1)
+    raise LookupError(f"RegistrationSpec.{name} has no CRD schema")
+
+
+def _status_schema() -> Schema:
+    condition = {
+        "type": "object",
+        "description": "A metav1.Condition.",
+        "required": ["type", "status", "reason", "message", "lastTransitionTime"],
+        "properties": {
+            "type": _string("Condition type; kubespiffed sets Ready.", 316),
+            "status": {
+                "type": "string",
+                "description": "True, False or Unknown.",
+                "enum": ["True", "False", "Unknown"],
+            },
+            "reason": _string(
+                "CamelCase reason: Valid, or the rule the registration breaks.",
+                1024,
+                minLength=1,
+                pattern="^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+            ),
+            "message": _string("Why, in a sentence.", 32768),
+            "lastTransitionTime": {
+                "type": "string",
+                "format": "date-time",
+                "description": "When status last changed.",
+            },
+            "observedGeneration": {
+                "type": "integer",
+                "format": "int64",
+                "minimum": 0,
+                "description": "The metadata.generation this condition was computed from.",
+            },
+        },
+    }
+    return {
+        "type": "object",
+        "description": "Written by kubespiffed.",
+        "properties": {
+            "observedGeneration": {
+                "type": "integer",
+                "format": "int64",
+                "minimum": 0,
+                "description": "The metadata.generation kubespiffed last evaluated.",
+            },
+            "conditions": {
+                "type": "array",
+                "description": "Ready=False: kubespiffed does not use this registration (reason says why).",
+                "maxItems": 8,
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+                "items": condition,
+            },
+        },
+    }
+
+
+_DESCRIPTIONS = {
+    m.NAMESPACED_KIND: (
+        "Grants SPIFFE identities to pods of its own namespace. It may only grant IDs under "
+        "spiffe://<trust domain>/ns/<its namespace>/; one that would grant anything else is Ready=False "
+        "and never used."
+    ),
+    m.CLUSTER_KIND: (
+        "Grants SPIFFE identities to pods of the namespaces it selects, anywhere in the trust domain except "
+        "spiffe://<trust domain>/kubespiffe/..., which is reserved for kubespiffe itself."
+    ),
+}
+_SHORT_NAMES = {m.NAMESPACED_KIND: "wreg", m.CLUSTER_KIND: "cwreg"}
+
+
+def crd(kind: m.Kind) -> dict[str, Any]:
+    """The CustomResourceDefinition (apiextensions.k8s.io/v1) for one registration kind."""
+    cluster = kind == m.CLUSTER_KIND
+    plural = kind.lower() + "s"
+    spec_properties = {
+        f.metadata["json"]: _spec_property(f.name, f.metadata["description"], f.default)
+        for f in fields(m.RegistrationSpec)
+        if cluster or f.name != "namespace_selector"
+    }
+    ready = '.status.conditions[?(@.type=="Ready")]'
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{m.GROUP}", "labels": {"app.kubernetes.io/part-of": "kubespiffe"}},
+        "spec": {
+            "group": m.GROUP,
+            "scope": "Cluster" if cluster else "Namespaced",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [_SHORT_NAMES[kind]],
+                "categories": ["kubespiffe"],
+            },
+            "versions": [
+                {
+                    "name": m.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {
+                            "name": "SPIFFE ID Template",
+                            "type": "string",
+                            "jsonPath": ".spec.spiffeIDTemplate",
+                        },
+                        {"name": "Ready", "type": "string", "jsonPath": f"{ready}.status"},
+                        {"name": "Reason", "type": "string", "jsonPath": f"{ready}.reason", "priority": 1},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": _DESCRIPTIONS[kind],
+                            "properties": {
+                                "apiVersion": {"type": "string", "description": "APIVersion of this object."},
+                                "kind": {"type": "string", "description": "Kind of this object."},
+                                "metadata": {"type": "object"},
+                                "spec": {
+                                    "type": "object",
+                                    "description": "Which pods, and the identity they get.",
+                                    "default": {},
+                                    "properties": spec_properties,
+                                },
+                                "status": _status_schema(),
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def render(kind: m.Kind) -> str:
+    """The YAML text committed under deploy/crds/."""
+    header = "# Generated by `python -m kubespiffe.registry.crds deploy/crds`; do not edit.\n"
+    return header + yaml.safe_dump(crd(kind), sort_keys=False, width=120)
+
+
+def filename(kind: m.Kind) -> str:
+    return f"{kind.lower()}s.{m.GROUP}.yaml"
+
+
+def write(outdir: Path) -> list[Path]:
+    outdir.mkdir(parents=True, exist_ok=True)
+    written = []
+    kinds: tuple[m.Kind, ...] = (m.NAMESPACED_KIND, m.CLUSTER_KIND)
+    for kind in kinds:
+        path = outdir / filename(kind)
+        path.write_text(render(kind))
+        written.append(path)
+    return written
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m kubespiffe.registry.crds OUTDIR", file=sys.stderr)
+        return 2
+    for path in write(Path(argv[0])):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
