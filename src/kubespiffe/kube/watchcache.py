@@ -109,20 +109,22 @@ class WatchCache(Generic[T]):
         """List, then watch from the list's resourceVersion; relist on 410 Gone or any watch failure."""
         backoff = 0.5
         while True:
+            progressed = False
             try:
                 version = await self._relist()
-                backoff = 0.5
                 async for event, obj in self._client.watch(  # type: ignore[call-overload]
                     self._resource,
                     **self._scope(),
                     resource_version=version,
                     server_timeout=self._watch_timeout,
                 ):
+                    progressed = True
+                    backoff = 0.5
                     self._apply(event, obj)
             except asyncio.CancelledError:
                 raise
             except ApiError as exc:
-                if exc.status.code == 410:
+                if exc.status.code == 410 and progressed:
                     log.info("%s watch expired (410 Gone); relisting", self.kind)
                     continue
                 log.warning("%s watch failed: %s; relisting in %.1fs", self.kind, exc, backoff)
