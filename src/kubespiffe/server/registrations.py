@@ -14,6 +14,7 @@ from typing import Any
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
+from lightkube.types import PatchType
 from lightkube.models.core_v1 import EventSource, ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Event, Namespace, Pod
@@ -22,7 +23,7 @@ from kubespiffe.kube.client import ClusterWorkloadRegistration, WorkloadRegistra
 from kubespiffe.kube.watchcache import WatchCache
 from kubespiffe.registry.match import MatchResult, identities_for
 from kubespiffe.registry.models import Registration, RegistrationError
-from kubespiffe.registry.status import evaluate, status_document
+from kubespiffe.registry.status import evaluate_object, status_document
 from kubespiffe.registry.template import PodFacts
 from kubespiffe.spiffe.spiffeid import TrustDomain
 
@@ -74,12 +75,9 @@ class Registry:
             log.info("registration removed kind=%s namespace=%s name=%s", *key)
             return
         try:
-            registration = Registration.from_object(raw)
-        except RegistrationError as exc:
+            self._parsed[key] = Registration.from_object(raw)
+        except RegistrationError:
             self._parsed.pop(key, None)
-            log.warning("registration unusable kind=%s namespace=%s name=%s: %s", *key, exc)
-            return
-        self._parsed[key] = registration
         self._status_queue.put_nowait(raw)
 
     def identities(self, pod: Pod) -> MatchResult:
@@ -97,25 +95,23 @@ class Registry:
                 log.exception("could not update status of %s", raw.get("metadata", {}).get("name"))
 
     async def _write_status(self, raw: Mapping[str, Any]) -> None:
-        registration = Registration.from_object(raw)
-        condition = evaluate(registration, self._trust_domain)
+        meta = raw.get("metadata", {})
+        condition = evaluate_object(raw, self._trust_domain, self._reserved)
         current = raw.get("status") or {}
-        desired = status_document(current, registration.generation, condition)
+        desired = status_document(current, int(meta.get("generation", 0)), condition)
         if desired == current:
             return
-        resource = WorkloadRegistration if registration.namespace else ClusterWorkloadRegistration
+        namespace = meta.get("namespace")
+        resource = WorkloadRegistration if namespace else ClusterWorkloadRegistration
         await self._client.patch(
-            resource,
-            registration.name,
-            {"status": desired},
-            namespace=registration.namespace,
-            subresource="status",
+            resource.Status, meta["name"], {"status": desired}, namespace=namespace, patch_type=PatchType.MERGE
         )
-        if condition.status != "True":
+        if condition.status == "True":
+            log.info("registration ready kind=%s namespace=%s name=%s", raw.get("kind"), namespace, meta["name"])
+        else:
             log.warning(
                 "registration not ready kind=%s namespace=%s name=%s reason=%s: %s",
-                registration.kind, registration.namespace, registration.name,
-                condition.reason, condition.message,
+                raw.get("kind"), namespace, meta["name"], condition.reason, condition.message,
             )
             await self._event(raw, condition.reason, condition.message)
 
