@@ -105,6 +105,22 @@ def ensure_binaries() -> ControlPlaneBinaries:
     return ControlPlaneBinaries(etcd=etcd, kube_apiserver=apiserver, kubernetes_version=k8s_version)
 
 
+def ensure_interop() -> Path:
+    """The go-spiffe interop program (tools/interop), built once per go.mod/go.sum/source hash."""
+    module_dir = repo_root() / "tools" / "interop"
+    digest = hashlib.sha256(
+        b"".join((module_dir / name).read_bytes() for name in ("go.mod", "go.sum", "main.go"))
+    ).hexdigest()[:12]
+    binary = cache_root() / "interop" / digest / "spiffe-interop"
+    if not binary.exists():
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        staging = binary.parent / f".spiffe-interop-{os.getpid()}"
+        _go_build(module_dir, ".", staging, "-s -w")
+        staging.rename(binary)
+    return binary
+
+
 if __name__ == "__main__":
     binaries = ensure_binaries()
     print(f"etcd: {binaries.etcd}\nkube-apiserver: {binaries.kube_apiserver}")
+    print(f"spiffe-interop: {ensure_interop()}")
