@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import socket
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
-from kubespiffe.spiffe.bundle import certificates_to_pem
+from kubespiffe.spiffe.bundle import Bundle, certificates_to_pem, parse_bundle_json
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 from kubespiffe.spiffe.x509svid import X509SvidError, id_from_certificate
 
@@ -124,6 +125,124 @@ def new_csr() -> tuple[ec.EllipticCurvePrivateKey, bytes]:
     return key, csr.public_bytes(Encoding.DER)
 
 
+@dataclass(frozen=True)
+class JWTSVID:
+    spiffe_id: SpiffeId
+    token: str
+    hint: str
+    expires_at: dt.datetime
+
+
+class IssuerClient:
+    """One TLS channel to kubespiffed, opened after the server proved its SPIFFE ID.
+
+    `trust` is the trust bundle that authenticates kubespiffed; the agent replaces it with the newest
+    bundle it receives so that kubespiffed stays verifiable across CA rotation.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        trust: list[x509.Certificate],
+        *,
+        server_id: SpiffeId | None = None,
+        server_name: str = DEFAULT_SERVER_NAME,
+        timeout: float = 10.0,
+    ) -> None:
+        self.address = address
+        self._server_id = server_id
+        self._server_name = server_name
+        self._timeout = timeout
+        self._trust_pem = ""
+        self._channel: grpc.aio.Channel | None = None
+        self.set_trust(trust)
+
+    def set_trust(self, trust: list[x509.Certificate]) -> None:
+        pem = certificates_to_pem(trust).decode()
+        if pem != self._trust_pem:
+            self._trust_pem = pem
+            self._expected = self._server_id or SpiffeId(trust_domain_of(trust), SERVER_ID_PATH)
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            asyncio.get_running_loop().create_task(channel.close(grace=5))
+
+    async def _stub(self) -> issuer_pb2_grpc.IssuerStub:
+        if self._channel is None:
+            await asyncio.to_thread(
+                _check_server_identity, self.address, self._trust_pem, self._expected, self._timeout
+            )
+            credentials = grpc.ssl_channel_credentials(root_certificates=self._trust_pem.encode())
+            options = [("grpc.ssl_target_name_override", self._server_name)]
+            self._channel = grpc.aio.secure_channel(self.address, credentials, options=options)
+        return issuer_pb2_grpc.IssuerStub(self._channel)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    def _metadata(self, token: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {token}"),)
+
+    async def mint_x509(self, token: str, spiffe_id: str = "") -> X509Result:
+        key, csr = new_csr()
+        stub = await self._stub()
+        try:
+            response = await stub.MintX509SVID(
+                issuer_pb2.MintX509SVIDRequest(csr=csr, spiffe_id=spiffe_id),
+                metadata=self._metadata(token), timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise self._failed(exc) from None
+        svids = tuple(
+            X509SVID(
+                spiffe_id=SpiffeId.parse(svid.spiffe_id),
+                chain=tuple(x509.load_der_x509_certificate(c) for c in svid.cert_chain),
+                private_key=key,
+                hint=svid.hint,
+            )
+            for svid in response.svids
+        )
+        return X509Result(svids, tuple(x509.load_der_x509_certificate(c) for c in response.bundle))
+
+    async def mint_jwt(self, token: str, audience: list[str], spiffe_id: str = "") -> list[JWTSVID]:
+        stub = await self._stub()
+        try:
+            response = await stub.MintJWTSVID(
+                issuer_pb2.MintJWTSVIDRequest(audience=audience, spiffe_id=spiffe_id),
+                metadata=self._metadata(token), timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise self._failed(exc) from None
+        return [
+            JWTSVID(
+                SpiffeId.parse(s.spiffe_id), s.token, s.hint, dt.datetime.fromtimestamp(s.expires_at, dt.UTC)
+            )
+            for s in response.svids
+        ]
+
+    async def watch_bundles(self, token: str) -> AsyncIterator[list[Bundle]]:
+        """Every message of the WatchBundles stream, parsed: own trust domain first."""
+        stub = await self._stub()
+        stream = stub.WatchBundles(issuer_pb2.WatchBundlesRequest(), metadata=self._metadata(token))
+        try:
+            async for message in stream:
+                yield [
+                    parse_bundle_json(TrustDomain.parse(b.trust_domain), b.spiffe_bundle)
+                    for b in message.bundles
+                ]
+        except grpc.aio.AioRpcError as exc:
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: grpc.aio.AioRpcError) -> FetchError:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            self._drop()
+        return _translate(exc, self.address)
+
+
 async def fetch_x509(
     address: str,
     token: str,
@@ -134,33 +253,12 @@ async def fetch_x509(
     server_name: str = DEFAULT_SERVER_NAME,
     timeout: float = 10.0,
 ) -> X509Result:
-    """Fetch X.509-SVIDs for every identity granted to the token's pod (or just `spiffe_id`)."""
-    bundle_pem = certificates_to_pem(bundle).decode()
-    expected = server_id or SpiffeId(trust_domain_of(bundle), SERVER_ID_PATH)
-    await asyncio.to_thread(_check_server_identity, address, bundle_pem, expected, timeout)
-    key, csr = new_csr()
-    credentials = grpc.ssl_channel_credentials(root_certificates=bundle_pem.encode())
-    options = [("grpc.ssl_target_name_override", server_name)]
-    async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
-        stub = issuer_pb2_grpc.IssuerStub(channel)
-        try:
-            response = await stub.MintX509SVID(
-                issuer_pb2.MintX509SVIDRequest(csr=csr, spiffe_id=spiffe_id),
-                metadata=(("authorization", f"Bearer {token}"),),
-                timeout=timeout,
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, address) from None
-    svids = tuple(
-        X509SVID(
-            spiffe_id=SpiffeId.parse(svid.spiffe_id),
-            chain=tuple(x509.load_der_x509_certificate(c) for c in svid.cert_chain),
-            private_key=key,
-            hint=svid.hint,
-        )
-        for svid in response.svids
-    )
-    return X509Result(svids, tuple(x509.load_der_x509_certificate(c) for c in response.bundle))
+    """One-shot: X.509-SVIDs for every identity granted to the token's pod (or just `spiffe_id`)."""
+    client = IssuerClient(address, bundle, server_id=server_id, server_name=server_name, timeout=timeout)
+    try:
+        return await client.mint_x509(token, spiffe_id)
+    finally:
+        await client.close()
 
 
 def _translate(exc: grpc.aio.AioRpcError, address: str) -> FetchError:

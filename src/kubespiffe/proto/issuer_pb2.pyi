@@ -106,3 +106,132 @@ class MintX509SVIDResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MintX509SVIDResponse: _TypeAlias = MintX509SVIDResponse  # noqa: Y015
+
+@_typing.final
+class MintJWTSVIDRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    SPIFFE_ID_FIELD_NUMBER: _builtins.int
+    spiffe_id: _builtins.str
+    @_builtins.property
+    def audience(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        audience: _abc.Iterable[_builtins.str] | None = ...,
+        spiffe_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "spiffe_id", b"spiffe_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MintJWTSVIDRequest: _TypeAlias = MintJWTSVIDRequest  # noqa: Y015
+
+@_typing.final
+class JWTSVID(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPIFFE_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    HINT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    spiffe_id: _builtins.str
+    token: _builtins.str
+    hint: _builtins.str
+    expires_at: _builtins.int
+    def __init__(
+        self,
+        *,
+        spiffe_id: _builtins.str = ...,
+        token: _builtins.str = ...,
+        hint: _builtins.str = ...,
+        expires_at: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "hint", b"hint", "spiffe_id", b"spiffe_id", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JWTSVID: _TypeAlias = JWTSVID  # noqa: Y015
+
+@_typing.final
+class MintJWTSVIDResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SVIDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def svids(self) -> _containers.RepeatedCompositeFieldContainer[Global___JWTSVID]: ...
+    def __init__(
+        self,
+        *,
+        svids: _abc.Iterable[Global___JWTSVID] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["svids", b"svids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MintJWTSVIDResponse: _TypeAlias = MintJWTSVIDResponse  # noqa: Y015
+
+@_typing.final
+class WatchBundlesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchBundlesRequest: _TypeAlias = WatchBundlesRequest  # noqa: Y015
+
+@_typing.final
+class TrustBundle(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRUST_DOMAIN_FIELD_NUMBER: _builtins.int
+    SPIFFE_BUNDLE_FIELD_NUMBER: _builtins.int
+    trust_domain: _builtins.str
+    spiffe_bundle: _builtins.bytes
+    """SPIFFE bundle format (JWK Set with x509-svid and jwt-svid keys)."""
+    def __init__(
+        self,
+        *,
+        trust_domain: _builtins.str = ...,
+        spiffe_bundle: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spiffe_bundle", b"spiffe_bundle", "trust_domain", b"trust_domain"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrustBundle: _TypeAlias = TrustBundle  # noqa: Y015
+
+@_typing.final
+class BundlesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUNDLES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bundles(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrustBundle]: ...
+    def __init__(
+        self,
+        *,
+        bundles: _abc.Iterable[Global___TrustBundle] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundles", b"bundles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BundlesResponse: _TypeAlias = BundlesResponse  # noqa: Y015

@@ -39,6 +39,16 @@ class IssuerStub:
                 request_serializer=issuer__pb2.MintX509SVIDRequest.SerializeToString,
                 response_deserializer=issuer__pb2.MintX509SVIDResponse.FromString,
                 _registered_method=True)
+        self.MintJWTSVID = channel.unary_unary(
+                '/kubespiffe.issuer.v1.Issuer/MintJWTSVID',
+                request_serializer=issuer__pb2.MintJWTSVIDRequest.SerializeToString,
+                response_deserializer=issuer__pb2.MintJWTSVIDResponse.FromString,
+                _registered_method=True)
+        self.WatchBundles = channel.unary_stream(
+                '/kubespiffe.issuer.v1.Issuer/WatchBundles',
+                request_serializer=issuer__pb2.WatchBundlesRequest.SerializeToString,
+                response_deserializer=issuer__pb2.BundlesResponse.FromString,
+                _registered_method=True)
 
 
 class IssuerServicer:
@@ -53,6 +63,22 @@ class IssuerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MintJWTSVID(self, request, context):
+        """Sign one JWT-SVID per granted identity (or just `spiffe_id`) for the audiences asked for.
+        Same status codes as MintX509SVID; INVALID_ARGUMENT for an empty audience.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchBundles(self, request, context):
+        """The bundles the caller's pod may use, now and after every change: its own trust domain's bundle
+        first, then those of the trust domains its registrations federate with. Each message is complete.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IssuerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +86,16 @@ def add_IssuerServicer_to_server(servicer, server):
                     servicer.MintX509SVID,
                     request_deserializer=issuer__pb2.MintX509SVIDRequest.FromString,
                     response_serializer=issuer__pb2.MintX509SVIDResponse.SerializeToString,
+            ),
+            'MintJWTSVID': grpc.unary_unary_rpc_method_handler(
+                    servicer.MintJWTSVID,
+                    request_deserializer=issuer__pb2.MintJWTSVIDRequest.FromString,
+                    response_serializer=issuer__pb2.MintJWTSVIDResponse.SerializeToString,
+            ),
+            'WatchBundles': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchBundles,
+                    request_deserializer=issuer__pb2.WatchBundlesRequest.FromString,
+                    response_serializer=issuer__pb2.BundlesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +125,60 @@ class Issuer:
             '/kubespiffe.issuer.v1.Issuer/MintX509SVID',
             issuer__pb2.MintX509SVIDRequest.SerializeToString,
             issuer__pb2.MintX509SVIDResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MintJWTSVID(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubespiffe.issuer.v1.Issuer/MintJWTSVID',
+            issuer__pb2.MintJWTSVIDRequest.SerializeToString,
+            issuer__pb2.MintJWTSVIDResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kubespiffe.issuer.v1.Issuer/WatchBundles',
+            issuer__pb2.WatchBundlesRequest.SerializeToString,
+            issuer__pb2.BundlesResponse.FromString,
             options,
             channel_credentials,
             insecure,
