@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import grpc
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from lightkube import AsyncClient, KubeConfig
@@ -60,8 +59,11 @@ def raw_costs(rounds: int = 2000) -> tuple[float, float]:
 
 
 async def _client(
-    stub: issuer_pb2_grpc.IssuerStub, request: issuer_pb2.MintX509SVIDRequest,
-    metadata: tuple[tuple[str, str], ...], count: int, latencies: list[float],
+    stub: issuer_pb2_grpc.IssuerAsyncStub,
+    request: issuer_pb2.MintX509SVIDRequest,
+    metadata: tuple[tuple[str, str], ...],
+    count: int,
+    latencies: list[float],
 ) -> None:
     for _ in range(count):
         start = time.perf_counter()
@@ -69,7 +71,9 @@ async def _client(
         latencies.append(time.perf_counter() - start)
 
 
-async def measure(address: str, bundle_pem: bytes, token: str, concurrency: int, total: int) -> tuple[float, float, float]:
+async def measure(
+    address: str, bundle_pem: bytes, token: str, concurrency: int, total: int
+) -> tuple[float, float, float]:
     credentials = grpc.ssl_channel_credentials(bundle_pem)
     options = [("grpc.ssl_target_name_override", "kubespiffed")]
     async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
@@ -108,7 +112,9 @@ async def main(total: int) -> None:
             token = await pod_token(client, pod)
             await asyncio.sleep(1)
             sign_us, leaf_us = raw_costs()
-            print(f"raw ECDSA P-256 sign: {sign_us:.0f} us   leaf build+sign: {leaf_us:.0f} us (this process)")
+            print(
+                f"raw ECDSA P-256 sign: {sign_us:.0f} us   leaf build+sign: {leaf_us:.0f} us (this process)"
+            )
             print(f"{'clients':>8} {'requests':>9} {'issued/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
             for concurrency in (1, 4, 16):
                 rate, p50, p99 = await measure(daemon.address, bundle, token, concurrency, total)
@@ -119,7 +125,11 @@ async def main(total: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=2000, help="issuances per concurrency level (bounded)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--requests", type=int, default=2000, help="issuances per concurrency level (bounded)"
+    )
     args = parser.parse_args()
     asyncio.run(main(min(args.requests, 20000)))

@@ -47,7 +47,9 @@ async def test_restart_keeps_the_ca(
     assert await _ca_of(kube, "kubespiffe-authority") == before
 
 
-async def test_two_replicas_started_together_share_one_ca(control_plane: ControlPlane, kube: AsyncClient) -> None:
+async def test_two_replicas_started_together_share_one_ca(
+    control_plane: ControlPlane, kube: AsyncClient
+) -> None:
     """Two processes racing to create a new authority Secret end up with exactly one CA."""
     secret = f"race-{uuid.uuid4().hex[:8]}"
     # The shipped Role only lets kubespiffed read its own Secret name; grant this test's name too.
@@ -62,7 +64,9 @@ async def test_two_replicas_started_together_share_one_ca(control_plane: Control
                 "rules": [
                     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
                     {
-                        "apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "update"],
+                        "apiGroups": [""],
+                        "resources": ["secrets"],
+                        "verbs": ["get", "update"],
                         "resourceNames": ["kubespiffe-authority", secret],
                     },
                 ],
@@ -98,7 +102,10 @@ def _served_ca_issuer(daemon: Kubespiffed) -> bytes | None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as raw, context.wrap_socket(raw) as tls:
+    with (
+        socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     served = x509.load_der_x509_certificate(der)

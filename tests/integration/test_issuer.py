@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
+from typing import Any, cast
 
 import grpc
 import jwt
@@ -40,10 +42,12 @@ async def test_registered_pod_gets_svid_with_exact_names_and_ttl(
     kube: AsyncClient, kubespiffed: Running, namespace: str
 ) -> None:
     await register(
-        kube, "web", {"serviceAccountNames": ["web"], "dnsNameTemplates": ["{podName}.{namespace}.svc"]},
+        kube,
+        "web",
+        {"serviceAccountNames": ["web"], "dnsNameTemplates": ["{podName}.{namespace}.svc"]},
         namespace,
     )
-    pod, token = await pod_with_token(kube, namespace, "web-1", "web")
+    _, token = await pod_with_token(kube, namespace, "web-1", "web")
     result = await kubespiffed.fetch(token)
     assert [str(s.spiffe_id) for s in result.svids] == [f"spiffe://example.org/ns/{namespace}/sa/web"]
     svid = result.svids[0]
@@ -56,7 +60,7 @@ async def test_registered_pod_gets_svid_with_exact_names_and_ttl(
     assert verify_chain(list(svid.chain), {TD: list(result.bundle)}, now) == svid.spiffe_id
     lifetime = leaf.not_valid_after_utc - now
     assert dt.timedelta(minutes=58) < lifetime <= dt.timedelta(hours=1)
-    assert leaf.public_key().public_numbers() == svid.private_key.public_key().public_numbers()
+    assert leaf.public_key() == svid.private_key.public_key()
     assert result.bundle == tuple(kubespiffed.bundle)
 
 
@@ -65,7 +69,8 @@ async def test_registration_ttl_and_several_identities_in_stable_order(
 ) -> None:
     await register(kube, "first", {"serviceAccountNames": ["api"], "x509SVIDTTL": "10m"}, namespace)
     await register(
-        kube, "second",
+        kube,
+        "second",
         {"spiffeIDTemplate": "spiffe://{trustDomain}/ns/{namespace}/app/{label:app}", "hint": "app"},
         namespace,
     )
@@ -108,7 +113,9 @@ async def test_registration_changes_apply_without_restart(
     pytest.fail("deleting the registration did not take effect")
 
 
-async def test_token_of_deleted_pod_is_refused(kube: AsyncClient, kubespiffed: Running, namespace: str) -> None:
+async def test_token_of_deleted_pod_is_refused(
+    kube: AsyncClient, kubespiffed: Running, namespace: str
+) -> None:
     await register(kube, "gone", {"serviceAccountNames": ["gone"]}, namespace)
     _, token = await pod_with_token(kube, namespace, "gone", "gone")
     assert (await kubespiffed.fetch(token)).svids
@@ -127,7 +134,9 @@ def _forge(control_plane: ControlPlane, claims: dict[str, object], **header: str
 
 
 @pytest.fixture
-async def bound_token(kube: AsyncClient, kubespiffed: Running, namespace: str) -> tuple[str, dict[str, object]]:
+async def bound_token(
+    kube: AsyncClient, kubespiffed: Running, namespace: str
+) -> tuple[str, dict[str, object]]:
     """A valid token of a registered pod, and its claims, to derive bad tokens from."""
     await register(kube, "victim", {"serviceAccountNames": ["victim"]}, namespace)
     _, token = await pod_with_token(kube, namespace, "victim", "victim")
@@ -150,7 +159,7 @@ def _resign(control_plane: ControlPlane, token: str, **changes: object) -> str:
         ("wrong_issuer", "issuer"),
         ("alg_none", "algorithm 'none'"),
         ("hs256", "algorithm 'HS256'"),
-        ("truncated", ""),
+        ("truncated", "well-formed|signature"),
         ("oversized", "larger than"),
         ("empty", "no token"),
         ("garbage", "not a well-formed JWT"),
@@ -168,28 +177,35 @@ async def test_bad_tokens_are_refused(
     kid = jwt.get_unverified_header(token)["kid"]
     now = int(dt.datetime.now(dt.UTC).timestamp())
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    bad = {
+    makers: dict[str, Callable[[], str]] = {
         "other_key": lambda: jwt.encode(claims, other, algorithm="RS256", headers={"kid": kid}),
         "unknown_kid": lambda: jwt.encode(claims, other, algorithm="RS256", headers={"kid": "forged"}),
         "expired": lambda: _resign(control_plane, token, exp=now - 60, iat=now - 700, nbf=now - 700),
         "wrong_audience": lambda: _resign(control_plane, token, aud=["not-kubespiffe"]),
         "wrong_issuer": lambda: _resign(control_plane, token, iss="https://evil.example"),
-        "alg_none": lambda: jwt.encode(claims, None, algorithm="none", headers={"kid": kid}),
+        "alg_none": lambda: jwt.encode(claims, cast(Any, None), algorithm="none", headers={"kid": kid}),
         "hs256": lambda: jwt.encode(
-            claims, control_plane.service_account_key.read_bytes()[:64], algorithm="HS256", headers={"kid": kid}
+            claims,
+            control_plane.service_account_key.read_bytes()[:64],
+            algorithm="HS256",
+            headers={"kid": kid},
         ),
         "truncated": lambda: token[: len(token) - 20],
-        "oversized": lambda: token + "A" * 20000,
+        "oversized": lambda: token + "A" * 9000,
         "empty": lambda: "",
         "garbage": lambda: "not.a.jwt",
         "not_pod_bound": lambda: _resign(
-            control_plane, token, **{"kubernetes.io": {**claims["kubernetes.io"], "pod": None}}  # type: ignore[dict-item]
+            control_plane,
+            token,
+            **{"kubernetes.io": {**claims["kubernetes.io"], "pod": None}},  # type: ignore[dict-item]
         ),
-    }[case]()
+    }
+    bad = makers[case]()
     with pytest.raises(TokenRefused, match=reason):
         await kubespiffed.fetch(bad)
-    assert bad not in kubespiffed.log.read_text()
-    assert token not in kubespiffed.log.read_text()
+    log = kubespiffed.log.read_text()
+    assert token not in log
+    assert not bad or bad not in log
 
 
 async def test_token_for_another_audience_from_the_api_server_is_refused(
@@ -216,7 +232,9 @@ async def test_csr_with_bad_signature_is_refused(
 ) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     der = bytearray(
-        x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
         .public_bytes(Encoding.DER)
     )
     der[-5] ^= 0xFF
@@ -261,7 +279,11 @@ async def test_tenancy_violation_is_not_ready_and_grants_nothing(
     kube: AsyncClient, kubespiffed: Running, namespace: str
 ) -> None:
     condition = await register(
-        kube, "escape", {"spiffeIDTemplate": "spiffe://{trustDomain}/ns/kube-system/sa/admin"}, namespace, ready=False
+        kube,
+        "escape",
+        {"spiffeIDTemplate": "spiffe://{trustDomain}/ns/kube-system/sa/admin"},
+        namespace,
+        ready=False,
     )
     assert condition["reason"] == "TenancyViolation"
     assert "kube-system" in condition["message"] or namespace in condition["message"]
@@ -275,7 +297,8 @@ async def test_reserved_path_is_refused_even_for_cluster_registrations(
 ) -> None:
     name = f"reserved-{uuid.uuid4().hex[:6]}"
     await register(
-        kube, name,
+        kube,
+        name,
         {
             "spiffeIDTemplate": "spiffe://{trustDomain}/kubespiffe/kubespiffed",
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
@@ -293,7 +316,8 @@ async def test_cluster_registration_selects_by_namespace_labels(
 ) -> None:
     name = f"cluster-{uuid.uuid4().hex[:6]}"
     await register(
-        kube, name,
+        kube,
+        name,
         {
             "spiffeIDTemplate": "spiffe://{trustDomain}/cluster/{namespace}/{podName}",
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
@@ -311,10 +335,11 @@ async def test_cluster_registration_selects_by_namespace_labels(
         await unregister(kube, name)
 
 
-async def test_no_token_material_is_logged(kubespiffed: Running, bound_token: tuple[str, dict[str, object]]) -> None:
+async def test_no_token_material_is_logged(
+    kubespiffed: Running, bound_token: tuple[str, dict[str, object]]
+) -> None:
     log = kubespiffed.log.read_text()
     assert bound_token[0] not in log
     assert bound_token[0].split(".")[2] not in log
     assert "PRIVATE KEY" not in log
     assert f"attested pod=victim namespace={bound_token[1]['kubernetes.io']['namespace']}" in log  # type: ignore[index]
-

@@ -51,12 +51,17 @@ class ScriptedClient:
 
 async def test_relist_after_410_reports_deletes_for_vanished_objects() -> None:
     client = ScriptedClient(
-        listings=[Listing([pod("a", "1"), pod("b", "1")], "10"), Listing([pod("b", "1"), pod("c", "5")], "20")],
+        listings=[
+            Listing([pod("a", "1"), pod("b", "1")], "10"),
+            Listing([pod("b", "1"), pod("c", "5")], "20"),
+        ],
         watches=[[("MODIFIED", pod("a", "2"))], []],
     )
-    cache: WatchCache[Pod] = WatchCache(client, Pod)  # type: ignore[arg-type]
+    cache: WatchCache[Pod] = WatchCache(client, Pod)
     events: list[tuple[str, str, str]] = []
-    cache.add_listener(lambda kind, obj: events.append((kind, obj.metadata.name, obj.metadata.resourceVersion)))
+    cache.add_listener(
+        lambda kind, obj: events.append((kind, obj.metadata.name, obj.metadata.resourceVersion))
+    )
     task = asyncio.create_task(cache.run())
     for _ in range(100):
         if cache.relists == 2:
@@ -66,17 +71,19 @@ async def test_relist_after_410_reports_deletes_for_vanished_objects() -> None:
     assert cache.relists == 2
     assert client.watch_versions == ["10", "20"]
     assert events == [
-        ("ADDED", "a", "1"), ("ADDED", "b", "1"),
+        ("ADDED", "a", "1"),
+        ("ADDED", "b", "1"),
         ("MODIFIED", "a", "2"),
-        ("DELETED", "a", "2"), ("ADDED", "c", "5"),
+        ("DELETED", "a", "2"),
+        ("ADDED", "c", "5"),
     ]
-    assert sorted(p.metadata.name for p in cache) == ["b", "c"]  # type: ignore[union-attr]
+    assert sorted(p.metadata.name for p in cache) == ["b", "c"]
     assert cache.get("ns", "a") is None
 
 
 async def test_failing_listener_does_not_break_the_cache() -> None:
     client = ScriptedClient(listings=[Listing([pod("a", "1")], "1")], watches=[[("DELETED", pod("a", "1"))]])
-    cache: WatchCache[Pod] = WatchCache(client, Pod)  # type: ignore[arg-type]
+    cache: WatchCache[Pod] = WatchCache(client, Pod)
 
     def broken(kind: str, obj: Any) -> None:
         raise RuntimeError("listener bug")

@@ -11,11 +11,11 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from kubespiffe.agent.issuer_client import X509SVID
 from kubespiffe.spiffe.bundle import certificates_to_pem
-from cryptography import x509
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -32,7 +32,9 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise
 
 
-def write_x509_svids(directory: Path, svids: Sequence[X509SVID], bundle: Sequence[x509.Certificate]) -> list[Path]:
+def write_x509_svids(
+    directory: Path, svids: Sequence[X509SVID], bundle: Sequence[x509.Certificate]
+) -> list[Path]:
     """svid.N.pem (leaf first, then chain), svid.N.key (PKCS#8 PEM, 0600), bundle.N.pem for each identity."""
     directory.mkdir(parents=True, exist_ok=True)
     bundle_pem = certificates_to_pem(list(bundle))

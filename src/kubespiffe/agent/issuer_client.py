@@ -169,7 +169,7 @@ class IssuerClient:
             channel, self._channel = self._channel, None
             asyncio.get_running_loop().create_task(channel.close(grace=5))
 
-    async def _stub(self) -> issuer_pb2_grpc.IssuerStub:
+    async def _stub(self) -> issuer_pb2_grpc.IssuerAsyncStub:
         if self._channel is None:
             await asyncio.to_thread(
                 _check_server_identity, self.address, self._trust_pem, self._expected, self._timeout
@@ -177,11 +177,11 @@ class IssuerClient:
             credentials = grpc.ssl_channel_credentials(root_certificates=self._trust_pem.encode())
             options = [("grpc.ssl_target_name_override", self._server_name)]
             self._channel = grpc.aio.secure_channel(self.address, credentials, options=options)
-        return issuer_pb2_grpc.IssuerStub(self._channel)
+        return issuer_pb2_grpc.IssuerStub(self._channel)  # an IssuerAsyncStub for an aio channel
 
     async def close(self) -> None:
         if self._channel is not None:
-            await self._channel.close()
+            await self._channel.close(grace=None)
             self._channel = None
 
     def _metadata(self, token: str) -> tuple[tuple[str, str], ...]:
@@ -193,7 +193,8 @@ class IssuerClient:
         try:
             response = await stub.MintX509SVID(
                 issuer_pb2.MintX509SVIDRequest(csr=csr, spiffe_id=spiffe_id),
-                metadata=self._metadata(token), timeout=self._timeout,
+                metadata=self._metadata(token),
+                timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as exc:
             raise self._failed(exc) from None
@@ -213,7 +214,8 @@ class IssuerClient:
         try:
             response = await stub.MintJWTSVID(
                 issuer_pb2.MintJWTSVIDRequest(audience=audience, spiffe_id=spiffe_id),
-                metadata=self._metadata(token), timeout=self._timeout,
+                metadata=self._metadata(token),
+                timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as exc:
             raise self._failed(exc) from None

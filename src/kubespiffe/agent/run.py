@@ -81,7 +81,8 @@ class Agent:
         snapshot = Snapshot(
             trust_domain=trust_domain,
             svids=tuple(
-                HeldX509SVID(s.spiffe_id, s.chain, s.private_key, s.hint) for s in (self._x509.svids if self._x509 else ())
+                HeldX509SVID(s.spiffe_id, s.chain, s.private_key, s.hint)
+                for s in (self._x509.svids if self._x509 else ())
             ),
             x509_bundles=x509_bundles,
             jwt_bundles={b.trust_domain: dict(b.jwt_authorities) for b in self._bundles},
@@ -120,11 +121,14 @@ class Agent:
             self.ready.set()
             log.info(
                 "X.509-SVIDs renewed: %s (expire %s)",
-                ",".join(str(s.spiffe_id) for s in result.svids), result.svids[0].expires_at.isoformat(),
+                ",".join(str(s.spiffe_id) for s in result.svids),
+                result.svids[0].expires_at.isoformat(),
             )
             leaves = [s.chain[0] for s in result.svids]
             await asyncio.sleep(
-                _half_life(min(c.not_valid_after_utc for c in leaves), min(c.not_valid_before_utc for c in leaves))
+                _half_life(
+                    min(c.not_valid_after_utc for c in leaves), min(c.not_valid_before_utc for c in leaves)
+                )
             )
 
     async def _deny(self, reason: str) -> None:
@@ -193,7 +197,9 @@ class Agent:
 
     async def run(self, started: asyncio.Event | None = None) -> None:
         server = grpc.aio.server()
-        workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(WorkloadAPI(self.state, self.mint_jwt), server)
+        workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(
+            WorkloadAPI(self.state, self.mint_jwt), server
+        )
         service_names = (
             workload_pb2.DESCRIPTOR.services_by_name["SpiffeWorkloadAPI"].full_name,
             reflection.SERVICE_NAME,
@@ -205,7 +211,7 @@ class Agent:
             socket.unlink()
         server.add_insecure_port(f"unix://{socket}")
         await server.start()
-        os.chmod(socket, 0o666)  # any container of the pod may use it, and only the pod's containers can
+        os.chmod(socket, 0o666)  # noqa: S103 — any container of the pod may use it, and only the pod's containers can
         log.info("Workload API serving on unix://%s", socket)
         if started is not None:
             started.set()

@@ -68,24 +68,32 @@ class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):  # type: ignore[
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, snapshot.denied)
             yield snapshot
 
-    async def FetchX509SVID(  # noqa: N802
-        self, request: workload_pb2.X509SVIDRequest, context: grpc.aio.ServicerContext  # type: ignore[type-arg]
+    async def FetchX509SVID(
+        self,
+        request: workload_pb2.X509SVIDRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> AsyncIterator[workload_pb2.X509SVIDResponse]:
         await _require_header(context)
         async for snapshot in self._snapshots(context):
             yield x509_svid_response(snapshot)
 
-    async def FetchX509Bundles(  # noqa: N802
-        self, request: workload_pb2.X509BundlesRequest, context: grpc.aio.ServicerContext  # type: ignore[type-arg]
+    async def FetchX509Bundles(
+        self,
+        request: workload_pb2.X509BundlesRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> AsyncIterator[workload_pb2.X509BundlesResponse]:
         await _require_header(context)
         async for snapshot in self._snapshots(context):
             yield workload_pb2.X509BundlesResponse(
-                bundles={bundle_key(td): certificates_to_der(list(c)) for td, c in snapshot.x509_bundles.items()}
+                bundles={
+                    bundle_key(td): certificates_to_der(list(c)) for td, c in snapshot.x509_bundles.items()
+                }
             )
 
-    async def FetchJWTBundles(  # noqa: N802
-        self, request: workload_pb2.JWTBundlesRequest, context: grpc.aio.ServicerContext  # type: ignore[type-arg]
+    async def FetchJWTBundles(
+        self,
+        request: workload_pb2.JWTBundlesRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> AsyncIterator[workload_pb2.JWTBundlesResponse]:
         await _require_header(context)
         async for snapshot in self._snapshots(context):
@@ -94,8 +102,10 @@ class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):  # type: ignore[
                 bundles={bundle_key(td): jwks_json(snapshot.jwt_bundles.get(td, {})) for td in domains}
             )
 
-    async def FetchJWTSVID(  # noqa: N802
-        self, request: workload_pb2.JWTSVIDRequest, context: grpc.aio.ServicerContext  # type: ignore[type-arg]
+    async def FetchJWTSVID(
+        self,
+        request: workload_pb2.JWTSVIDRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> workload_pb2.JWTSVIDResponse:
         await _require_header(context)
         audience = list(request.audience)
@@ -122,8 +132,10 @@ class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):  # type: ignore[
             svids=[workload_pb2.JWTSVID(spiffe_id=s.spiffe_id, svid=s.token, hint=s.hint) for s in issued]
         )
 
-    async def ValidateJWTSVID(  # noqa: N802
-        self, request: workload_pb2.ValidateJWTSVIDRequest, context: grpc.aio.ServicerContext  # type: ignore[type-arg]
+    async def ValidateJWTSVID(
+        self,
+        request: workload_pb2.ValidateJWTSVIDRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> workload_pb2.ValidateJWTSVIDResponse:
         await _require_header(context)
         if not request.audience:
@@ -151,7 +163,9 @@ def x509_svid_response(snapshot: Snapshot) -> workload_pb2.X509SVIDResponse:
             workload_pb2.X509SVID(
                 spiffe_id=str(svid.spiffe_id),
                 x509_svid=certificates_to_der(list(svid.chain)),
-                x509_svid_key=svid.private_key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption()),
+                x509_svid_key=svid.private_key.private_bytes(
+                    Encoding.DER, PrivateFormat.PKCS8, NoEncryption()
+                ),
                 bundle=own,
                 hint=svid.hint,
             )

@@ -37,8 +37,12 @@ def cmd_fetch_x509(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(
             fetch_x509(
-                args.server, token, bundle,
-                spiffe_id=args.spiffe_id or "", server_id=server_id, server_name=args.server_name,
+                args.server,
+                token,
+                bundle,
+                spiffe_id=args.spiffe_id or "",
+                server_id=server_id,
+                server_name=args.server_name,
             )
         )
     except FetchError as exc:
@@ -79,8 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     x509.add_argument("--bundle-file", required=True, help="trust bundle (PEM) to verify kubespiffed")
     x509.add_argument("--write", metavar="DIR", help="write svid.N.pem, svid.N.key, bundle.N.pem here")
     x509.add_argument("--spiffe-id", help="only this identity")
-    x509.add_argument("--server-id", help="kubespiffed's SPIFFE ID (default spiffe://<td>/kubespiffe/kubespiffed)")
-    x509.add_argument("--server-name", default=DEFAULT_SERVER_NAME, help="DNS name in kubespiffed's certificate")
+    x509.add_argument(
+        "--server-id", help="kubespiffed's SPIFFE ID (default spiffe://<td>/kubespiffe/kubespiffed)"
+    )
+    x509.add_argument(
+        "--server-name", default=DEFAULT_SERVER_NAME, help="DNS name in kubespiffed's certificate"
+    )
     x509.set_defaults(func=cmd_fetch_x509)
 
     dev = commands.add_parser("dev", help="local development cluster").add_subparsers(

@@ -63,10 +63,8 @@ def _go_build(module_dir: Path, package: str, output: Path, ldflags: str) -> Non
         cmd, cwd=module_dir, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
     ) as proc:
         assert proc.stderr is not None
-        compiled = 0
         tail: list[str] = []
-        for line in proc.stderr:
-            compiled += 1
+        for compiled, line in enumerate(proc.stderr, start=1):
             tail = [*tail[-20:], line.rstrip()]
             if compiled % 100 == 0:
                 print(f"  {package}: {compiled} packages compiled", file=sys.stderr, flush=True)

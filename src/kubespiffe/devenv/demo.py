@@ -31,7 +31,8 @@ def _say(text: str) -> None:
 def _start_dev_up(directory: Path) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "kubespiffe.cli.main", "dev", "up", "--dir", str(directory)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -74,12 +75,21 @@ async def _workloads(kubeconfig: Path, tokens: Path) -> None:
 def _fetch(directory: Path, token_file: Path, out: Path) -> int:
     server = (directory / "server").read_text().strip()
     cmd = [
-        "kubespiffe", "fetch", "x509", "--server", server, "--token-file", str(token_file),
-        "--bundle-file", str(directory / "bundle.pem"), "--write", str(out),
+        "kubespiffe",
+        "fetch",
+        "x509",
+        "--server",
+        server,
+        "--token-file",
+        str(token_file),
+        "--bundle-file",
+        str(directory / "bundle.pem"),
+        "--write",
+        str(out),
     ]
     print("$ " + " ".join(cmd).replace(str(directory), "$DEMO"), flush=True)
     exe = [sys.executable, "-m", "kubespiffe.cli.main", *cmd[1:]]
-    code = subprocess.run(exe, check=False).returncode  # noqa: S603
+    code = subprocess.run(exe, check=False).returncode
     print(f"(exit code {code})")
     return code
 
@@ -90,7 +100,9 @@ def main() -> int:
     _say("1. kubespiffe dev up: a local kube-apiserver + etcd, the CRDs, kubespiffed under its own RBAC")
     dev = _start_dev_up(directory)
     try:
-        tokens = Path("/dev/shm" if Path("/dev/shm").is_dir() else directory) / f"kubespiffe-demo-{os.getpid()}"
+        tokens = (
+            Path("/dev/shm" if Path("/dev/shm").is_dir() else directory) / f"kubespiffe-demo-{os.getpid()}"
+        )
         tokens.mkdir(mode=0o700, exist_ok=True)
         _say("2. a WorkloadRegistration for service account 'frontend', and two pods with pod-bound tokens")
         asyncio.run(_workloads(directory / "kubeconfig", tokens))

@@ -74,7 +74,9 @@ class ClusterCA:
     ) -> IssuedPair:
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server_names or server_ips else ExtendedKeyUsageOID.CLIENT_AUTH
+        usage = (
+            ExtendedKeyUsageOID.SERVER_AUTH if server_names or server_ips else ExtendedKeyUsageOID.CLIENT_AUTH
+        )
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(common_name, organization))

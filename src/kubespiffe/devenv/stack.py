@@ -30,7 +30,7 @@ from kubespiffe.devenv.controlplane import ControlPlane, free_port
 
 NAMESPACE = "kubespiffe-system"
 SERVICE_ACCOUNT = "kubespiffed"
-AUTHORITY_SECRET = "kubespiffe-authority"
+AUTHORITY_SECRET = "kubespiffe-authority"  # noqa: S105 (a Secret name)
 
 
 def manifest_paths() -> list[Path]:
@@ -103,7 +103,9 @@ class Kubespiffed:
         log = (self.log_path or self.plane.log_dir / f"kubespiffed-{self.port}.log").open("ab")
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "kubespiffe.server.main",
+                sys.executable,
+                "-m",
+                "kubespiffe.server.main",
                 f"--trust-domain={self.trust_domain}",
                 f"--namespace={NAMESPACE}",
                 f"--kubeconfig={kubeconfig}",
@@ -112,7 +114,10 @@ class Kubespiffed:
                 f"--health-port={self.health_port}",
                 *self.extra_args,
             ],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         log.close()
 
@@ -129,7 +134,7 @@ class Kubespiffed:
                 import urllib.request
 
                 url = f"https://127.0.0.1:{self.health_port}/readyz"
-                with urllib.request.urlopen(url, timeout=2, context=context) as resp:  # noqa: S310
+                with urllib.request.urlopen(url, timeout=2, context=context) as resp:
                     if resp.status == 200:
                         return
             except OSError:

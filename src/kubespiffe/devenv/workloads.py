@@ -67,7 +67,7 @@ async def pod_token(
             boundObjectRef=BoundObjectReference(
                 apiVersion="v1", kind="Pod", name=pod.metadata.name, uid=pod.metadata.uid
             ),
-        )
+        ),
     )
     response = await client.create(request, pod.spec.serviceAccountName, namespace=pod.metadata.namespace)
     assert response.status is not None

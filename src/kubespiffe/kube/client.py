@@ -37,7 +37,7 @@ async def get_raw_json(client: AsyncClient, path: str) -> Any:
     lightkube has no public call for non-resource URLs; its httpx client already carries the server
     address, CA and credentials, so this is the one place that reaches for it.
     """
-    http = client._client._client  # noqa: SLF001
+    http = client._client._client
     response = await http.get(path)
     response.raise_for_status()
     return json.loads(response.content)

@@ -71,7 +71,7 @@ class WatchCache(Generic[T]):
         self._apply("ADDED" if object_key(obj) not in self._store else "MODIFIED", obj)
 
     def _scope(self) -> dict[str, str]:
-        if issubclass(self._resource, NamespacedResource):  # type: ignore[arg-type]
+        if issubclass(self._resource, NamespacedResource):
             return {"namespace": self._namespace or "*"}
         return {}
 
@@ -88,7 +88,7 @@ class WatchCache(Generic[T]):
                 log.exception("watch listener failed for %s %s/%s", self.kind, *key)
 
     async def _relist(self) -> str:
-        listing = self._client.list(self._resource, **self._scope())  # type: ignore[call-overload]
+        listing = self._client.list(self._resource, **self._scope())
         fresh: dict[Key, T] = {}
         async for obj in listing:
             fresh[object_key(obj)] = obj
@@ -112,7 +112,7 @@ class WatchCache(Generic[T]):
             progressed = False
             try:
                 version = await self._relist()
-                async for event, obj in self._client.watch(  # type: ignore[call-overload]
+                async for event, obj in self._client.watch(
                     self._resource,
                     **self._scope(),
                     resource_version=version,

@@ -9,7 +9,6 @@ import signal
 from typing import Any
 
 import grpc
-from cryptography.hazmat.primitives.serialization import Encoding
 from lightkube import AsyncClient
 from lightkube.models.authentication_v1 import TokenReviewSpec
 from lightkube.resources.authentication_v1 import TokenReview
@@ -26,6 +25,8 @@ from kubespiffe.server.health import HealthServer
 from kubespiffe.server.issuer import IssuerService
 from kubespiffe.server.registrations import Registry
 from kubespiffe.server.tls import ServingIdentity
+from kubespiffe.server.trust import TrustStore
+from kubespiffe.spiffe.bundle import Bundle
 
 log = logging.getLogger("kubespiffed")
 
@@ -52,16 +53,24 @@ async def run(config: ServerConfig) -> None:
 
 async def _serve(config: ServerConfig, client: AsyncClient) -> None:
     def new_state() -> AuthorityState:
-        log.info("creating a new self-signed CA for %s", config.trust_domain)
+        log.info("creating a new self-signed CA and JWT signing key for %s", config.trust_domain)
         now = dt.datetime.now(dt.UTC)
-        return AuthorityState.new(create_self_signed_ca(config.trust_domain, config.ca_key_type, config.ca_ttl, now))
+        ca = create_self_signed_ca(config.trust_domain, config.ca_key_type, config.ca_ttl, now)
+        return AuthorityState.new(ca, config.jwt_key_type, now)
 
-    state = await load_or_create(client, config.namespace, config.authority_secret, new_state)
+    stored = await load_or_create(client, config.namespace, config.authority_secret, new_state)
+    state = stored.state
     authority = state.active_x509()
     log.info(
-        "authority loaded trust_domain=%s ca_expires=%s secret=%s/%s",
-        config.trust_domain, authority.certificate.not_valid_after_utc.isoformat(),
-        config.namespace, config.authority_secret,
+        "authority loaded trust_domain=%s ca_expires=%s jwt_kid=%s secret=%s/%s",
+        config.trust_domain,
+        authority.certificate.not_valid_after_utc.isoformat(),
+        state.active_jwt()[0],
+        config.namespace,
+        config.authority_secret,
+    )
+    trust = TrustStore(
+        Bundle(config.trust_domain, tuple(state.trust_bundle()), state.jwt_authorities(), sequence=1)
     )
     issuer = config.token_issuer or await _discover_issuer(client)
     verifier = TokenVerifier(
@@ -76,18 +85,19 @@ async def _serve(config: ServerConfig, client: AsyncClient) -> None:
         verifier=verifier,
         binding=PodBinding(client, registry.pods),
         registry=registry,
-        authority=authority,
-        bundle_der=[c.public_bytes(Encoding.DER) for c in state.trust_bundle()],
-        default_ttl=config.x509_svid_ttl,
+        authority=state.active_x509,
+        jwt_signer=state.active_jwt,
+        trust=trust,
+        x509_ttl=config.x509_svid_ttl,
+        jwt_ttl=config.jwt_svid_ttl,
+        jwt_issuer=config.jwt_issuer,
     )
     server = grpc.aio.server()
     issuer_pb2_grpc.add_IssuerServicer_to_server(service, server)
     server.add_secure_port(f"{config.listen_host}:{config.port}", identity.grpc_credentials())
 
     synced = asyncio.Event()
-    health = await HealthServer(synced.is_set).start(
-        config.listen_host, config.health_port, identity.ssl_context()
-    )
+    health = await HealthServer(synced.is_set).start(config.listen_host, config.health_port, identity)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -100,8 +110,13 @@ async def _serve(config: ServerConfig, client: AsyncClient) -> None:
         synced.set()
         log.info(
             "kubespiffed ready trust_domain=%s issuer_api=%s:%d health=%s:%d token_issuer=%s audience=%s",
-            config.trust_domain, config.listen_host, config.port,
-            config.listen_host, config.health_port, issuer, config.audience,
+            config.trust_domain,
+            config.listen_host,
+            config.port,
+            config.listen_host,
+            config.health_port,
+            issuer,
+            config.audience,
         )
         await stop.wait()
         log.info("shutting down")

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 
 from kubespiffe.authority.keys import KeyType
-from kubespiffe.registry.models import parse_duration
+from kubespiffe.registry.models import format_duration, parse_duration
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 
 SERVER_ID_PATH = "/kubespiffe/kubespiffed"
@@ -24,10 +24,13 @@ class ServerConfig:
     health_port: int = 8444
     audience: str = "kubespiffe"
     token_issuer: str | None = None
-    authority_secret: str = "kubespiffe-authority"
+    authority_secret: str = "kubespiffe-authority"  # noqa: S105 (a Secret name)
     ca_key_type: KeyType = KeyType.EC_P256
     ca_ttl: dt.timedelta = dt.timedelta(days=365)
     x509_svid_ttl: dt.timedelta = dt.timedelta(hours=1)
+    jwt_svid_ttl: dt.timedelta = dt.timedelta(minutes=5)
+    jwt_key_type: KeyType = KeyType.EC_P256
+    jwt_issuer: str | None = None
     service_name: str = "kubespiffed"
 
     @property
@@ -59,18 +62,30 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     )
     parser.add_argument("--kubeconfig", default=_env("KUBECONFIG"), help="default: in-cluster config")
     parser.add_argument("--listen-host", default=_env("LISTEN_HOST", "0.0.0.0"))  # noqa: S104
-    parser.add_argument("--port", type=int, default=int(_env("PORT", "8443") or 8443))
-    parser.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", "8444") or 8444))
+    parser.add_argument("--port", type=int, default=_env("PORT", "8443"))
+    parser.add_argument("--health-port", type=int, default=_env("HEALTH_PORT", "8444"))
     parser.add_argument("--audience", default=_env("AUDIENCE", "kubespiffe"))
     parser.add_argument(
         "--token-issuer", default=_env("TOKEN_ISSUER"), help="default: from the API server's OIDC discovery"
     )
     parser.add_argument("--authority-secret", default=_env("AUTHORITY_SECRET", "kubespiffe-authority"))
     parser.add_argument(
-        "--ca-key-type", choices=[k.value for k in KeyType], default=_env("CA_KEY_TYPE", KeyType.EC_P256.value)
+        "--ca-key-type",
+        choices=[k.value for k in KeyType],
+        default=_env("CA_KEY_TYPE", KeyType.EC_P256.value),
     )
     parser.add_argument("--ca-ttl", default=_env("CA_TTL", "8760h"))
-    parser.add_argument("--x509-svid-ttl", default=_env("X509_SVID_TTL", "1h"))
+    parser.add_argument("--x509-svid-ttl", default=_env("X509_SVID_TTL", "1h"), help="default X.509-SVID TTL")
+    parser.add_argument("--jwt-svid-ttl", default=_env("JWT_SVID_TTL", "5m"), help="default JWT-SVID TTL")
+    parser.add_argument(
+        "--jwt-key-type",
+        choices=[k.value for k in KeyType],
+        default=_env("JWT_KEY_TYPE", KeyType.EC_P256.value),
+        help="ec-p256 signs ES256; rsa-2048 signs RS256 (for clouds that accept only RSA)",
+    )
+    parser.add_argument(
+        "--jwt-issuer", default=_env("JWT_ISSUER"), help="`iss` claim of JWT-SVIDs (optional)"
+    )
     parser.add_argument("--service-name", default=_env("SERVICE_NAME", "kubespiffed"))
     args = parser.parse_args(argv)
     try:
@@ -85,12 +100,26 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
             token_issuer=args.token_issuer,
             authority_secret=args.authority_secret,
             ca_key_type=KeyType(args.ca_key_type),
-            ca_ttl=parse_duration(args.ca_ttl),
-            x509_svid_ttl=parse_duration(args.x509_svid_ttl),
+            ca_ttl=_bounded("--ca-ttl", args.ca_ttl, dt.timedelta(hours=1), dt.timedelta(days=3650)),
+            x509_svid_ttl=_bounded(
+                "--x509-svid-ttl", args.x509_svid_ttl, dt.timedelta(minutes=1), dt.timedelta(days=30)
+            ),
+            jwt_svid_ttl=_bounded(
+                "--jwt-svid-ttl", args.jwt_svid_ttl, dt.timedelta(seconds=30), dt.timedelta(hours=24)
+            ),
+            jwt_key_type=KeyType(args.jwt_key_type),
+            jwt_issuer=args.jwt_issuer,
             service_name=args.service_name,
         )
     except ValueError as exc:
         parser.error(str(exc))
+
+
+def _bounded(flag: str, text: str, lowest: dt.timedelta, highest: dt.timedelta) -> dt.timedelta:
+    value = parse_duration(text)
+    if not lowest <= value <= highest:
+        raise ValueError(f"{flag} must be between {format_duration(lowest)} and {format_duration(highest)}")
+    return value
 
 
 def _service_account_namespace() -> str | None:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kubespiffe.server.tls import ServingIdentity
+
 _MAX_REQUEST_LINE = 4096
 
 
@@ -15,8 +17,20 @@ class HealthServer:
     def __init__(self, ready: Callable[[], bool]) -> None:
         self._ready = ready
 
-    async def start(self, host: str, port: int, context: ssl.SSLContext) -> asyncio.Server:
-        return await asyncio.start_server(self._handle, host, port, ssl=context)
+    async def start(self, host: str, port: int, identity: ServingIdentity) -> asyncio.Server:
+        """TLS with kubespiffed's own SVID; the context follows the SVID's renewals (SNI callback)."""
+        current = {identity.generation: identity.ssl_context()}
+
+        def renew(sock: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
+            generation = identity.refresh()
+            if generation not in current:
+                current.clear()
+                current[generation] = identity.ssl_context()
+            sock.context = current[generation]
+
+        outer = identity.ssl_context()
+        outer.sni_callback = renew
+        return await asyncio.start_server(self._handle, host, port, ssl=outer)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -1,4 +1,4 @@
-"""The issuer API: a pod-bound token and a CSR in, one X.509-SVID per granted identity out.
+"""The issuer API: a pod-bound token in; X.509-SVIDs (for a CSR), JWT-SVIDs, or the pod's bundles out.
 
 One log line per decision: `attested` with the pod and its SPIFFE IDs, or `rejected` with the reason.
 Tokens and keys never reach the log.
@@ -9,8 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 from prometheus_client import Counter, Histogram
 
@@ -18,25 +22,42 @@ from kubespiffe.attestation.pod import PodBinding
 from kubespiffe.attestation.token import TokenRejected, TokenVerifier
 from kubespiffe.authority.x509ca import CsrError, X509Authority, load_csr, sign_x509_svid
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
+from kubespiffe.registry.match import Identity
 from kubespiffe.server.registrations import Registry
+from kubespiffe.server.trust import TrustStore
+from kubespiffe.spiffe import jwtsvid
+from kubespiffe.spiffe.bundle import bundle_to_json
 from kubespiffe.spiffe.spiffeid import SpiffeId, SpiffeIdError
 
 log = logging.getLogger("kubespiffed.issuer")
 
-ISSUED = Counter("kubespiffe_x509_svids_issued_total", "X.509-SVIDs signed")
-DECISIONS = Counter("kubespiffe_issuer_requests_total", "Issuer API requests by outcome", ["outcome"])
+ISSUED = Counter("kubespiffe_svids_issued_total", "SVIDs signed", ["type"])
+DECISIONS = Counter("kubespiffe_issuer_requests_total", "Issuer API requests by outcome", ["rpc", "outcome"])
 LATENCY = Histogram(
     "kubespiffe_issuer_request_seconds",
     "Issuer API request latency",
+    ["rpc"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
 )
 
+Context = grpc.aio.ServicerContext[Any, Any]
+JwtSigner = Callable[[], tuple[str, PrivateKeyTypes]]
 
-def bearer_token(context: grpc.aio.ServicerContext) -> str:  # type: ignore[type-arg]
+# How often an open WatchBundles stream re-checks that its pod still has an identity.
+ENTITLEMENT_RECHECK_SECONDS = 5.0
+
+
+def bearer_token(context: Context) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
             return value[len("Bearer ") :].strip()
     return ""
+
+
+@dataclass(frozen=True)
+class Caller:
+    who: str
+    identities: tuple[Identity, ...]
 
 
 class IssuerService(issuer_pb2_grpc.IssuerServicer):
@@ -46,89 +67,170 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
         verifier: TokenVerifier,
         binding: PodBinding,
         registry: Registry,
-        authority: X509Authority,
-        bundle_der: list[bytes],
-        default_ttl: dt.timedelta,
+        authority: Callable[[], X509Authority],
+        jwt_signer: JwtSigner,
+        trust: TrustStore,
+        x509_ttl: dt.timedelta,
+        jwt_ttl: dt.timedelta,
+        jwt_issuer: str | None = None,
     ) -> None:
         self._verifier = verifier
         self._binding = binding
         self._registry = registry
-        self.authority = authority
-        self.bundle_der = bundle_der
-        self._default_ttl = default_ttl
+        self._authority = authority
+        self._jwt_signer = jwt_signer
+        self._trust = trust
+        self._x509_ttl = x509_ttl
+        self._jwt_ttl = jwt_ttl
+        self._jwt_issuer = jwt_issuer
 
-    async def MintX509SVID(  # noqa: N802 (gRPC method name)
-        self,
-        request: issuer_pb2.MintX509SVIDRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
-    ) -> issuer_pb2.MintX509SVIDResponse:
-        started = time.perf_counter()
-        try:
-            return await self._mint(request, context)
-        finally:
-            LATENCY.observe(time.perf_counter() - started)
-
-    async def _mint(
-        self,
-        request: issuer_pb2.MintX509SVIDRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
-    ) -> issuer_pb2.MintX509SVIDResponse:
+    async def _attest(self, rpc: str, context: Context, spiffe_id: str = "") -> Caller:
+        """Verify the token and the pod, then the identities it is granted (only `spiffe_id` if given)."""
         try:
             claims = await self._verifier.verify(bearer_token(context))
             pod = await self._binding.resolve(claims)
         except TokenRejected as exc:
-            DECISIONS.labels("token_rejected").inc()
+            DECISIONS.labels(rpc, "token_rejected").inc()
             log.warning("rejected reason=%r", str(exc))
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"token refused: {exc}")
-            raise  # unreachable: abort raises
+            raise
         who = f"pod={claims.pod_name} namespace={claims.namespace}"
         result = self._registry.identities(pod)
         for skipped, reason in result.skipped:
             log.info("registration skipped %s registration=%s reason=%r", who, skipped, reason)
         identities = result.identities
-        if request.spiffe_id:
+        if spiffe_id:
             try:
-                wanted = SpiffeId.parse(request.spiffe_id)
+                wanted = SpiffeId.parse(spiffe_id)
             except SpiffeIdError as exc:
-                DECISIONS.labels("invalid_argument").inc()
+                DECISIONS.labels(rpc, "invalid_argument").inc()
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"spiffe_id: {exc}")
                 raise
-            identities = [i for i in identities if i.spiffe_id == wanted]
+            identities = tuple(i for i in identities if i.spiffe_id == wanted)
         if not identities:
-            DECISIONS.labels("no_identity").inc()
+            DECISIONS.labels(rpc, "no_identity").inc()
             reason = (
-                f"{request.spiffe_id} is not granted to this pod"
-                if request.spiffe_id
-                else "no registration matches this pod"
+                f"{spiffe_id} is not granted to this pod" if spiffe_id else "no registration matches this pod"
             )
             log.warning("rejected %s reason=%r", who, reason)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
-        try:
-            csr = load_csr(request.csr)
-        except CsrError as exc:
-            DECISIONS.labels("invalid_argument").inc()
-            log.warning("rejected %s reason=%r", who, f"bad CSR: {exc}")
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"csr: {exc}")
-            raise
-        now = dt.datetime.now(dt.UTC)
-        authority = self.authority
-        chain_der = [c.public_bytes(Encoding.DER) for c in authority.chain]
-        response = issuer_pb2.MintX509SVIDResponse(bundle=self.bundle_der)
-        for identity in identities:
-            leaf = sign_x509_svid(
-                authority, csr, identity.spiffe_id, identity.dns_names,
-                identity.x509_ttl or self._default_ttl, now,
-            )
-            response.svids.append(
-                issuer_pb2.X509SVID(
-                    spiffe_id=str(identity.spiffe_id),
-                    cert_chain=[leaf.public_bytes(Encoding.DER), *chain_der],
-                    hint=identity.hint or "",
-                    expires_at=int(leaf.not_valid_after_utc.timestamp()),
-                )
-            )
-        ISSUED.inc(len(identities))
-        DECISIONS.labels("issued").inc()
-        log.info("attested %s spiffe_ids=%s", who, ",".join(str(i.spiffe_id) for i in identities))
-        return response
+        return Caller(who, identities)
 
+    async def MintX509SVID(
+        self, request: issuer_pb2.MintX509SVIDRequest, context: Context
+    ) -> issuer_pb2.MintX509SVIDResponse:
+        started = time.perf_counter()
+        try:
+            caller = await self._attest("x509", context, request.spiffe_id)
+            try:
+                csr = load_csr(request.csr)
+            except CsrError as exc:
+                DECISIONS.labels("x509", "invalid_argument").inc()
+                log.warning("rejected %s reason=%r", caller.who, f"bad CSR: {exc}")
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"csr: {exc}")
+                raise
+            now = dt.datetime.now(dt.UTC)
+            authority = self._authority()
+            chain_der = [c.public_bytes(Encoding.DER) for c in authority.chain]
+            response = issuer_pb2.MintX509SVIDResponse(
+                bundle=[c.public_bytes(Encoding.DER) for c in self._trust.own.x509_authorities]
+            )
+            for identity in caller.identities:
+                leaf = sign_x509_svid(
+                    authority,
+                    csr,
+                    identity.spiffe_id,
+                    identity.dns_names,
+                    identity.x509_ttl or self._x509_ttl,
+                    now,
+                )
+                response.svids.append(
+                    issuer_pb2.X509SVID(
+                        spiffe_id=str(identity.spiffe_id),
+                        cert_chain=[leaf.public_bytes(Encoding.DER), *chain_der],
+                        hint=identity.hint or "",
+                        expires_at=int(leaf.not_valid_after_utc.timestamp()),
+                    )
+                )
+            ISSUED.labels("x509").inc(len(caller.identities))
+            DECISIONS.labels("x509", "issued").inc()
+            log.info(
+                "attested %s spiffe_ids=%s", caller.who, ",".join(str(i.spiffe_id) for i in caller.identities)
+            )
+            return response
+        finally:
+            LATENCY.labels("x509").observe(time.perf_counter() - started)
+
+    async def MintJWTSVID(
+        self, request: issuer_pb2.MintJWTSVIDRequest, context: Context
+    ) -> issuer_pb2.MintJWTSVIDResponse:
+        started = time.perf_counter()
+        try:
+            audience = list(request.audience)
+            if not audience or any(not a for a in audience):
+                DECISIONS.labels("jwt", "invalid_argument").inc()
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
+            caller = await self._attest("jwt", context, request.spiffe_id)
+            kid, key = self._jwt_signer()
+            now = dt.datetime.now(dt.UTC)
+            response = issuer_pb2.MintJWTSVIDResponse()
+            for identity in caller.identities:
+                ttl = identity.jwt_ttl or self._jwt_ttl
+                token = jwtsvid.mint(key, kid, identity.spiffe_id, audience, ttl, now, self._jwt_issuer)
+                response.svids.append(
+                    issuer_pb2.JWTSVID(
+                        spiffe_id=str(identity.spiffe_id),
+                        token=token,
+                        hint=identity.hint or "",
+                        expires_at=int((now + ttl).timestamp()),
+                    )
+                )
+            ISSUED.labels("jwt").inc(len(caller.identities))
+            DECISIONS.labels("jwt", "issued").inc()
+            log.info(
+                "attested %s jwt spiffe_ids=%s audience=%s",
+                caller.who,
+                ",".join(str(i.spiffe_id) for i in caller.identities),
+                ",".join(audience),
+            )
+            return response
+        finally:
+            LATENCY.labels("jwt").observe(time.perf_counter() - started)
+
+    async def WatchBundles(
+        self, request: issuer_pb2.WatchBundlesRequest, context: Context
+    ) -> AsyncIterator[issuer_pb2.BundlesResponse]:
+        """Complete bundle set on every change; ends with PERMISSION_DENIED once the pod has no identity."""
+        caller = await self._attest("bundles", context)
+        token = bearer_token(context)
+        sent: bytes | None = None
+        version = -1
+        while True:
+            federates = {td for i in caller.identities for td in i.federates_with}
+            message = issuer_pb2.BundlesResponse(
+                bundles=[
+                    issuer_pb2.TrustBundle(trust_domain=str(b.trust_domain), spiffe_bundle=bundle_to_json(b))
+                    for b in self._trust.bundles_for(federates)
+                ]
+            )
+            encoded = message.SerializeToString()
+            if encoded != sent:
+                yield message
+                sent = encoded
+            version = await self._trust.wait_newer(version, ENTITLEMENT_RECHECK_SECONDS)
+            caller = await self._recheck(context, token)
+
+    async def _recheck(self, context: Context, token: str) -> Caller:
+        """The stream's pod may have lost its identity (or gained federation) since it connected."""
+        try:
+            claims = await self._verifier.verify(token)
+            pod = await self._binding.resolve(claims)
+        except TokenRejected as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"token no longer valid, reconnect: {exc}")
+            raise
+        identities = self._registry.identities(pod).identities
+        if not identities:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "no registration matches this pod any more"
+            )
+        return Caller(f"pod={claims.pod_name} namespace={claims.namespace}", identities)

@@ -14,10 +14,10 @@ from typing import Any
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
-from lightkube.types import PatchType
 from lightkube.models.core_v1 import EventSource, ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Event, Namespace, Pod
+from lightkube.types import PatchType
 
 from kubespiffe.kube.client import ClusterWorkloadRegistration, WorkloadRegistration
 from kubespiffe.kube.watchcache import WatchCache
@@ -104,14 +104,24 @@ class Registry:
         namespace = meta.get("namespace")
         resource = WorkloadRegistration if namespace else ClusterWorkloadRegistration
         await self._client.patch(
-            resource.Status, meta["name"], {"status": desired}, namespace=namespace, patch_type=PatchType.MERGE
+            resource.Status,
+            meta["name"],
+            {"status": desired},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
         )
         if condition.status == "True":
-            log.info("registration ready kind=%s namespace=%s name=%s", raw.get("kind"), namespace, meta["name"])
+            log.info(
+                "registration ready kind=%s namespace=%s name=%s", raw.get("kind"), namespace, meta["name"]
+            )
         else:
             log.warning(
                 "registration not ready kind=%s namespace=%s name=%s reason=%s: %s",
-                raw.get("kind"), namespace, meta["name"], condition.reason, condition.message,
+                raw.get("kind"),
+                namespace,
+                meta["name"],
+                condition.reason,
+                condition.message,
             )
             await self._event(raw, condition.reason, condition.message)
 
@@ -123,8 +133,11 @@ class Registry:
                 Event(
                     metadata=ObjectMeta(generateName=f"{meta['name']}.", namespace=namespace),
                     involvedObject=ObjectReference(
-                        apiVersion=raw["apiVersion"], kind=raw["kind"], name=meta["name"],
-                        namespace=meta.get("namespace"), uid=meta.get("uid"),
+                        apiVersion=raw["apiVersion"],
+                        kind=raw["kind"],
+                        name=meta["name"],
+                        namespace=meta.get("namespace"),
+                        uid=meta.get("uid"),
                     ),
                     reason=reason,
                     message=message,

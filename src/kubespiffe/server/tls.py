@@ -31,15 +31,12 @@ class ServingIdentity:
         self.spiffe_id = spiffe_id
         self.dns_names = dns_names
         self._lock = threading.Lock()
+        self.generation = 0
         self._issue()
 
     def _issue(self) -> None:
         key = generate_key(KeyType.EC_P256)
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([]))
-            .sign(key, hashes.SHA256())
-        )
+        csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
         now = dt.datetime.now(dt.UTC)
         leaf = sign_x509_svid(self.authority, csr, self.spiffe_id, self.dns_names, SERVER_SVID_TTL, now)
         self.certificate = leaf
@@ -47,23 +44,30 @@ class ServingIdentity:
         self.key_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
         lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
         self._renew_at = leaf.not_valid_before_utc + lifetime / 2
+        self.generation += 1
 
-    def refresh(self) -> bool:
-        """Renew at half-life (or when the authority changed); True when a new certificate was issued."""
+    def refresh(self) -> int:
+        """Renew at half-life; returns the generation (it grows with every new certificate)."""
         with self._lock:
-            if dt.datetime.now(dt.UTC) < self._renew_at:
-                return False
-            self._issue()
-            return True
+            if dt.datetime.now(dt.UTC) >= self._renew_at:
+                self._issue()
+            return self.generation
 
     def grpc_credentials(self) -> grpc.ServerCredentials:
+        served = {"generation": self.generation}
+
         def fetch() -> grpc.ServerCertificateConfiguration | None:
-            if not self.refresh():
+            if self.refresh() == served["generation"]:
                 return None
+            served["generation"] = self.generation
             return grpc.ssl_server_certificate_configuration([(self.key_pem, self.chain_pem)])
 
         initial = grpc.ssl_server_certificate_configuration([(self.key_pem, self.chain_pem)])
-        return grpc.dynamic_ssl_server_credentials(initial, fetch, require_client_authentication=False)
+        return grpc.dynamic_ssl_server_credentials(
+            initial,
+            fetch,  # type: ignore[arg-type]  # grpc accepts None for "unchanged"; its stubs say otherwise
+            require_client_authentication=False,
+        )
 
     def ssl_context(self) -> ssl.SSLContext:
         """A server context for the HTTPS endpoints (health, metrics)."""

@@ -29,9 +29,7 @@ def validate_trust_domain_name(name: str) -> None:
         raise SpiffeIdError(f"trust domain is longer than {MAX_TRUST_DOMAIN_BYTES} bytes")
     bad = sorted(set(name) - _TD_CHARS)
     if bad:
-        raise SpiffeIdError(
-            f"trust domain {name!r} has characters outside [a-z0-9._-]: {''.join(bad)!r}"
-        )
+        raise SpiffeIdError(f"trust domain {name!r} has characters outside [a-z0-9._-]: {''.join(bad)!r}")
 
 
 def validate_path(path: str) -> None:
@@ -63,7 +61,7 @@ class TrustDomain:
 
     @classmethod
     def parse(cls, text: str) -> TrustDomain:
-        """Accept `example.org` or `spiffe://example.org` (no path); the scheme and name fold to lower case."""
+        """Accept `example.org` or `spiffe://example.org` (no path); both fold to lower case."""
         if "://" in text:
             spiffe_id = SpiffeId.parse(text)
             if spiffe_id.path:
