@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Pod
 
-from kubespiffe.agent.issuer_client import NoIdentity, TokenRefused
+from kubespiffe.agent.issuer_client import NoIdentity, RequestFailed, TokenRefused
 from kubespiffe.devenv.controlplane import ControlPlane
 from kubespiffe.devenv.workloads import pod_token
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
@@ -191,7 +191,7 @@ async def test_bad_tokens_are_refused(
             headers={"kid": kid},
         ),
         "truncated": lambda: token[: len(token) - 20],
-        "oversized": lambda: token + "A" * 9000,
+        "oversized": lambda: token + "A" * 5500,
         "empty": lambda: "",
         "garbage": lambda: "not.a.jwt",
         "not_pod_bound": lambda: _resign(
@@ -343,3 +343,10 @@ async def test_no_token_material_is_logged(
     assert bound_token[0].split(".")[2] not in log
     assert "PRIVATE KEY" not in log
     assert f"attested pod=victim namespace={bound_token[1]['kubernetes.io']['namespace']}" in log  # type: ignore[index]
+
+
+async def test_token_beyond_the_grpc_metadata_limit_is_refused_before_kubespiffed_reads_it(
+    kubespiffed: Running, bound_token: tuple[str, dict[str, object]]
+) -> None:
+    with pytest.raises(RequestFailed, match="RESOURCE_EXHAUSTED"):
+        await kubespiffed.fetch(bound_token[0] + "A" * 20000)

@@ -32,11 +32,11 @@ from kubespiffe.agent.issuer_client import (
     ServerUnreachable,
     TokenRefused,
     X509Result,
+    trust_domain_of,
 )
 from kubespiffe.agent.state import AgentState, HeldX509SVID, Snapshot
 from kubespiffe.agent.workloadapi import IssuedJwt, NoIdentityError, WorkloadAPI
 from kubespiffe.spiffe.bundle import Bundle, parse_pem_certificates
-from kubespiffe.spiffe.spiffeid import TrustDomain
 
 log = logging.getLogger("kubespiffe.agent")
 
@@ -60,7 +60,7 @@ class Agent:
         self.state = AgentState()
         bootstrap = parse_pem_certificates(config.bundle_file.read_bytes())
         self._client = IssuerClient(config.server, bootstrap, server_name=config.server_name)
-        self._trust_domain: TrustDomain | None = None
+        self._trust_domain = trust_domain_of(bootstrap)
         self._x509: X509Result | None = None
         self._bundles: list[Bundle] = []
         self._denied: str | None = None
@@ -74,7 +74,6 @@ class Agent:
         if self._x509 is None and self._denied is None:
             return
         trust_domain = self._trust_domain
-        assert trust_domain is not None
         x509_bundles = {b.trust_domain: tuple(b.x509_authorities) for b in self._bundles}
         if not x509_bundles.get(trust_domain) and self._x509 is not None:
             x509_bundles[trust_domain] = self._x509.bundle
@@ -138,8 +137,7 @@ class Agent:
         self._x509 = None
         self._jwt_cache.clear()
         self.ready.clear()
-        if self._trust_domain is not None:
-            await self._publish()
+        await self._publish()
 
     # --- bundles -------------------------------------------------------------------------------------
 
@@ -156,6 +154,9 @@ class Agent:
                         self._client.set_trust(list(own.x509_authorities))
                     log.info("bundles updated: %s", ", ".join(str(b.trust_domain) for b in bundles))
                     await self._publish()
+            except NoIdentity as exc:
+                # kubespiffed re-checks the pod's entitlement on the stream: losing it ends the stream.
+                await self._deny(str(exc))
             except (FetchError, OSError) as exc:
                 log.warning("bundle stream ended (%s); reconnecting in %.1fs", exc, backoff)
             await asyncio.sleep(backoff)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 # Asymmetric algorithms only: a ServiceAccount token is never HMAC-signed and never unsigned.
 DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512")
-MAX_TOKEN_BYTES = 8 * 1024  # real projected tokens are 1-2 KiB
+MAX_TOKEN_BYTES = 6 * 1024  # projected tokens are 1-2 KiB; gRPC itself refuses metadata past 8 KiB
 _JWKS_MIN_REFRESH_SECONDS = 10.0
 
 

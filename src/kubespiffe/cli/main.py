@@ -1,25 +1,26 @@
-"""`kubespiffe`: fetch SVIDs, and run a local development cluster."""
+"""`kubespiffe`: fetch and validate SVIDs, run the in-pod agent, run a local development cluster.
+
+fetch/validate talk either to a Workload API socket (`--socket`, default $SPIFFE_ENDPOINT_SOCKET) or
+directly to kubespiffed (`--server` with the pod's token and the trust bundle).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
+import json
 import sys
 from pathlib import Path
 
 from kubespiffe.agent.files import write_x509_svids
-from kubespiffe.agent.issuer_client import DEFAULT_SERVER_NAME, FetchError, fetch_x509
+from kubespiffe.agent.issuer_client import DEFAULT_SERVER_NAME, FetchError, IssuerClient
 from kubespiffe.spiffe.bundle import BundleError, parse_pem_certificates
+from kubespiffe.spiffe.jwtsvid import JwtSvidError, validate
 from kubespiffe.spiffe.spiffeid import SpiffeId, SpiffeIdError
 
 EXIT_USAGE = 2
-
-
-def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise SystemExit(_fail(f"cannot read the {what} {path}: {exc.strerror}", EXIT_USAGE)) from None
+EXIT_INVALID = 8
 
 
 def _fail(message: str, code: int) -> int:
@@ -27,39 +28,91 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def cmd_fetch_x509(args: argparse.Namespace) -> int:
-    token = _read(args.token_file, "token file").decode().strip()
+def _client(args: argparse.Namespace) -> tuple[IssuerClient, str]:
+    """An issuer API client and the pod token, from --server/--token-file/--bundle-file."""
+    if not args.token_file or not args.bundle_file:
+        raise ValueError("--server needs --token-file and --bundle-file")
     try:
-        bundle = parse_pem_certificates(_read(args.bundle_file, "bundle file"))
-        server_id = SpiffeId.parse(args.server_id) if args.server_id else None
-    except (BundleError, SpiffeIdError) as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        token = Path(args.token_file).read_text().strip()
+        bundle = parse_pem_certificates(Path(args.bundle_file).read_bytes())
+    except OSError as exc:
+        raise ValueError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    server_id = SpiffeId.parse(args.server_id) if args.server_id else None
+    return IssuerClient(args.server, bundle, server_id=server_id, server_name=args.server_name), token
+
+
+async def _direct(args: argparse.Namespace) -> int:
+    client, token = _client(args)
     try:
-        result = asyncio.run(
-            fetch_x509(
-                args.server,
-                token,
-                bundle,
-                spiffe_id=args.spiffe_id or "",
-                server_id=server_id,
-                server_name=args.server_name,
-            )
-        )
+        if args.command == "validate":
+            bundles = await anext(aiter(client.watch_bundles(token)))
+            keys = {b.trust_domain: b.jwt_authorities for b in bundles}
+            result = validate(args.token, args.audience, keys, dt.datetime.now(dt.UTC))
+            print(json.dumps({"spiffe_id": str(result.spiffe_id), "claims": dict(result.claims)}, indent=2))
+        elif args.kind == "x509":
+            x509 = await client.mint_x509(token, args.spiffe_id or "")
+            if args.write:
+                write_x509_svids(Path(args.write), x509.svids, x509.bundle)
+            for index, svid in enumerate(x509.svids):
+                print(f"{index}\t{svid.spiffe_id}\texpires {svid.expires_at.isoformat()}")
+        else:
+            for jwt_svid in await client.mint_jwt(token, args.audience, args.spiffe_id or ""):
+                print(jwt_svid.token)
+                print(
+                    json.dumps(
+                        {"spiffe_id": str(jwt_svid.spiffe_id), "expires": jwt_svid.expires_at.isoformat()}
+                    )
+                )
+        return 0
+    finally:
+        await client.close()
+
+
+def cmd_fetch_or_validate(args: argparse.Namespace) -> int:
+    if not args.server:
+        from kubespiffe.cli.workload import run
+
+        return run(args)
+    try:
+        return asyncio.run(_direct(args))
     except FetchError as exc:
         return _fail(str(exc), exc.exit_code)
-    except ValueError as exc:
+    except JwtSvidError as exc:
+        return _fail(f"invalid JWT-SVID: {exc}", EXIT_INVALID)
+    except (ValueError, BundleError, SpiffeIdError) as exc:
         return _fail(str(exc), EXIT_USAGE)
-    if args.write:
-        write_x509_svids(Path(args.write), result.svids, result.bundle)
-    for index, svid in enumerate(result.svids):
-        print(f"{index}\t{svid.spiffe_id}\texpires {svid.expires_at.isoformat()}")
-    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from kubespiffe.agent.main import run_agent
+
+    return run_agent(args)
 
 
 def cmd_dev_up(args: argparse.Namespace) -> int:
     from kubespiffe.devenv.up import dev_up
 
     return dev_up(Path(args.dir), args.trust_domain)
+
+
+def _endpoint_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--socket", help="Workload API address (default: $SPIFFE_ENDPOINT_SOCKET)")
+    parser.add_argument("--server", help="talk to kubespiffed at HOST:PORT instead of a Workload API socket")
+    parser.add_argument("--token-file", help="with --server: the pod's projected ServiceAccount token")
+    parser.add_argument("--bundle-file", help="with --server: trust bundle (PEM) to verify kubespiffed")
+    parser.add_argument(
+        "--server-id", help="kubespiffed's SPIFFE ID (default spiffe://<td>/kubespiffe/kubespiffed)"
+    )
+    parser.add_argument(
+        "--server-name", default=DEFAULT_SERVER_NAME, help="DNS name in kubespiffed's certificate"
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds")
+
+
+EXIT_CODES = (
+    "Exit codes: 3 no identity for this pod, 4 token refused, 5 server or socket unreachable, "
+    "6 server TLS identity wrong, 7 request refused, 8 invalid JWT-SVID, 2 usage."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,27 +122,55 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("fetch", help="fetch SVIDs for this pod").add_subparsers(
         dest="kind", required=True
     )
-    x509 = fetch.add_parser(
-        "x509",
-        help="fetch X.509-SVIDs from kubespiffed",
-        description=(
-            "Make a private key here, send a CSR with the pod's token, and print the SPIFFE IDs granted. "
-            "Exit codes: 3 no registration matches, 4 token refused, 5 server unreachable, "
-            "6 server TLS identity wrong, 7 request refused, 2 usage."
-        ),
-    )
-    x509.add_argument("--server", required=True, help="kubespiffed address, HOST:PORT")
-    x509.add_argument("--token-file", required=True, help="the pod's projected ServiceAccount token")
-    x509.add_argument("--bundle-file", required=True, help="trust bundle (PEM) to verify kubespiffed")
+    x509 = fetch.add_parser("x509", help="fetch X.509-SVIDs", description=EXIT_CODES)
+    _endpoint_flags(x509)
     x509.add_argument("--write", metavar="DIR", help="write svid.N.pem, svid.N.key, bundle.N.pem here")
-    x509.add_argument("--spiffe-id", help="only this identity")
-    x509.add_argument(
-        "--server-id", help="kubespiffed's SPIFFE ID (default spiffe://<td>/kubespiffe/kubespiffed)"
+    x509.add_argument("--spiffe-id", help="only this identity (with --server)")
+    x509.set_defaults(func=cmd_fetch_or_validate)
+    jwt = fetch.add_parser(
+        "jwt", help="fetch JWT-SVIDs; prints each token and its claims", description=EXIT_CODES
     )
-    x509.add_argument(
-        "--server-name", default=DEFAULT_SERVER_NAME, help="DNS name in kubespiffed's certificate"
+    _endpoint_flags(jwt)
+    jwt.add_argument("--audience", action="append", required=True, help="repeat for several audiences")
+    jwt.add_argument("--spiffe-id", help="only this identity")
+    jwt.set_defaults(func=cmd_fetch_or_validate)
+
+    validate_cmd = commands.add_parser("validate", help="validate SVIDs").add_subparsers(
+        dest="kind", required=True
     )
-    x509.set_defaults(func=cmd_fetch_x509)
+    validate_jwt = validate_cmd.add_parser(
+        "jwt", help="validate a JWT-SVID for an audience", description=EXIT_CODES
+    )
+    _endpoint_flags(validate_jwt)
+    validate_jwt.add_argument("--audience", required=True)
+    validate_jwt.add_argument("--token", required=True)
+    validate_jwt.set_defaults(func=cmd_fetch_or_validate)
+
+    probe = commands.add_parser(
+        "probe",
+        help="exit 0 when the Workload API serves an X.509-SVID (for startup/readiness exec probes)",
+    )
+    probe.add_argument("--socket", help="Workload API address (default: $SPIFFE_ENDPOINT_SOCKET)")
+    probe.add_argument("--timeout", type=float, default=1.0)
+    probe.set_defaults(func=cmd_fetch_or_validate, server=None)
+
+    agent = commands.add_parser(
+        "agent",
+        help="serve the SPIFFE Workload API inside the pod",
+        description="Keeps the pod's SVIDs fresh and serves them on a Unix socket (and optionally as files).",
+    )
+    agent.add_argument("--server", required=True, help="kubespiffed address, HOST:PORT")
+    agent.add_argument(
+        "--token-file", required=True, help="projected ServiceAccount token (re-read every call)"
+    )
+    agent.add_argument(
+        "--bundle-file", required=True, help="bootstrap trust bundle (PEM) to verify kubespiffed"
+    )
+    agent.add_argument("--socket", required=True, help="Unix socket path to serve the Workload API on")
+    agent.add_argument("--write-dir", help="also write svid.0.pem, svid.0.key, bundle.0.pem here")
+    agent.add_argument("--jwt-audience", help="with --write-dir: also keep jwt.0.token for this audience")
+    agent.add_argument("--server-name", default=DEFAULT_SERVER_NAME)
+    agent.set_defaults(func=cmd_agent)
 
     dev = commands.add_parser("dev", help="local development cluster").add_subparsers(
         dest="action", required=True
@@ -97,10 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = dev.add_parser(
         "up",
         help="start a local control plane and kubespiffed; stop them on SIGINT/SIGTERM",
-        description=(
-            "Writes DIR/kubeconfig, DIR/bundle.pem and DIR/server (host:port), prints 'ready', "
-            "and runs until interrupted."
-        ),
+        description="Writes DIR/kubeconfig, DIR/bundle.pem and DIR/server (host:port), prints 'ready', "
+        "and runs until interrupted.",
     )
     up.add_argument("--dir", required=True)
     up.add_argument("--trust-domain", default="example.org")

@@ -1,4 +1,6 @@
-"""One real control plane (etcd + kube-apiserver) per test session, and clients for it."""
+"""Shared fixtures: one real control plane (etcd + kube-apiserver) and one kubespiffed per test session.
+
+Unit tests never request them, so a unit-only run starts nothing."""
 
 from __future__ import annotations
 
@@ -14,8 +16,7 @@ from lightkube import AsyncClient, KubeConfig
 from kubespiffe.devenv.controlplane import ControlPlane
 from kubespiffe.devenv.stack import Kubespiffed, authority_bundle_pem, install, service_account_token
 from kubespiffe.devenv.workloads import ensure_namespace
-
-from .kubespiffed import Running
+from tests.integration.kubespiffed import Running
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,147 @@
+"""CLI calls against a SPIFFE Workload API socket (the agent's, or any conforming one).
+
+Uses the py-spiffe generated stubs directly: one call, one answer, clear errors, no background threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+
+import grpc
+from spiffe._proto import workload_pb2, workload_pb2_grpc
+
+from kubespiffe.agent.files import write_atomic
+from kubespiffe.spiffe.bundle import certificates_to_pem, parse_der_certificates
+
+HEADER = (("workload.spiffe.io", "true"),)
+ENV_SOCKET = "SPIFFE_ENDPOINT_SOCKET"
+
+EXIT_NO_IDENTITY = 3
+EXIT_UNREACHABLE = 5
+EXIT_REFUSED = 7
+EXIT_INVALID = 8
+
+
+class WorkloadError(Exception):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def endpoint(socket: str | None) -> str:
+    """gRPC target for --socket or $SPIFFE_ENDPOINT_SOCKET (`unix:///abs/path` or `tcp://IP:PORT`)."""
+    value = socket or os.environ.get(ENV_SOCKET)
+    if not value:
+        raise WorkloadError(f"no Workload API socket: pass --socket or set {ENV_SOCKET}", 2)
+    if value.startswith("unix://"):
+        path = value[len("unix://") :]
+        if not path.startswith("/"):
+            raise WorkloadError(f"{value!r}: a unix socket address must be unix:///absolute/path", 2)
+        return f"unix://{path}"
+    if value.startswith("tcp://"):
+        return value[len("tcp://") :]
+    if value.startswith("/"):
+        return f"unix://{value}"
+    raise WorkloadError(f"{value!r} is neither unix:///path nor tcp://IP:PORT", 2)
+
+
+def _error(exc: grpc.RpcError) -> WorkloadError:
+    code, detail = exc.code(), exc.details()
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return WorkloadError(f"no identity: {detail}", EXIT_NO_IDENTITY)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return WorkloadError(f"Workload API unavailable: {detail}", EXIT_UNREACHABLE)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return WorkloadError(str(detail), EXIT_INVALID)
+    return WorkloadError(f"Workload API refused ({code.name}): {detail}", EXIT_REFUSED)
+
+
+def fetch_x509(target: str, write: Path | None, timeout: float) -> list[str]:
+    with grpc.insecure_channel(target) as channel:
+        stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+        try:
+            stream = stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=timeout)
+            response = next(iter(stream))
+            stream.cancel()
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+    lines = []
+    for index, svid in enumerate(response.svids):
+        chain = parse_der_certificates(svid.x509_svid)
+        if write:
+            write.mkdir(parents=True, exist_ok=True)
+            write_atomic(write / f"svid.{index}.pem", certificates_to_pem(chain))
+            key_pem = (
+                b"-----BEGIN PRIVATE KEY-----\n"
+                + base64.encodebytes(svid.x509_svid_key)
+                + b"-----END PRIVATE KEY-----\n"
+            )
+            write_atomic(write / f"svid.{index}.key", key_pem, 0o600)
+            write_atomic(
+                write / f"bundle.{index}.pem", certificates_to_pem(parse_der_certificates(svid.bundle))
+            )
+        expires = chain[0].not_valid_after_utc.isoformat()
+        lines.append(
+            f"{index}\t{svid.spiffe_id}\texpires {expires}" + (f"\thint {svid.hint}" if svid.hint else "")
+        )
+    return lines
+
+
+def fetch_jwt(target: str, audience: list[str], spiffe_id: str, timeout: float) -> list[dict[str, object]]:
+    with grpc.insecure_channel(target) as channel:
+        stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+        try:
+            response = stub.FetchJWTSVID(
+                workload_pb2.JWTSVIDRequest(audience=audience, spiffe_id=spiffe_id),
+                metadata=HEADER,
+                timeout=timeout,
+            )
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+    result = []
+    for svid in response.svids:
+        claims = json.loads(base64.urlsafe_b64decode(svid.svid.split(".")[1] + "=="))
+        result.append({"spiffe_id": svid.spiffe_id, "token": svid.svid, "claims": claims, "hint": svid.hint})
+    return result
+
+
+def validate_jwt(target: str, audience: str, token: str, timeout: float) -> dict[str, object]:
+    with grpc.insecure_channel(target) as channel:
+        stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+        try:
+            response = stub.ValidateJWTSVID(
+                workload_pb2.ValidateJWTSVIDRequest(audience=audience, svid=token),
+                metadata=HEADER,
+                timeout=timeout,
+            )
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+    from google.protobuf.json_format import MessageToDict
+
+    return {"spiffe_id": response.spiffe_id, "claims": MessageToDict(response.claims)}
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        target = endpoint(args.socket)
+        if args.command == "probe":
+            fetch_x509(target, None, args.timeout)
+            return 0
+        if args.command == "validate":
+            print(json.dumps(validate_jwt(target, args.audience, args.token, args.timeout), indent=2))
+        elif args.kind == "x509":
+            for line in fetch_x509(target, Path(args.write) if args.write else None, args.timeout):
+                print(line)
+        else:
+            for svid in fetch_jwt(target, args.audience, args.spiffe_id or "", args.timeout):
+                print(svid["token"])
+                print(json.dumps(svid["claims"], indent=2))
+    except WorkloadError as exc:
+        print(f"kubespiffe: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
