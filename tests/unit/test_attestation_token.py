@@ -211,3 +211,23 @@ async def test_token_review_without_pod_binding_is_refused() -> None:
 
     with pytest.raises(TokenRejected, match="not bound to a pod"):
         await verifier(jwks, review).verify(sign(claims(), kid="nope"))
+
+
+async def test_verified_tokens_are_cached_until_they_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    v = verifier(Jwks((KEY, "k1")))
+    checked: list[str] = []
+    real = v._verify
+
+    async def counting(token: str) -> PodClaims:
+        checked.append(token)
+        return await real(token)
+
+    monkeypatch.setattr(v, "_verify", counting)
+    token = sign(claims(exp=int(time.time()) + 60))
+    first = await v.verify(token)
+    assert await v.verify(token) == first
+    assert len(checked) == 1
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 120)
+    await v.verify(token)
+    assert len(checked) == 2, "an expired cache entry must not answer"

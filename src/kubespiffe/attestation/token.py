@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import logging
 import time
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512")
 MAX_TOKEN_BYTES = 6 * 1024  # projected tokens are 1-2 KiB; gRPC itself refuses metadata past 8 KiB
 _JWKS_MIN_REFRESH_SECONDS = 10.0
+_CACHE_SIZE = 10_000
 
 
 class TokenRejected(Exception):
@@ -98,12 +100,29 @@ class TokenVerifier:
         self._review = review
         self._algorithms = algorithms
         self._leeway = leeway
+        self._cache: dict[bytes, PodClaims] = {}
 
     async def verify(self, token: str) -> PodClaims:
+        """Verified claims; a token seen before is answered from a cache keyed by its SHA-256, until exp.
+
+        Agents present the same token for every renewal until the kubelet rotates it, so the signature is
+        checked once per token, not once per issuance. The pod binding is still checked every time.
+        """
         if not token:
             raise TokenRejected("no token was presented")
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenRejected(f"token is larger than {MAX_TOKEN_BYTES} bytes")
+        digest = hashlib.sha256(token.encode()).digest()
+        cached = self._cache.get(digest)
+        if cached is not None and cached.expires_at.timestamp() > time.time():
+            return cached
+        claims = await self._verify(token)
+        if len(self._cache) >= _CACHE_SIZE:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[digest] = claims
+        return claims
+
+    async def _verify(self, token: str) -> PodClaims:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
