@@ -1,0 +1,189 @@
+"""The agent's Workload API: time to first SVID, cached fetch latency, JWT minting rate, resident memory.
+
+Runs a real control plane and kubespiffed, then:
+- a fresh agent *in this process* (Agent.run), timed from start to the first X.509-SVID it serves, N times;
+- one agent *process* (as a sidecar runs), timed from exec to first SVID served, and its RSS after load;
+- cached FetchX509SVID (first message of a new stream) and FetchJWTSVID over its Unix socket;
+- JWT-SVIDs minted per second at kubespiffed through the issuer API (16 concurrent calls).
+
+    .venv/bin/python bench/agent.py [--rounds 200]
+
+Targets on 2 cores: fresh agent to first SVID p99 <= 100 ms; cached fetch p99 <= 5 ms; agent RSS <= 40 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from lightkube import AsyncClient, KubeConfig
+from lightkube.models.meta_v1 import ObjectMeta
+from spiffe._proto import workload_pb2, workload_pb2_grpc
+
+from kubespiffe.agent.issuer_client import IssuerClient
+from kubespiffe.agent.run import Agent, AgentConfig
+from kubespiffe.devenv.controlplane import ControlPlane
+from kubespiffe.devenv.stack import Kubespiffed, authority_bundle_pem, install, service_account_token
+from kubespiffe.devenv.workloads import create_pod, ensure_namespace, pod_token
+from kubespiffe.kube.client import WorkloadRegistration
+from kubespiffe.spiffe.bundle import parse_pem_certificates
+
+HEADER = (("workload.spiffe.io", "true"),)
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return ordered[len(ordered) // 2] * 1000, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+
+
+async def first_svid_in_process(config: AgentConfig) -> float:
+    agent = Agent(config)
+    start = time.perf_counter()
+    task = asyncio.create_task(agent.run())
+    await agent.state.changed(0)
+    elapsed = time.perf_counter() - start
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return elapsed
+
+
+def first_message(stub: workload_pb2_grpc.SpiffeWorkloadAPIStub) -> None:
+    stream = stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=5)
+    next(iter(stream))
+    stream.cancel()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def jwt_rate(address: str, bundle: bytes, token: str, total: int) -> float:
+    client = IssuerClient(address, parse_pem_certificates(bundle))
+    await client.mint_jwt(token, ["warm-up"])
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            await client.mint_jwt(token, ["bench"])
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(total // 16) for _ in range(16)))
+    elapsed = time.perf_counter() - start
+    await client.close()
+    return (total // 16) * 16 / elapsed
+
+
+async def main(rounds: int) -> None:
+    work = Path(
+        tempfile.mkdtemp(prefix="kubespiffe-bench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None)
+    )
+    with ControlPlane("bench", log_dir=work) as plane:
+        kubeconfig = work / "admin.kubeconfig"
+        kubeconfig.write_text(plane.admin_kubeconfig())
+        client = AsyncClient(KubeConfig.from_file(kubeconfig))
+        await install(client)
+        daemon = Kubespiffed(plane)
+        daemon.start(await service_account_token(client))
+        try:
+            bundle = await authority_bundle_pem(client)
+            await asyncio.to_thread(daemon.wait_ready, bundle)
+            await ensure_namespace(client, "bench")
+            await client.create(
+                WorkloadRegistration(metadata=ObjectMeta(name="bench", namespace="bench"), spec={})
+            )
+            pod = await create_pod(client, "bench", "bench-0", "bench")
+            token = await pod_token(client, pod)
+            (work / "token").write_text(token)
+            (work / "bundle.pem").write_bytes(bundle)
+            await asyncio.sleep(1)
+
+            samples = []
+            for i in range(rounds):
+                config = AgentConfig(
+                    daemon.address, work / "token", work / "bundle.pem", work / f"in-{i}.sock"
+                )
+                samples.append(await first_svid_in_process(config))
+            p50, p99 = percentiles(samples)
+            print(
+                f"fresh agent (in process) to first SVID, {rounds} starts: p50 {p50:.1f} ms  p99 {p99:.1f} ms"
+            )
+
+            socket = work / "agent.sock"
+            start = time.perf_counter()
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "kubespiffe.cli.main",
+                    "agent",
+                    "--server",
+                    daemon.address,
+                    "--token-file",
+                    str(work / "token"),
+                    "--bundle-file",
+                    str(work / "bundle.pem"),
+                    "--socket",
+                    str(socket),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                while not socket.exists():
+                    await asyncio.sleep(0.005)
+                channel = grpc.insecure_channel(f"unix://{socket}")
+                stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+                first_message(stub)
+                print(
+                    f"agent process exec to first SVID served: {(time.perf_counter() - start) * 1000:.0f} ms "
+                    "(includes interpreter start and imports)"
+                )
+                x509 = []
+                for _ in range(rounds * 5):
+                    t = time.perf_counter()
+                    first_message(stub)
+                    x509.append(time.perf_counter() - t)
+                jwt = []
+                for _ in range(rounds * 5):
+                    t = time.perf_counter()
+                    stub.FetchJWTSVID(
+                        workload_pb2.JWTSVIDRequest(audience=["bench"]), metadata=HEADER, timeout=5
+                    )
+                    jwt.append(time.perf_counter() - t)
+                p50, p99 = percentiles(x509)
+                print(
+                    f"cached FetchX509SVID (first message of a new stream), {len(x509)} calls: "
+                    f"p50 {p50:.2f} ms  p99 {p99:.2f} ms"
+                )
+                p50, p99 = percentiles(jwt)
+                print(f"cached FetchJWTSVID, {len(jwt)} calls: p50 {p50:.2f} ms  p99 {p99:.2f} ms")
+                print(f"agent resident memory after load: {rss_mb(process.pid):.1f} MB")
+                channel.close()
+            finally:
+                process.terminate()
+                process.wait(10)
+            rate = await jwt_rate(daemon.address, bundle, token, 1600)
+            print(f"JWT-SVIDs minted at kubespiffed (16 concurrent calls): {rate:.0f}/s")
+        finally:
+            daemon.stop()
+            await client.close()
+    for leftover in work.glob("*"):
+        leftover.unlink(missing_ok=True)
+    os.rmdir(work)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=100, help="fresh agent starts (bounded to 1000)")
+    asyncio.run(main(min(parser.parse_args().rounds, 1000)))
