@@ -10,6 +10,7 @@ from typing import Any, cast
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,12 +23,16 @@ ID = SpiffeId.parse("spiffe://example.org/ns/a/sa/b")
 EC = ec.generate_private_key(ec.SECP256R1())
 RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 NOW = dt.datetime.now(dt.UTC)
-BUNDLES = {TD: {"ec": EC.public_key(), "rsa": RSA.public_key()}}
+BUNDLES: dict[TrustDomain, dict[str, PublicKeyTypes]] = {TD: {"ec": EC.public_key(), "rsa": RSA.public_key()}}
 
 
 def _parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     header, claims, _ = token.split(".")
-    decode = lambda p: json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))  # noqa: E731
+
+    def decode(part: str) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+        return value
+
     return decode(header), decode(claims)
 
 
