@@ -65,6 +65,7 @@ async def start_agent(kube: AsyncClient, kubespiffed: Running, namespace: str) -
         files: bool = False,
         jwt_audience: str = "",
         wait_ready: bool = True,
+        server: str | None = None,
     ) -> AgentProcess:
         pod = await create_pod(kube, namespace, name, sa, labels=labels)
         directory = _runtime_dir()
@@ -81,7 +82,7 @@ async def start_agent(kube: AsyncClient, kubespiffed: Running, namespace: str) -
             "kubespiffe.cli.main",
             "agent",
             "--server",
-            kubespiffed.address,
+            server or kubespiffed.address,
             "--token-file",
             str(token),
             "--bundle-file",

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
@@ -41,6 +43,11 @@ from kubespiffe.spiffe.bundle import Bundle, parse_pem_certificates
 log = logging.getLogger("kubespiffe.agent")
 
 _BACKOFF_MIN, _BACKOFF_MAX = 0.5, 30.0
+# gRPC health service names on the agent's socket: "" = an SVID is in hand (startup/readiness),
+# UPSTREAM = kubespiffed answered the last call (renewal keeps working).
+UPSTREAM = "kubespiffe.upstream"
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ class Agent:
         self._denied: str | None = None
         self._jwt_cache: dict[tuple[str, tuple[str, ...]], tuple[list[IssuedJwt], dt.datetime]] = {}
         self.ready = asyncio.Event()
+        self.health = health_aio.HealthServicer()
 
     def _token(self) -> str:
         return self.config.token_file.read_text().strip()
@@ -110,6 +118,8 @@ class Agent:
                 continue
             except (ServerUnreachable, ServerIdentityWrong, FetchError, OSError) as exc:
                 log.warning("cannot renew X.509-SVIDs (%s); retrying in %.1fs", exc, backoff)
+                await self.health.set(UPSTREAM, _NOT_SERVING)
+                await self._expire()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
@@ -118,6 +128,8 @@ class Agent:
             self._trust_domain = result.svids[0].spiffe_id.trust_domain
             await self._publish()
             self.ready.set()
+            await self.health.set("", _SERVING)
+            await self.health.set(UPSTREAM, _SERVING)
             log.info(
                 "X.509-SVIDs renewed: %s (expire %s)",
                 ",".join(str(s.spiffe_id) for s in result.svids),
@@ -137,7 +149,17 @@ class Agent:
         self._x509 = None
         self._jwt_cache.clear()
         self.ready.clear()
+        await self.health.set("", _NOT_SERVING)
+        await self.health.set(UPSTREAM, _SERVING)
         await self._publish()
+
+    async def _expire(self) -> None:
+        """While kubespiffed is unreachable, keep serving SVIDs until they expire, then stop claiming them."""
+        if self._x509 and min(s.expires_at for s in self._x509.svids) <= dt.datetime.now(dt.UTC):
+            log.warning("X.509-SVIDs expired while kubespiffed is unreachable")
+            self._x509 = None
+            self.ready.clear()
+            await self.health.set("", _NOT_SERVING)
 
     # --- bundles -------------------------------------------------------------------------------------
 
@@ -147,6 +169,7 @@ class Agent:
             try:
                 async for bundles in self._client.watch_bundles(self._token()):
                     backoff = _BACKOFF_MIN
+                    await self.health.set(UPSTREAM, _SERVING)
                     self._bundles = bundles
                     own = bundles[0] if bundles else None
                     if own is not None:
@@ -159,6 +182,7 @@ class Agent:
                 await self._deny(str(exc))
             except (FetchError, OSError) as exc:
                 log.warning("bundle stream ended (%s); reconnecting in %.1fs", exc, backoff)
+                await self.health.set(UPSTREAM, _NOT_SERVING)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
@@ -201,8 +225,12 @@ class Agent:
         workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(
             WorkloadAPI(self.state, self.mint_jwt), server
         )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        await self.health.set("", _NOT_SERVING)
+        await self.health.set(UPSTREAM, _NOT_SERVING)
         service_names = (
             workload_pb2.DESCRIPTOR.services_by_name["SpiffeWorkloadAPI"].full_name,
+            health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(service_names, server)

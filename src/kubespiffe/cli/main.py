@@ -148,10 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe = commands.add_parser(
         "probe",
-        help="exit 0 when the Workload API serves an X.509-SVID (for startup/readiness exec probes)",
+        help="exit 0 when the agent holds a valid X.509-SVID (for startup/readiness exec probes)",
     )
     probe.add_argument("--socket", help="Workload API address (default: $SPIFFE_ENDPOINT_SOCKET)")
     probe.add_argument("--timeout", type=float, default=1.0)
+    probe.add_argument(
+        "--upstream", action="store_true", help="instead: exit 0 while kubespiffed is reachable"
+    )
     probe.set_defaults(func=cmd_fetch_or_validate, server=None)
 
     agent = commands.add_parser(

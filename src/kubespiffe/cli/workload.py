@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from kubespiffe.agent.files import write_atomic
@@ -126,12 +127,27 @@ def validate_jwt(target: str, audience: str, token: str, timeout: float) -> dict
     return {"spiffe_id": response.spiffe_id, "claims": MessageToDict(response.claims)}
 
 
+def probe(target: str, service: str, timeout: float) -> int:
+    """The agent's gRPC health service: "" = SVID in hand, kubespiffe.upstream = kubespiffed reachable."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+    if response.status != health_pb2.HealthCheckResponse.SERVING:
+        raise WorkloadError(
+            f"not ready ({health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)})", 1
+        )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         target = endpoint(args.socket)
         if args.command == "probe":
-            fetch_x509(target, None, args.timeout)
-            return 0
+            return probe(target, "kubespiffe.upstream" if args.upstream else "", args.timeout)
         if args.command == "validate":
             print(json.dumps(validate_jwt(target, args.audience, args.token, args.timeout), indent=2))
         elif args.kind == "x509":
