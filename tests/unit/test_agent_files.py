@@ -1,0 +1,44 @@
+"""Files mode: atomic replacement, so a reader never sees a half-written file; keys are 0600 from birth."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from kubespiffe.agent.files import write_atomic
+
+
+def test_readers_never_see_a_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "svid.0.pem"
+    versions = [b"A" * 200_000, b"B" * 300_000]
+    write_atomic(target, versions[0])
+    stop = threading.Event()
+    seen: set[bytes] = set()
+    torn: list[int] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            data = target.read_bytes()
+            if data not in versions:
+                torn.append(len(data))
+            seen.add(data[:1])
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for i in range(5000):
+        write_atomic(target, versions[i % 2])
+        if i >= 200 and len(seen) == 2:
+            break
+    stop.set()
+    thread.join()
+    assert torn == []
+    assert seen == {b"A", b"B"}
+    assert [p.name for p in tmp_path.iterdir()] == ["svid.0.pem"], "no temporary files are left behind"
+
+
+def test_key_files_are_private_from_the_start(tmp_path: Path) -> None:
+    key = tmp_path / "svid.0.key"
+    write_atomic(key, b"secret", 0o600)
+    assert key.stat().st_mode & 0o777 == 0o600
+    write_atomic(key, b"secret2", 0o600)
+    assert key.stat().st_mode & 0o777 == 0o600 and key.read_bytes() == b"secret2"
