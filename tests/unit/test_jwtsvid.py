@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+from collections.abc import Callable
 from typing import Any, cast
 
 import jwt
@@ -22,8 +23,12 @@ OTHER_TD = TrustDomain("other.org")
 ID = SpiffeId.parse("spiffe://example.org/ns/a/sa/b")
 EC = ec.generate_private_key(ec.SECP256R1())
 RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-NOW = dt.datetime.now(dt.UTC)
 BUNDLES: dict[TrustDomain, dict[str, PublicKeyTypes]] = {TD: {"ec": EC.public_key(), "rsa": RSA.public_key()}}
+
+
+def _now() -> dt.datetime:
+    """Fresh per call: the suite may run for minutes after this module is imported."""
+    return dt.datetime.now(dt.UTC)
 
 
 def _parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -38,20 +43,20 @@ def _parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 @pytest.mark.parametrize(("key", "kid", "alg"), [(EC, "ec", "ES256"), (RSA, "rsa", "RS256")])
 def test_minted_token_has_only_spec_header_and_claims(key: Any, kid: str, alg: str) -> None:
-    token = mint(key, kid, ID, ["aud1"], dt.timedelta(minutes=5), NOW)
+    token = mint(key, kid, ID, ["aud1"], dt.timedelta(minutes=5), _now())
     header, claims = _parts(token)
     assert header == {"alg": alg, "kid": kid, "typ": "JWT"}
     assert set(claims) == {"sub", "aud", "exp", "iat"}
     assert claims["sub"] == str(ID) and claims["aud"] == "aud1"
     assert claims["exp"] - claims["iat"] == 300
-    assert validate(token, "aud1", BUNDLES, NOW).spiffe_id == ID
+    assert validate(token, "aud1", BUNDLES, _now()).spiffe_id == ID
 
 
 def test_several_audiences_and_issuer() -> None:
-    token = mint(EC, "ec", ID, ["a", "b"], dt.timedelta(minutes=1), NOW, issuer="https://oidc.example.org")
+    token = mint(EC, "ec", ID, ["a", "b"], dt.timedelta(minutes=1), _now(), issuer="https://oidc.example.org")
     _, claims = _parts(token)
     assert claims["aud"] == ["a", "b"] and claims["iss"] == "https://oidc.example.org"
-    assert validate(token, "b", BUNDLES, NOW).claims["aud"] == ["a", "b"]
+    assert validate(token, "b", BUNDLES, _now()).claims["aud"] == ["a", "b"]
 
 
 def test_algorithm_for_key_types() -> None:
@@ -63,85 +68,103 @@ def test_algorithm_for_key_types() -> None:
 @pytest.mark.parametrize("audience", [[], [""]])
 def test_mint_needs_an_audience(audience: list[str]) -> None:
     with pytest.raises(JwtSvidError, match="audience"):
-        mint(EC, "ec", ID, audience, dt.timedelta(minutes=5), NOW)
+        mint(EC, "ec", ID, audience, dt.timedelta(minutes=5), _now())
 
 
 def test_mint_refuses_trust_domain_id_as_subject() -> None:
     with pytest.raises(JwtSvidError, match="workload ID"):
-        mint(EC, "ec", TD.id, ["a"], dt.timedelta(minutes=5), NOW)
+        mint(EC, "ec", TD.id, ["a"], dt.timedelta(minutes=5), _now())
 
 
 def _claims(**changes: Any) -> dict[str, Any]:
-    base = {"sub": str(ID), "aud": "a", "exp": int(NOW.timestamp()) + 300, "iat": int(NOW.timestamp())}
+    base = {"sub": str(ID), "aud": "a", "exp": int(_now().timestamp()) + 300, "iat": int(_now().timestamp())}
     return {k: v for k, v in {**base, **changes}.items() if v is not None}
 
 
 OTHER = ec.generate_private_key(ec.SECP256R1())
-REFUSED: list[tuple[str, str, str]] = [
+REFUSED: list[tuple[str, Callable[[], str], str]] = [
     (
         "alg none",
-        jwt.encode(_claims(), cast(Any, None), algorithm="none", headers={"kid": "ec"}),
+        lambda: jwt.encode(_claims(), cast(Any, None), algorithm="none", headers={"kid": "ec"}),
         "algorithm",
     ),
-    ("HS256", jwt.encode(_claims(), "s" * 32, algorithm="HS256", headers={"kid": "ec"}), "algorithm"),
-    ("no kid", jwt.encode(_claims(), EC, algorithm="ES256"), "kid"),
+    ("HS256", lambda: jwt.encode(_claims(), "s" * 32, algorithm="HS256", headers={"kid": "ec"}), "algorithm"),
+    ("no kid", lambda: jwt.encode(_claims(), EC, algorithm="ES256"), "kid"),
     (
         "unknown kid",
-        jwt.encode(_claims(), EC, algorithm="ES256", headers={"kid": "zz"}),
+        lambda: jwt.encode(_claims(), EC, algorithm="ES256", headers={"kid": "zz"}),
         "not in the JWT bundle",
     ),
-    ("wrong key", jwt.encode(_claims(), OTHER, algorithm="ES256", headers={"kid": "ec"}), "signature"),
+    (
+        "wrong key",
+        lambda: jwt.encode(_claims(), OTHER, algorithm="ES256", headers={"kid": "ec"}),
+        "signature",
+    ),
     (
         "expired",
-        jwt.encode(_claims(exp=int(NOW.timestamp()) - 1), EC, algorithm="ES256", headers={"kid": "ec"}),
+        lambda: jwt.encode(
+            _claims(exp=int(_now().timestamp()) - 1), EC, algorithm="ES256", headers={"kid": "ec"}
+        ),
         "expired",
     ),
-    ("no exp", jwt.encode(_claims(exp=None), EC, algorithm="ES256", headers={"kid": "ec"}), "exp"),
-    ("wrong aud", jwt.encode(_claims(aud="b"), EC, algorithm="ES256", headers={"kid": "ec"}), "audience"),
+    ("no exp", lambda: jwt.encode(_claims(exp=None), EC, algorithm="ES256", headers={"kid": "ec"}), "exp"),
     (
-        "aud list",
-        jwt.encode(_claims(aud=["b", "c"]), EC, algorithm="ES256", headers={"kid": "ec"}),
+        "wrong aud",
+        lambda: jwt.encode(_claims(aud="b"), EC, algorithm="ES256", headers={"kid": "ec"}),
         "audience",
     ),
-    ("no aud", jwt.encode(_claims(aud=None), EC, algorithm="ES256", headers={"kid": "ec"}), "aud"),
-    ("bad typ", jwt.encode(_claims(), EC, algorithm="ES256", headers={"kid": "ec", "typ": "at+jwt"}), "typ"),
+    (
+        "aud list",
+        lambda: jwt.encode(_claims(aud=["b", "c"]), EC, algorithm="ES256", headers={"kid": "ec"}),
+        "audience",
+    ),
+    ("no aud", lambda: jwt.encode(_claims(aud=None), EC, algorithm="ES256", headers={"kid": "ec"}), "aud"),
+    (
+        "bad typ",
+        lambda: jwt.encode(_claims(), EC, algorithm="ES256", headers={"kid": "ec", "typ": "at+jwt"}),
+        "typ",
+    ),
     (
         "extra header",
-        jwt.encode(_claims(), EC, algorithm="ES256", headers={"kid": "ec", "x5u": "u"}),
+        lambda: jwt.encode(_claims(), EC, algorithm="ES256", headers={"kid": "ec", "x5u": "u"}),
         "header",
     ),
-    ("sub not spiffe", jwt.encode(_claims(sub="bob"), EC, algorithm="ES256", headers={"kid": "ec"}), "sub"),
+    (
+        "sub not spiffe",
+        lambda: jwt.encode(_claims(sub="bob"), EC, algorithm="ES256", headers={"kid": "ec"}),
+        "sub",
+    ),
     (
         "foreign td",
-        jwt.encode(_claims(sub="spiffe://other.org/x"), EC, algorithm="ES256", headers={"kid": "ec"}),
+        lambda: jwt.encode(_claims(sub="spiffe://other.org/x"), EC, algorithm="ES256", headers={"kid": "ec"}),
         "no JWT bundle",
     ),
-    ("two parts", "a.b", "compact"),
-    ("not base64 json", "!!.@@.##", "well-formed"),
-    ("empty", "", "empty"),
+    ("two parts", lambda: "a.b", "compact"),
+    ("not base64 json", lambda: "!!.@@.##", "well-formed"),
+    ("empty", lambda: "", "empty"),
 ]
 
 
 @pytest.mark.parametrize(("case", "token", "message"), REFUSED, ids=[c[0] for c in REFUSED])
-def test_validation_refuses(case: str, token: str, message: str) -> None:
+def test_validation_refuses(case: str, token: Callable[[], str], message: str) -> None:
     with pytest.raises(JwtSvidError, match=message):
-        validate(token, "a", BUNDLES, NOW)
+        validate(token(), "a", BUNDLES, _now())
 
 
 def test_validation_uses_only_the_subjects_trust_domain_keys() -> None:
     foreign = jwt.encode(_claims(sub="spiffe://other.org/w"), EC, algorithm="ES256", headers={"kid": "ec"})
     with pytest.raises(JwtSvidError, match="no JWT bundle"):
-        validate(foreign, "a", BUNDLES, NOW)
+        validate(foreign, "a", BUNDLES, _now())
     assert (
-        validate(foreign, "a", {**BUNDLES, OTHER_TD: {"ec": EC.public_key()}}, NOW).spiffe_id.trust_domain
+        validate(foreign, "a", {**BUNDLES, OTHER_TD: {"ec": EC.public_key()}}, _now()).spiffe_id.trust_domain
         == OTHER_TD
     )
 
 
 def test_empty_expected_audience_is_refused_not_ignored() -> None:
-    token = mint(EC, "ec", ID, ["a"], dt.timedelta(minutes=5), NOW)
+    token = mint(EC, "ec", ID, ["a"], dt.timedelta(minutes=5), _now())
     with pytest.raises(JwtSvidError, match="audience is empty"):
-        validate(token, "", BUNDLES, NOW)
+        validate(token, "", BUNDLES, _now())
 
 
 @given(
@@ -150,6 +173,6 @@ def test_empty_expected_audience_is_refused_not_ignored() -> None:
     )
 )
 def test_any_audience_list_round_trips(audience: list[str]) -> None:
-    token = mint(EC, "ec", ID, audience, dt.timedelta(minutes=5), NOW)
+    token = mint(EC, "ec", ID, audience, dt.timedelta(minutes=5), _now())
     for each in audience:
-        assert validate(token, each, BUNDLES, NOW).spiffe_id == ID
+        assert validate(token, each, BUNDLES, _now()).spiffe_id == ID

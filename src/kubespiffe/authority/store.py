@@ -7,8 +7,8 @@ Updates carry the resourceVersion they read, so a concurrent writer is detected 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
@@ -24,10 +24,18 @@ class StaleStateError(Exception):
     """Someone else wrote the Secret since it was read; re-read and retry."""
 
 
+ROTATE_ANNOTATION = "kubespiffe.io/rotate-requested"
+
+
 @dataclass(frozen=True)
 class Stored:
     state: AuthorityState
     resource_version: str
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def rotate_requested(self) -> bool:
+        return ROTATE_ANNOTATION in self.annotations
 
 
 async def load(client: AsyncClient, namespace: str, name: str) -> Stored | None:
@@ -38,7 +46,11 @@ async def load(client: AsyncClient, namespace: str, name: str) -> Stored | None:
             return None
         raise
     assert secret.metadata is not None
-    return Stored(AuthorityState.from_secret_data(secret.data), str(secret.metadata.resourceVersion))
+    return Stored(
+        AuthorityState.from_secret_data(secret.data),
+        str(secret.metadata.resourceVersion),
+        dict(secret.metadata.annotations or {}),
+    )
 
 
 async def load_or_create(
@@ -67,11 +79,20 @@ async def load_or_create(
 
 
 async def update(
-    client: AsyncClient, namespace: str, name: str, state: AuthorityState, resource_version: str
+    client: AsyncClient,
+    namespace: str,
+    name: str,
+    state: AuthorityState,
+    resource_version: str,
+    annotations: Mapping[str, str] | None = None,
 ) -> Stored:
     secret = Secret(
         metadata=ObjectMeta(
-            name=name, namespace=namespace, labels=dict(LABELS), resourceVersion=resource_version
+            name=name,
+            namespace=namespace,
+            labels=dict(LABELS),
+            annotations=dict(annotations or {}),
+            resourceVersion=resource_version,
         ),
         type="Opaque",
         data=state.to_secret_data(),
@@ -83,4 +104,4 @@ async def update(
             raise StaleStateError(f"Secret {namespace}/{name} changed since it was read") from None
         raise
     assert replaced.metadata is not None
-    return Stored(state, str(replaced.metadata.resourceVersion))
+    return Stored(state, str(replaced.metadata.resourceVersion), dict(annotations or {}))

@@ -89,6 +89,7 @@ class Kubespiffed:
     extra_args: tuple[str, ...] = ()
     port: int = field(default_factory=free_port)
     health_port: int = field(default_factory=free_port)
+    bundle_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -112,6 +113,7 @@ class Kubespiffed:
                 "--listen-host=127.0.0.1",
                 f"--port={self.port}",
                 f"--health-port={self.health_port}",
+                f"--bundle-endpoint-port={self.bundle_port}",
                 *self.extra_args,
             ],
             stdout=log,

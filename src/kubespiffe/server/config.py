@@ -32,6 +32,9 @@ class ServerConfig:
     jwt_key_type: KeyType = KeyType.EC_P256
     jwt_issuer: str | None = None
     service_name: str = "kubespiffed"
+    bundle_endpoint_port: int = 8445
+    bundle_refresh_hint: dt.timedelta = dt.timedelta(minutes=5)
+    bundle_endpoint_web_secret: str | None = None
 
     @property
     def server_id(self) -> SpiffeId:
@@ -87,6 +90,23 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         "--jwt-issuer", default=_env("JWT_ISSUER"), help="`iss` claim of JWT-SVIDs (optional)"
     )
     parser.add_argument("--service-name", default=_env("SERVICE_NAME", "kubespiffed"))
+    parser.add_argument(
+        "--bundle-endpoint-port",
+        type=int,
+        default=_env("BUNDLE_ENDPOINT_PORT", "8445"),
+        help="SPIFFE bundle endpoint (HTTPS); 0 turns it off",
+    )
+    parser.add_argument(
+        "--bundle-refresh-hint",
+        default=_env("BUNDLE_REFRESH_HINT", "5m"),
+        help="spiffe_refresh_hint published",
+    )
+    parser.add_argument(
+        "--bundle-endpoint-web-secret",
+        default=_env("BUNDLE_ENDPOINT_WEB_SECRET"),
+        help="serve the https_web profile with this kubernetes.io/tls Secret (tls.crt, tls.key) in the "
+        "namespace; default: the https_spiffe profile with kubespiffed's own SVID",
+    )
     args = parser.parse_args(argv)
     try:
         return ServerConfig(
@@ -110,6 +130,14 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
             jwt_key_type=KeyType(args.jwt_key_type),
             jwt_issuer=args.jwt_issuer,
             service_name=args.service_name,
+            bundle_endpoint_port=args.bundle_endpoint_port,
+            bundle_refresh_hint=_bounded(
+                "--bundle-refresh-hint",
+                args.bundle_refresh_hint,
+                dt.timedelta(seconds=1),
+                dt.timedelta(days=1),
+            ),
+            bundle_endpoint_web_secret=args.bundle_endpoint_web_secret,
         )
     except ValueError as exc:
         parser.error(str(exc))

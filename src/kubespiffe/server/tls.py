@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ssl
-import tempfile
 import threading
-from pathlib import Path
 
 import grpc
 from cryptography import x509
@@ -20,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from kubespiffe.authority.keys import KeyType, generate_key
 from kubespiffe.authority.x509ca import X509Authority, sign_x509_svid
+from kubespiffe.server.https import server_context
 from kubespiffe.spiffe.spiffeid import SpiffeId
 
 SERVER_SVID_TTL = dt.timedelta(hours=24)
@@ -46,6 +45,12 @@ class ServingIdentity:
         self._renew_at = leaf.not_valid_before_utc + lifetime / 2
         self.generation += 1
 
+    def set_authority(self, authority: X509Authority) -> None:
+        """A new active CA: issue a new serving SVID from it at once."""
+        with self._lock:
+            self.authority = authority
+            self._issue()
+
     def refresh(self) -> int:
         """Renew at half-life; returns the generation (it grows with every new certificate)."""
         with self._lock:
@@ -70,19 +75,5 @@ class ServingIdentity:
         )
 
     def ssl_context(self) -> ssl.SSLContext:
-        """A server context for the HTTPS endpoints (health, metrics)."""
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        # ssl loads keys only from files: a private tmpfs directory, removed at once, keeps it off disk.
-        with tempfile.TemporaryDirectory(dir=_key_dir()) as tmp:
-            chain, key = Path(tmp) / "chain.pem", Path(tmp) / "key.pem"
-            chain.write_bytes(self.chain_pem)
-            key.touch(0o600)
-            key.write_bytes(self.key_pem)
-            context.load_cert_chain(chain, key)
-        return context
-
-
-def _key_dir() -> str | None:
-    shm = Path("/dev/shm")
-    return str(shm) if shm.is_dir() else None
+        """A server context for the HTTPS endpoints with the current certificate."""
+        return server_context(self.chain_pem, self.key_pem)

@@ -1,0 +1,65 @@
+"""When to prepare, activate and drop signing slots (pure; the Lease holder applies the plan).
+
+- prepare: at half the active CA's lifetime, or at once when an operator asks (`kubespiffe ca rotate`);
+  the new slot is published (sequence bumped) and signs nothing yet;
+- activate: once the prepared slot has been published for `publish_ahead` (3x the refresh hint by
+  default), so federated peers polling at the hint have fetched it before any SVID chains to it;
+- drop: a retired slot stays published until nothing it signed can still be valid: its SVIDs expire by
+  min(retired + max X.509-SVID TTL, CA expiry), its JWT-SVIDs by retired + max JWT-SVID TTL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kubespiffe.authority.state import AuthorityState, Slot
+
+
+@dataclass(frozen=True)
+class RotationPolicy:
+    refresh_hint: dt.timedelta
+    max_x509_ttl: dt.timedelta
+    max_jwt_ttl: dt.timedelta
+    publish_ahead_factor: int = 3
+
+    @property
+    def publish_ahead(self) -> dt.timedelta:
+        return self.refresh_hint * self.publish_ahead_factor
+
+
+def prepare_due(slot: Slot, now: dt.datetime) -> bool:
+    certificate = slot.authority.certificate
+    half = (
+        certificate.not_valid_before_utc
+        + (certificate.not_valid_after_utc - certificate.not_valid_before_utc) / 2
+    )
+    return now >= half
+
+
+def safe_to_drop(slot: Slot, policy: RotationPolicy, now: dt.datetime) -> bool:
+    x509_done = min(slot.since + policy.max_x509_ttl, slot.not_after)
+    jwt_done = slot.since + policy.max_jwt_ttl
+    return slot.state == "retired" and now >= max(x509_done, jwt_done)
+
+
+def plan(
+    state: AuthorityState,
+    policy: RotationPolicy,
+    now: dt.datetime,
+    make_slot: Callable[[], Slot],
+    rotate_requested: bool = False,
+) -> AuthorityState:
+    """The next state (the same object when nothing is due). One step per call, in journal order."""
+    expired = {s.id for s in state.slots if safe_to_drop(s, policy, now)}
+    if expired:
+        return state.drop(expired)
+    prepared = state.prepared
+    if prepared is not None:
+        if now >= prepared.since + policy.publish_ahead:
+            return state.activate(now)
+        return state
+    if rotate_requested or prepare_due(state.active, now):
+        return state.prepare(make_slot())
+    return state

@@ -1,0 +1,73 @@
+"""Leader election on a coordination.k8s.io Lease, so exactly one replica rotates keys and fetches bundles.
+
+The holder renews every third of the lease duration; anyone may take a lease whose renewTime is older
+than its duration. Writes carry the resourceVersion they read, so two replicas racing for an expired
+lease cannot both win.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.models.coordination_v1 import LeaseSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.coordination_v1 import Lease
+
+log = logging.getLogger(__name__)
+
+
+class LeaderElector:
+    def __init__(
+        self, client: AsyncClient, namespace: str, name: str, identity: str, duration: float = 15.0
+    ) -> None:
+        self._client = client
+        self._namespace = namespace
+        self._name = name
+        self.identity = identity
+        self._duration = duration
+        self.is_leader = False
+
+    async def run(self) -> None:
+        while True:
+            try:
+                leading = await self._try()
+            except ApiError as exc:
+                leading = False
+                if exc.status.code != 409:
+                    log.warning("lease %s/%s: %s", self._namespace, self._name, exc)
+            if leading != self.is_leader:
+                log.info("%s leadership of %s/%s", "took" if leading else "lost", self._namespace, self._name)
+            self.is_leader = leading
+            await asyncio.sleep(self._duration / 3)
+
+    async def _try(self) -> bool:
+        now = dt.datetime.now(dt.UTC)
+        spec = LeaseSpec(
+            holderIdentity=self.identity,
+            leaseDurationSeconds=int(self._duration),
+            renewTime=now,
+            acquireTime=now,
+        )
+        try:
+            lease = await self._client.get(Lease, self._name, namespace=self._namespace)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
+            await self._client.create(
+                Lease(metadata=ObjectMeta(name=self._name, namespace=self._namespace), spec=spec)
+            )
+            return True
+        current = lease.spec or LeaseSpec()
+        renewed = current.renewTime
+        expired = renewed is None or (now - renewed).total_seconds() > (current.leaseDurationSeconds or 0)
+        if current.holderIdentity != self.identity and not expired:
+            return False
+        if current.holderIdentity == self.identity and current.acquireTime:
+            spec.acquireTime = current.acquireTime
+        lease.spec = spec
+        await self._client.replace(lease)
+        return True

@@ -1,0 +1,140 @@
+"""The authority as every replica sees it: the Secret's state, followed by polling, rotated by the leader.
+
+Every replica re-reads the Secret every `poll` seconds and applies what changed: a new published key
+set goes to the TrustStore (and from there to WatchBundles streams and the bundle endpoint), a new
+active slot goes to the signers and to kubespiffed's own serving SVID. Only the Lease holder writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+
+from lightkube import AsyncClient
+
+from kubespiffe.authority import store
+from kubespiffe.authority.keys import KeyType, SigningKey
+from kubespiffe.authority.rotation import RotationPolicy, plan
+from kubespiffe.authority.state import AuthorityState, Slot, new_slot
+from kubespiffe.authority.x509ca import X509Authority, create_self_signed_ca
+from kubespiffe.kube.leader import LeaderElector
+from kubespiffe.server.tls import ServingIdentity
+from kubespiffe.server.trust import TrustStore
+from kubespiffe.spiffe.bundle import Bundle
+from kubespiffe.spiffe.spiffeid import TrustDomain
+
+log = logging.getLogger("kubespiffed.authority")
+
+
+class LiveAuthority:
+    def __init__(
+        self,
+        client: AsyncClient,
+        *,
+        namespace: str,
+        secret: str,
+        stored: store.Stored,
+        trust_domain: TrustDomain,
+        ca_key_type: KeyType,
+        ca_ttl: dt.timedelta,
+        jwt_key_type: KeyType,
+        policy: RotationPolicy,
+        leader: LeaderElector,
+        poll: float = 2.0,
+    ) -> None:
+        self._client = client
+        self._namespace = namespace
+        self._secret = secret
+        self.stored = stored
+        self._trust_domain = trust_domain
+        self._ca_key_type = ca_key_type
+        self._ca_ttl = ca_ttl
+        self._jwt_key_type = jwt_key_type
+        self.policy = policy
+        self._leader = leader
+        self._poll = poll
+        self.trust = TrustStore(self.bundle())
+        self._on_active: list[Callable[[X509Authority], None]] = []
+
+    @property
+    def state(self) -> AuthorityState:
+        return self.stored.state
+
+    def active_x509(self) -> X509Authority:
+        return self.state.active_x509()
+
+    def active_jwt(self) -> tuple[str, SigningKey]:
+        return self.state.active_jwt()
+
+    def bundle(self) -> Bundle:
+        return Bundle(
+            self._trust_domain,
+            tuple(self.state.trust_bundle()),
+            self.state.jwt_authorities(),
+            sequence=self.state.sequence,
+            refresh_hint=int(self.policy.refresh_hint.total_seconds()),
+        )
+
+    def follow(self, identity: ServingIdentity) -> None:
+        """Re-issue kubespiffed's serving SVID whenever the active CA changes (never before activation)."""
+        self._on_active.append(identity.set_authority)
+
+    def _new_slot(self) -> Slot:
+        now = dt.datetime.now(dt.UTC)
+        ca = create_self_signed_ca(self._trust_domain, self._ca_key_type, self._ca_ttl, now)
+        return new_slot(ca, self._jwt_key_type, "prepared", now)
+
+    async def _apply(self, stored: store.Stored) -> None:
+        before = self.stored.state
+        self.stored = stored
+        after = stored.state
+        if after.sequence != before.sequence or after.active.id != before.active.id:
+            await self.trust.publish(own=self.bundle())
+        if after.active.id != before.active.id:
+            log.info("signing with slot %s (jwt kid %s)", after.active.id, after.active.jwt_kid)
+            for callback in self._on_active:
+                callback(after.active_x509())
+
+    async def tick(self) -> None:
+        stored = await store.load(self._client, self._namespace, self._secret)
+        if stored is None:
+            log.error(
+                "authority Secret %s/%s disappeared; keeping the keys in memory",
+                self._namespace,
+                self._secret,
+            )
+            return
+        if self._leader.is_leader:
+            now = dt.datetime.now(dt.UTC)
+            planned = plan(stored.state, self.policy, now, self._new_slot, stored.rotate_requested)
+            if planned is not stored.state:
+                annotations = dict(stored.annotations)
+                if planned.prepared is not None and stored.state.prepared is None:
+                    annotations.pop(store.ROTATE_ANNOTATION, None)
+                try:
+                    stored = await store.update(
+                        self._client,
+                        self._namespace,
+                        self._secret,
+                        planned,
+                        stored.resource_version,
+                        annotations,
+                    )
+                except store.StaleStateError:
+                    return
+                log.info(
+                    "authority rotated: sequence=%d slots=%s",
+                    planned.sequence,
+                    ",".join(f"{s.id[:8]}:{s.state}" for s in planned.slots),
+                )
+        await self._apply(stored)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("authority refresh failed")
+            await asyncio.sleep(self._poll)
