@@ -1,6 +1,7 @@
 """When to prepare, activate and drop signing slots (pure; the Lease holder applies the plan).
 
-- prepare: at half the active CA's lifetime, or at once when an operator asks (`kubespiffe ca rotate`);
+- prepare: at half the active CA's lifetime (earlier if the grace period would not fit in the rest), or
+  at once when an operator asks (`kubespiffe ca rotate`);
   the new slot is published (sequence bumped) and signs nothing yet;
 - activate: once the prepared slot has been published for `publish_ahead` (3x the refresh hint by
   default), so federated peers polling at the hint have fetched it before any SVID chains to it;
@@ -29,13 +30,10 @@ class RotationPolicy:
         return self.refresh_hint * self.publish_ahead_factor
 
 
-def prepare_due(slot: Slot, now: dt.datetime) -> bool:
-    certificate = slot.authority.certificate
-    half = (
-        certificate.not_valid_before_utc
-        + (certificate.not_valid_after_utc - certificate.not_valid_before_utc) / 2
-    )
-    return now >= half
+def prepare_due(slot: Slot, policy: RotationPolicy, now: dt.datetime) -> bool:
+    """At half the CA's life, or earlier when the grace period would not fit in what is left."""
+    start, end = slot.authority.certificate.not_valid_before_utc, slot.not_after
+    return now >= min(start + (end - start) / 2, end - 2 * policy.publish_ahead)
 
 
 def safe_to_drop(slot: Slot, policy: RotationPolicy, now: dt.datetime) -> bool:
@@ -60,6 +58,6 @@ def plan(
         if now >= prepared.since + policy.publish_ahead:
             return state.activate(now)
         return state
-    if rotate_requested or prepare_due(state.active, now):
+    if rotate_requested or prepare_due(state.active, policy, now):
         return state.prepare(make_slot())
     return state

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kubespiffe.agent.files import write_x509_svids
 from kubespiffe.agent.issuer_client import DEFAULT_SERVER_NAME, FetchError, IssuerClient
+from kubespiffe.cli.authority import add_commands as add_authority_commands
 from kubespiffe.spiffe.bundle import BundleError, parse_pem_certificates
 from kubespiffe.spiffe.jwtsvid import JwtSvidError, validate
 from kubespiffe.spiffe.spiffeid import SpiffeId, SpiffeIdError
@@ -174,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--jwt-audience", help="with --write-dir: also keep jwt.0.token for this audience")
     agent.add_argument("--server-name", default=DEFAULT_SERVER_NAME)
     agent.set_defaults(func=cmd_agent)
+
+    add_authority_commands(commands)
 
     dev = commands.add_parser("dev", help="local development cluster").add_subparsers(
         dest="action", required=True
