@@ -66,13 +66,14 @@ async def start_agent(kube: AsyncClient, kubespiffed: Running, namespace: str) -
         jwt_audience: str = "",
         wait_ready: bool = True,
         server: str | None = None,
+        bundle_pem: bytes | None = None,
     ) -> AgentProcess:
         pod = await create_pod(kube, namespace, name, sa, labels=labels)
         directory = _runtime_dir()
         token = directory / "token"
         token.write_text(await pod_token(kube, pod))
         bundle = directory / "bundle.pem"
-        bundle.write_bytes(kubespiffed.bundle_pem)
+        bundle.write_bytes(bundle_pem or kubespiffed.bundle_pem)
         socket = directory / "agent.sock"
         log = kubespiffed.daemon.plane.log_dir / f"agent-{namespace}-{name}.log"
         write_dir = directory / "svids" if files else None

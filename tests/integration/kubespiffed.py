@@ -13,9 +13,10 @@ from cryptography import x509
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.rbac_authorization_v1 import Role
 
 from kubespiffe.agent.issuer_client import X509Result, fetch_x509
-from kubespiffe.devenv.stack import Kubespiffed
+from kubespiffe.devenv.stack import NAMESPACE, Kubespiffed
 from kubespiffe.devenv.workloads import create_pod, pod_token
 from kubespiffe.kube.client import ClusterWorkloadRegistration, WorkloadRegistration
 from kubespiffe.spiffe.bundle import parse_pem_certificates
@@ -91,3 +92,14 @@ async def pod_with_token(
 ) -> tuple[Any, str]:
     pod = await create_pod(kube, namespace, name, service_account, labels=labels)
     return pod, await pod_token(kube, pod)
+
+
+async def allow_secret(kube: AsyncClient, name: str) -> None:
+    """The shipped Role names the one authority Secret and its Lease; a test with its own Secret adds both."""
+    role = await kube.get(Role, "kubespiffe:kubespiffed", namespace=NAMESPACE)
+    for rule in role.rules or []:
+        if rule.resources == ["secrets"] and rule.resourceNames:
+            rule.resourceNames = [*rule.resourceNames, name]
+        if rule.resources == ["leases"] and rule.resourceNames:
+            rule.resourceNames = [*rule.resourceNames, f"{name}-leader"]
+    await kube.replace(role)

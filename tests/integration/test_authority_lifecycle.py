@@ -16,7 +16,7 @@ from kubespiffe.devenv.controlplane import ControlPlane
 from kubespiffe.devenv.stack import NAMESPACE, Kubespiffed, authority_bundle_pem, service_account_token
 from kubespiffe.spiffe.bundle import parse_pem_certificates
 
-from .kubespiffed import Running, pod_with_token, register
+from .kubespiffed import Running, allow_secret, pod_with_token, register
 
 pytestmark = pytest.mark.integration
 
@@ -52,29 +52,7 @@ async def test_two_replicas_started_together_share_one_ca(
 ) -> None:
     """Two processes racing to create a new authority Secret end up with exactly one CA."""
     secret = f"race-{uuid.uuid4().hex[:8]}"
-    # The shipped Role only lets kubespiffed read its own Secret name; grant this test's name too.
-    from lightkube.codecs import from_dict
-
-    await kube.apply(
-        from_dict(
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "Role",
-                "metadata": {"name": "kubespiffe:kubespiffed", "namespace": NAMESPACE},
-                "rules": [
-                    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
-                    {
-                        "apiGroups": [""],
-                        "resources": ["secrets"],
-                        "verbs": ["get", "update"],
-                        "resourceNames": ["kubespiffe-authority", secret],
-                    },
-                ],
-            }
-        ),
-        field_manager="kubespiffe-tests",
-        force=True,
-    )
+    await allow_secret(kube, secret)
     replicas = [Kubespiffed(control_plane, extra_args=(f"--authority-secret={secret}",)) for _ in range(2)]
     token = await service_account_token(kube)
     for replica in replicas:

@@ -39,8 +39,6 @@ from kubespiffe.spiffe.bundle import bundle_to_json
 
 log = logging.getLogger("kubespiffed")
 
-LEASE_NAME = "kubespiffed-leader"
-
 
 async def _token_review(client: AsyncClient, token: str, audience: str) -> dict[str, Any]:
     review = await client.create(TokenReview(spec=TokenReviewSpec(token=token, audiences=[audience])))
@@ -83,7 +81,9 @@ async def _serve(config: ServerConfig, client: AsyncClient) -> None:
         return AuthorityState.new(ca, config.jwt_key_type, now)
 
     stored = await load_or_create(client, config.namespace, config.authority_secret, new_state)
-    leader = LeaderElector(client, config.namespace, LEASE_NAME, f"{socket.gethostname()}-{os.getpid()}")
+    # One leader per authority: the Lease is named after the authority Secret.
+    lease = f"{config.authority_secret}-leader"
+    leader = LeaderElector(client, config.namespace, lease, f"{socket.gethostname()}-{os.getpid()}")
     authority = LiveAuthority(
         client,
         namespace=config.namespace,

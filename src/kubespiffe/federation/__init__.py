@@ -1,0 +1,1 @@
+"""SPIFFE federation: fetching other trust domains' bundles from their bundle endpoints (checklist E)."""
