@@ -1,8 +1,8 @@
 """SPIFFE bundle endpoint client (checklist sections D and E), on asyncio and the stdlib only.
 
 A federated bundle is a trust anchor, so every byte of this path is treated as hostile: https only, no
-userinfo, the profile's server check before the request is sent, on every redirect hop, bounded size and time,
-and the document parsed by the strict `parse_bundle_json`. The profile is always explicit and never falls back.
+userinfo, the profile's server check before the request is sent and on every redirect hop, bounded size and
+time, and the document parsed by the strict `parse_bundle_json`. The profile is explicit, never a fallback.
 
 Peer chain under https_spiffe: Python's `ssl` only verifies against web PKI rules, so the handshake runs with
 CERT_NONE and the chain is checked by `verify_chain` afterwards (before the request is sent). Python < 3.13
@@ -154,7 +154,8 @@ def _check_spiffe_peer(
         raise FetchError("https_spiffe bundle endpoint needs a bootstrap bundle to verify the server")
     if trust.trust_domain != endpoint.endpoint_id.trust_domain:
         raise FetchError(
-            f"trust bundle is for {trust.trust_domain}, the endpoint ID is in {endpoint.endpoint_id.trust_domain}"
+            f"trust bundle is for {trust.trust_domain}, "
+            f"the endpoint ID is in {endpoint.endpoint_id.trust_domain}"
         )
     chain = _peer_chain(ssl_object)
     try:
@@ -272,7 +273,9 @@ async def _get(
             limit=MAX_HEADER_BYTES,
         )
     except ssl.SSLCertVerificationError as exc:
-        raise FetchError(f"TLS verification of bundle endpoint {where} failed: {exc.verify_message}") from None
+        raise FetchError(
+            f"TLS verification of bundle endpoint {where} failed: {exc.verify_message}"
+        ) from None
     except ssl.SSLError as exc:
         raise FetchError(f"TLS handshake with bundle endpoint {where} failed: {exc.reason}") from None
     except OSError as exc:
@@ -340,11 +343,13 @@ async def fetch_bundle(
     try:
         return parse_bundle_json(endpoint.trust_domain, response.body, max_bytes)
     except BundleError as exc:
-        raise FetchError(f"bundle endpoint {endpoint.url} did not serve a valid SPIFFE bundle: {exc}") from None
+        raise FetchError(
+            f"bundle endpoint {endpoint.url} did not serve a valid SPIFFE bundle: {exc}"
+        ) from None
 
 
 def choose(current: Bundle | None, fetched: Bundle) -> Bundle:
-    """E.6: keep the newest by spiffe_sequence; an older sequence (a stale replica or cache) is not applied."""
+    """E.6: keep the newest by spiffe_sequence; an older one (stale replica or cache) is not applied."""
     if current is None:
         return fetched
     if current.trust_domain != fetched.trust_domain:

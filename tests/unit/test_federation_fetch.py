@@ -1,0 +1,508 @@
+"""Bundle endpoint client against real TLS servers on 127.0.0.1 (checklist E): both profiles, the
+server checks on every redirect hop, size and time limits, and the newest-sequence / refresh-hint rules."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import itertools
+import json
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from kubespiffe.federation.fetch import Endpoint, FetchError, choose, fetch_bundle, next_refresh
+from kubespiffe.spiffe.bundle import Bundle, bundle_to_json
+from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
+
+TD = TrustDomain("b.test")
+ENDPOINT_ID = SpiffeId.parse("spiffe://b.test/kubespiffe/kubespiffed")
+SLOW = b"<slow>"
+
+# ---------------------------------------------------------------- PKI
+
+
+@dataclass(frozen=True)
+class Issued:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+
+
+def _issue(
+    cn: str,
+    issuer: Issued | None,
+    *,
+    ca: bool,
+    uri: str | None = None,
+    dns: Sequence[str] = (),
+    ips: Sequence[str] = (),
+) -> Issued:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = dt.datetime.now(dt.UTC)
+    signer_key = issuer.key if issuer else key
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.cert.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=not ca,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_key.public_key()), critical=False
+        )
+    )
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)] if uri else []
+    names += [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    if not ca:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+    return Issued(builder.sign(signer_key, hashes.SHA256()), key)
+
+
+@dataclass(frozen=True)
+class Pki:
+    spiffe_ca: Issued  # authority of b.test
+    svid: Issued  # the bundle endpoint's X509-SVID, spiffe://b.test/kubespiffe/kubespiffed
+    other_svid: Issued  # trusted CA, another SPIFFE ID
+    rogue_svid: Issued  # the right SPIFFE ID from a CA outside the bundle
+    web_ca: Issued
+    web: Issued  # localhost / 127.0.0.1
+    web_elsewhere: Issued  # elsewhere.test only
+    rogue_ca: Issued
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    spiffe_ca = _issue("b.test CA", None, ca=True, uri="spiffe://b.test")
+    rogue_ca = _issue("rogue CA", None, ca=True, uri="spiffe://b.test")
+    web_ca = _issue("web CA", None, ca=True)
+    return Pki(
+        spiffe_ca=spiffe_ca,
+        svid=_issue("kubespiffed", spiffe_ca, ca=False, uri=str(ENDPOINT_ID)),
+        other_svid=_issue("other", spiffe_ca, ca=False, uri="spiffe://b.test/other"),
+        rogue_svid=_issue("kubespiffed", rogue_ca, ca=False, uri=str(ENDPOINT_ID)),
+        web_ca=web_ca,
+        web=_issue("localhost", web_ca, ca=False, dns=["localhost"], ips=["127.0.0.1"]),
+        web_elsewhere=_issue("elsewhere.test", web_ca, ca=False, dns=["elsewhere.test"]),
+        rogue_ca=rogue_ca,
+    )
+
+
+@pytest.fixture(scope="module")
+def served_bundle(pki: Pki) -> Bundle:
+    jwt_key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    return Bundle(TD, (pki.spiffe_ca.cert,), {"k1": jwt_key}, sequence=7, refresh_hint=60)
+
+
+@pytest.fixture(scope="module")
+def bootstrap(pki: Pki) -> Bundle:
+    return Bundle(TD, (pki.spiffe_ca.cert,))
+
+
+# ---------------------------------------------------------------- HTTP servers
+
+
+def http(
+    status: str, body: bytes = b"", headers: Sequence[tuple[str, str]] = (), *, length: bool = True
+) -> bytes:
+    lines = [f"HTTP/1.1 {status}", "Connection: close", *(f"{k}: {v}" for k, v in headers)]
+    if length:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def chunked(body: bytes, size: int = 100) -> bytes:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunks = b"".join(
+        b"%x;ext=1\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size])
+        for i in range(0, len(body), size)
+    )
+    return head + chunks + b"0\r\nX-Trailer: t\r\n\r\n"
+
+
+def redirect(location: str, status: str = "302 Found") -> bytes:
+    return http(status, headers=[("Location", location)])
+
+
+@dataclass
+class Server:
+    base: str
+    routes: dict[str, bytes]
+    requests: list[str] = field(default_factory=list)
+
+
+_names = itertools.count()
+
+
+@asynccontextmanager
+async def serve(tmp_path: Path, identity: Issued, routes: dict[str, bytes]) -> AsyncIterator[Server]:
+    n = next(_names)
+    cert_file, key_file = tmp_path / f"cert{n}.pem", tmp_path / f"key{n}.pem"
+    cert_file.write_bytes(identity.cert_pem)
+    key_file.write_bytes(identity.key_pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    state = Server("", routes)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode()
+            state.requests.append(head)
+            response = state.routes.get(head.split(" ")[1], http("404 Not Found"))
+            if response == SLOW:
+                await asyncio.wait_for(reader.read(), 3)  # until the client gives up
+                return
+            writer.write(response)
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    state.base = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        yield state
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def spiffe_endpoint(url: str, endpoint_id: SpiffeId = ENDPOINT_ID) -> Endpoint:
+    return Endpoint(TD, url, "https_spiffe", endpoint_id=endpoint_id)
+
+
+def web_endpoint(url: str, roots: Issued) -> Endpoint:
+    return Endpoint(TD, url, "https_web", web_roots_pem=roots.cert_pem)
+
+
+def bundle_routes(body: bytes) -> dict[str, bytes]:
+    return {"/bundle": http("200 OK", body, [("Content-Type", "application/json")])}
+
+
+# ---------------------------------------------------------------- https_spiffe
+
+
+async def test_https_spiffe_fetches_and_parses(
+    tmp_path: Path, pki: Pki, served_bundle: Bundle, bootstrap: Bundle
+) -> None:
+    async with serve(tmp_path, pki.svid, bundle_routes(bundle_to_json(served_bundle))) as server:
+        got = await fetch_bundle(spiffe_endpoint(server.base + "/bundle"), bootstrap)
+    assert got.trust_domain == TD
+    assert got.x509_authorities == (pki.spiffe_ca.cert,)
+    assert set(got.jwt_authorities) == {"k1"}
+    assert (got.sequence, got.refresh_hint) == (7, 60)
+    request = server.requests[0]
+    assert request.startswith("GET /bundle HTTP/1.1\r\n")
+    assert f"Host: {server.base.removeprefix('https://')}\r\n" in request
+    assert "Connection: close\r\n" in request
+
+
+async def test_chunked_body_is_read(
+    tmp_path: Path, pki: Pki, served_bundle: Bundle, bootstrap: Bundle
+) -> None:
+    routes = {"/bundle": chunked(bundle_to_json(served_bundle))}
+    async with serve(tmp_path, pki.svid, routes) as server:
+        got = await fetch_bundle(spiffe_endpoint(server.base + "/bundle"), bootstrap)
+    assert got.sequence == 7
+
+
+async def test_wrong_endpoint_id_refused(
+    tmp_path: Path, pki: Pki, served_bundle: Bundle, bootstrap: Bundle
+) -> None:
+    async with serve(tmp_path, pki.svid, bundle_routes(bundle_to_json(served_bundle))) as server:
+        endpoint = spiffe_endpoint(server.base + "/bundle", SpiffeId.parse("spiffe://b.test/kubespiffe"))
+        with pytest.raises(FetchError, match=r"expected exactly spiffe://b\.test/kubespiffe$"):
+            await fetch_bundle(endpoint, bootstrap)
+    assert server.requests == []  # refused before the request was sent
+
+
+async def test_untrusted_svid_refused(
+    tmp_path: Path, pki: Pki, served_bundle: Bundle, bootstrap: Bundle
+) -> None:
+    async with serve(tmp_path, pki.rogue_svid, bundle_routes(bundle_to_json(served_bundle))) as server:
+        with pytest.raises(FetchError, match="not a trusted X509-SVID"):
+            await fetch_bundle(spiffe_endpoint(server.base + "/bundle"), bootstrap)
+    assert server.requests == []
+
+
+async def test_https_spiffe_needs_a_trust_bundle(tmp_path: Path, pki: Pki, served_bundle: Bundle) -> None:
+    async with serve(tmp_path, pki.svid, bundle_routes(bundle_to_json(served_bundle))) as server:
+        with pytest.raises(FetchError, match="bootstrap bundle"):
+            await fetch_bundle(spiffe_endpoint(server.base + "/bundle"), None)
+
+
+async def test_https_spiffe_does_not_fall_back_to_web_pki(
+    tmp_path: Path, pki: Pki, served_bundle: Bundle, bootstrap: Bundle
+) -> None:
+    async with serve(tmp_path, pki.web, bundle_routes(bundle_to_json(served_bundle))) as server:
+        with pytest.raises(FetchError, match="not a trusted X509-SVID"):
+            await fetch_bundle(spiffe_endpoint(server.base + "/bundle"), bootstrap)
+
+
+def test_endpoint_config_is_explicit(pki: Pki) -> None:
+    with pytest.raises(ValueError, match="endpoint SPIFFE ID"):
+        Endpoint(TD, "https://x.test/", "https_spiffe")
+    with pytest.raises(ValueError, match="https_spiffe profile only"):
+        Endpoint(TD, "https://x.test/", "https_web", endpoint_id=ENDPOINT_ID)
+    with pytest.raises(ValueError, match="https_web profile only"):
+        Endpoint(TD, "https://x.test/", "https_spiffe", endpoint_id=ENDPOINT_ID, web_roots_pem=b"x")
+
+
+# ---------------------------------------------------------------- https_web
+
+
+async def test_https_web_fetches(tmp_path: Path, pki: Pki, served_bundle: Bundle) -> None:
+    async with serve(tmp_path, pki.web, bundle_routes(bundle_to_json(served_bundle))) as server:
+        got = await fetch_bundle(web_endpoint(server.base + "/bundle", pki.web_ca), None)
+        port = server.base.rsplit(":", 1)[1]
+        by_name = await fetch_bundle(web_endpoint(f"https://localhost:{port}/bundle", pki.web_ca), None)
+    assert got.sequence == by_name.sequence == 7
+
+
+async def test_https_web_hostname_mismatch_refused(tmp_path: Path, pki: Pki, served_bundle: Bundle) -> None:
+    async with serve(tmp_path, pki.web_elsewhere, bundle_routes(bundle_to_json(served_bundle))) as server:
+        with pytest.raises(FetchError, match=r"TLS verification .* failed: IP address mismatch"):
+            await fetch_bundle(web_endpoint(server.base + "/bundle", pki.web_ca), None)
+    assert server.requests == []
+
+
+async def test_https_web_untrusted_ca_refused(tmp_path: Path, pki: Pki, served_bundle: Bundle) -> None:
+    async with serve(tmp_path, pki.web, bundle_routes(bundle_to_json(served_bundle))) as server:
+        with pytest.raises(FetchError, match=r"TLS verification .* failed: unable to get local issuer"):
+            await fetch_bundle(web_endpoint(server.base + "/bundle", pki.rogue_ca), None)
+    assert server.requests == []
+
+
+async def test_https_web_does_not_fall_back_to_spiffe(
+    tmp_path: Path, pki: Pki, served_bundle: Bundle
+) -> None:
+    # The SVID chains to the roots given, but names no host: RFC 6125 still applies, no SPIFFE ID check.
+    async with serve(tmp_path, pki.svid, bundle_routes(bundle_to_json(served_bundle))) as server:
+        with pytest.raises(FetchError, match=r"TLS verification .* failed: IP address mismatch"):
+            await fetch_bundle(web_endpoint(server.base + "/bundle", pki.spiffe_ca), None)
+
+
+# ---------------------------------------------------------------- URLs, connection, HTTP
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.1:9/bundle", "is not https"),
+        ("ftp://127.0.0.1:9/bundle", "is not https"),
+        ("https://user:pw@127.0.0.1:9/bundle", "userinfo"),
+        ("https://user@127.0.0.1:9/bundle", "userinfo"),
+        ("https:///bundle", "has no host"),
+        ("https://127.0.0.1:99999/bundle", "not a valid URL"),
+    ],
+)
+async def test_bad_urls_refused_before_connecting(url: str, message: str, bootstrap: Bundle) -> None:
+    with pytest.raises(FetchError, match=message):
+        await fetch_bundle(spiffe_endpoint(url), bootstrap)
+
+
+async def test_connect_failure(bootstrap: Bundle) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(FetchError, match="could not connect"):
+        await fetch_bundle(spiffe_endpoint(f"https://127.0.0.1:{port}/bundle"), bootstrap)
+
+
+def _two_x5c(bundle: Bundle) -> bytes:
+    document = json.loads(bundle_to_json(bundle))
+    x509_key = next(k for k in document["keys"] if k["use"] == "x509-svid")
+    x509_key["x5c"] = x509_key["x5c"] * 2
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize(
+    ("route", "message"),
+    [
+        ("/missing", "answered HTTP 404"),
+        ("/error", "answered HTTP 500"),
+        ("/malformed", "not valid JSON"),
+        ("/not-jwks", "no 'keys' array"),
+        ("/two-x5c", "exactly one certificate"),
+        ("/garbage", "HTTP/1.x status line"),
+        ("/truncated", "before the body was complete"),
+        ("/gzip", "unsupported transfer coding"),
+    ],
+)
+async def test_bad_responses_refused(
+    tmp_path: Path, pki: Pki, served_bundle: Bundle, bootstrap: Bundle, route: str, message: str
+) -> None:
+    routes = {
+        "/error": http("500 Internal Server Error", b"oops"),
+        "/malformed": http("200 OK", b"{not json"),
+        "/not-jwks": http("200 OK", b'{"spiffe_sequence": 1}'),
+        "/two-x5c": http("200 OK", _two_x5c(served_bundle)),
+        "/garbage": b"SSH-2.0-OpenSSH\r\n\r\n",
+        "/truncated": http("200 OK", b"{}", [("Content-Length", "100")], length=False),
+        "/gzip": http("200 OK", b"{}", [("Transfer-Encoding", "gzip")], length=False),
+    }
+    async with serve(tmp_path, pki.svid, routes) as server:
+        with pytest.raises(FetchError, match=message):
+            await fetch_bundle(spiffe_endpoint(server.base + route), bootstrap)
+
+
+@pytest.mark.parametrize("route", ["/content-length", "/chunked", "/until-eof"])
+async def test_oversized_body_refused(tmp_path: Path, pki: Pki, bootstrap: Bundle, route: str) -> None:
+    big = b'{"keys": [], "pad": "' + b"x" * 4000 + b'"}'
+    routes = {
+        "/content-length": http("200 OK", big),
+        "/chunked": chunked(big, 512),
+        "/until-eof": http("200 OK", big, length=False),
+    }
+    async with serve(tmp_path, pki.svid, routes) as server:
+        with pytest.raises(FetchError, match="larger than 1024 bytes"):
+            await fetch_bundle(spiffe_endpoint(server.base + route), bootstrap, max_bytes=1024)
+
+
+async def test_body_within_limit_without_length(tmp_path: Path, pki: Pki, bootstrap: Bundle) -> None:
+    routes = {"/bundle": http("200 OK", b'{"keys": [], "spiffe_sequence": 3}', length=False)}
+    async with serve(tmp_path, pki.svid, routes) as server:
+        got = await fetch_bundle(spiffe_endpoint(server.base + "/bundle"), bootstrap)
+    assert got.x509_authorities == () and got.sequence == 3  # {"keys": []} = everything revoked (D.1)
+
+
+async def test_slow_server_times_out(tmp_path: Path, pki: Pki, bootstrap: Bundle) -> None:
+    async with serve(tmp_path, pki.svid, {"/slow": SLOW}) as server:
+        started = time.monotonic()
+        with pytest.raises(FetchError, match=r"did not answer within 0\.5 s"):
+            await fetch_bundle(spiffe_endpoint(server.base + "/slow"), bootstrap, timeout=0.5)
+    assert time.monotonic() - started < 1.5
+
+
+# ---------------------------------------------------------------- redirects
+
+
+async def test_redirect_followed(tmp_path: Path, pki: Pki, served_bundle: Bundle, bootstrap: Bundle) -> None:
+    routes = {
+        **bundle_routes(bundle_to_json(served_bundle)),
+        "/old": redirect("/moved", "301 Moved Permanently"),
+        "/moved": redirect("/bundle?v=2", "307 Temporary Redirect"),
+        "/bundle?v=2": http("200 OK", bundle_to_json(served_bundle)),
+    }
+    async with serve(tmp_path, pki.svid, routes) as server:
+        got = await fetch_bundle(spiffe_endpoint(server.base + "/old"), bootstrap)
+    assert got.sequence == 7
+    assert [r.split(" ")[1] for r in server.requests] == ["/old", "/moved", "/bundle?v=2"]
+
+
+async def test_redirect_to_another_server_gets_the_same_checks(
+    tmp_path: Path, pki: Pki, served_bundle: Bundle, bootstrap: Bundle
+) -> None:
+    body = bundle_to_json(served_bundle)
+    async with (
+        serve(tmp_path, pki.svid, bundle_routes(body)) as good,
+        serve(tmp_path, pki.other_svid, bundle_routes(body)) as impostor,
+        serve(tmp_path, pki.svid, {}) as front,
+    ):
+        front.routes["/to-good"] = redirect(good.base + "/bundle", "308 Permanent Redirect")
+        front.routes["/to-impostor"] = redirect(impostor.base + "/bundle")
+        assert (await fetch_bundle(spiffe_endpoint(front.base + "/to-good"), bootstrap)).sequence == 7
+        with pytest.raises(FetchError, match=r"presented SPIFFE ID spiffe://b\.test/other,"):
+            await fetch_bundle(spiffe_endpoint(front.base + "/to-impostor"), bootstrap)
+    assert impostor.requests == []
+
+
+async def test_redirect_to_http_refused(tmp_path: Path, pki: Pki, bootstrap: Bundle) -> None:
+    async with serve(tmp_path, pki.svid, {}) as server:
+        plain = server.base.replace("https://", "http://")
+        server.routes["/redirect"] = redirect(plain + "/bundle", "303 See Other")
+        with pytest.raises(FetchError, match="is not https"):
+            await fetch_bundle(spiffe_endpoint(server.base + "/redirect"), bootstrap)
+    assert len(server.requests) == 1
+
+
+async def test_redirect_loop_refused(tmp_path: Path, pki: Pki, bootstrap: Bundle) -> None:
+    async with serve(tmp_path, pki.svid, {"/loop": redirect("/loop")}) as server:
+        with pytest.raises(FetchError, match="redirected more than 3 times"):
+            await fetch_bundle(spiffe_endpoint(server.base + "/loop"), bootstrap, max_redirects=3)
+    assert len(server.requests) == 4  # the configured URL plus 3 redirects
+
+
+async def test_redirect_without_location_refused(tmp_path: Path, pki: Pki, bootstrap: Bundle) -> None:
+    async with serve(tmp_path, pki.svid, {"/r": http("302 Found")}) as server:
+        with pytest.raises(FetchError, match="without one Location"):
+            await fetch_bundle(spiffe_endpoint(server.base + "/r"), bootstrap)
+
+
+# ---------------------------------------------------------------- choose / next_refresh
+
+
+def _bundle(sequence: int | None, hint: int | None = None) -> Bundle:
+    return Bundle(TD, sequence=sequence, refresh_hint=hint)
+
+
+def test_choose_newest_sequence_wins(caplog: pytest.LogCaptureFixture) -> None:
+    current = _bundle(5)
+    assert choose(None, current) is current
+    newer, same, older = _bundle(6), _bundle(5), _bundle(4)
+    assert choose(current, newer) is newer
+    assert choose(current, same) is same
+    assert choose(current, older) is current
+    assert "older than the 5 in hand" in caplog.text
+    unnumbered = _bundle(None)
+    assert choose(current, unnumbered) is unnumbered
+    assert choose(unnumbered, older) is older
+
+
+def test_choose_never_mixes_trust_domains() -> None:
+    with pytest.raises(ValueError, match="never compared"):
+        choose(Bundle(TrustDomain("a.test")), _bundle(1))
+
+
+def test_next_refresh_clamps_hint() -> None:
+    assert next_refresh(_bundle(1, 60), 30, 600) == 60
+    assert next_refresh(_bundle(1, 0), 30, 600) == 30
+    assert next_refresh(_bundle(1, 86400), 30, 600) == 600
+    assert next_refresh(_bundle(1, None), 30, 600) == 300
+    assert next_refresh(None, 30, 600, default=120) == 120
+    assert next_refresh(None, 30, 100) == 100  # the default is bounded too
+    with pytest.raises(ValueError, match="above the maximum"):
+        next_refresh(None, 600, 30)
