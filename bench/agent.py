@@ -15,32 +15,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import grpc
-from lightkube import AsyncClient, KubeConfig
-from lightkube.models.meta_v1 import ObjectMeta
 from spiffe._proto import workload_pb2, workload_pb2_grpc
+from stack import percentiles, running_stack  # bench/stack.py (benchmarks run as scripts)
 
 from kubespiffe.agent.issuer_client import IssuerClient
 from kubespiffe.agent.run import Agent, AgentConfig
-from kubespiffe.devenv.controlplane import ControlPlane
-from kubespiffe.devenv.stack import Kubespiffed, authority_bundle_pem, install, service_account_token
-from kubespiffe.devenv.workloads import create_pod, ensure_namespace, pod_token
-from kubespiffe.kube.client import WorkloadRegistration
 from kubespiffe.spiffe.bundle import parse_pem_certificates
 
 HEADER = (("workload.spiffe.io", "true"),)
-
-
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return ordered[len(ordered) // 2] * 1000, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
 
 
 async def first_svid_in_process(config: AgentConfig) -> float:
@@ -83,64 +71,41 @@ async def jwt_rate(address: str, bundle: bytes, token: str, total: int) -> float
 
 
 async def main(rounds: int) -> None:
-    work = Path(
-        tempfile.mkdtemp(prefix="kubespiffe-bench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None)
-    )
-    with ControlPlane("bench", log_dir=work) as plane:
-        kubeconfig = work / "admin.kubeconfig"
-        kubeconfig.write_text(plane.admin_kubeconfig())
-        client = AsyncClient(KubeConfig.from_file(kubeconfig))
-        await install(client)
-        daemon = Kubespiffed(plane)
-        daemon.start(await service_account_token(client))
+    async with running_stack() as stack:
+        work, daemon = stack.work, stack.daemon
+        (work / "token").write_text(stack.token)
+        (work / "bundle.pem").write_bytes(stack.bundle_pem)
+        samples = []
+        for i in range(rounds):
+            config = AgentConfig(daemon.address, work / "token", work / "bundle.pem", work / f"in-{i}.sock")
+            samples.append(await first_svid_in_process(config))
+        p50, p99 = percentiles(samples)
+        print(f"fresh agent (in process) to first SVID, {rounds} starts: p50 {p50:.1f} ms  p99 {p99:.1f} ms")
+
+        socket = work / "agent.sock"
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kubespiffe.cli.main",
+                "agent",
+                "--server",
+                daemon.address,
+                "--token-file",
+                str(work / "token"),
+                "--bundle-file",
+                str(work / "bundle.pem"),
+                "--socket",
+                str(socket),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
-            bundle = await authority_bundle_pem(client)
-            await asyncio.to_thread(daemon.wait_ready, bundle)
-            await ensure_namespace(client, "bench")
-            await client.create(
-                WorkloadRegistration(metadata=ObjectMeta(name="bench", namespace="bench"), spec={})
-            )
-            pod = await create_pod(client, "bench", "bench-0", "bench")
-            token = await pod_token(client, pod)
-            (work / "token").write_text(token)
-            (work / "bundle.pem").write_bytes(bundle)
-            await asyncio.sleep(1)
-
-            samples = []
-            for i in range(rounds):
-                config = AgentConfig(
-                    daemon.address, work / "token", work / "bundle.pem", work / f"in-{i}.sock"
-                )
-                samples.append(await first_svid_in_process(config))
-            p50, p99 = percentiles(samples)
-            print(
-                f"fresh agent (in process) to first SVID, {rounds} starts: p50 {p50:.1f} ms  p99 {p99:.1f} ms"
-            )
-
-            socket = work / "agent.sock"
-            start = time.perf_counter()
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "kubespiffe.cli.main",
-                    "agent",
-                    "--server",
-                    daemon.address,
-                    "--token-file",
-                    str(work / "token"),
-                    "--bundle-file",
-                    str(work / "bundle.pem"),
-                    "--socket",
-                    str(socket),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            try:
-                while not socket.exists():
-                    await asyncio.sleep(0.005)
-                channel = grpc.insecure_channel(f"unix://{socket}")
+            while not socket.exists():
+                await asyncio.sleep(0.005)
+            with grpc.insecure_channel(f"unix://{socket}") as channel:
                 stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
                 first_message(stub)
                 print(
@@ -159,26 +124,19 @@ async def main(rounds: int) -> None:
                         workload_pb2.JWTSVIDRequest(audience=["bench"]), metadata=HEADER, timeout=5
                     )
                     jwt.append(time.perf_counter() - t)
-                p50, p99 = percentiles(x509)
-                print(
-                    f"cached FetchX509SVID (first message of a new stream), {len(x509)} calls: "
-                    f"p50 {p50:.2f} ms  p99 {p99:.2f} ms"
-                )
-                p50, p99 = percentiles(jwt)
-                print(f"cached FetchJWTSVID, {len(jwt)} calls: p50 {p50:.2f} ms  p99 {p99:.2f} ms")
-                print(f"agent resident memory after load: {rss_mb(process.pid):.1f} MB")
-                channel.close()
-            finally:
-                process.terminate()
-                process.wait(10)
-            rate = await jwt_rate(daemon.address, bundle, token, 1600)
-            print(f"JWT-SVIDs minted at kubespiffed (16 concurrent calls): {rate:.0f}/s")
+            p50, p99 = percentiles(x509)
+            print(
+                f"cached FetchX509SVID (first message of a new stream), {len(x509)} calls: "
+                f"p50 {p50:.2f} ms  p99 {p99:.2f} ms"
+            )
+            p50, p99 = percentiles(jwt)
+            print(f"cached FetchJWTSVID, {len(jwt)} calls: p50 {p50:.2f} ms  p99 {p99:.2f} ms")
+            print(f"agent resident memory after load: {rss_mb(process.pid):.1f} MB")
         finally:
-            daemon.stop()
-            await client.close()
-    for leftover in work.glob("*"):
-        leftover.unlink(missing_ok=True)
-    os.rmdir(work)
+            process.terminate()
+            process.wait(10)
+        rate = await jwt_rate(daemon.address, stack.bundle_pem, stack.token, 1600)
+        print(f"JWT-SVIDs minted at kubespiffed (16 concurrent calls): {rate:.0f}/s")
 
 
 if __name__ == "__main__":

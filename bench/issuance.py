@@ -15,23 +15,16 @@ import argparse
 import asyncio
 import datetime as dt
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import grpc
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from lightkube import AsyncClient, KubeConfig
-from lightkube.models.meta_v1 import ObjectMeta
+from stack import percentiles, running_stack  # bench/stack.py (benchmarks run as scripts)
 
 from kubespiffe.agent.issuer_client import new_csr
 from kubespiffe.authority.keys import KeyType
 from kubespiffe.authority.x509ca import create_self_signed_ca, load_csr, sign_x509_svid
-from kubespiffe.devenv.controlplane import ControlPlane
-from kubespiffe.devenv.stack import Kubespiffed, authority_bundle_pem, install, service_account_token
-from kubespiffe.devenv.workloads import create_pod, ensure_namespace, pod_token
-from kubespiffe.kube.client import WorkloadRegistration
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 
@@ -87,41 +80,20 @@ async def measure(
             *(_client(stub, request, metadata, total // concurrency, latencies) for _ in range(concurrency))
         )
         elapsed = time.perf_counter() - start
-    latencies.sort()
-    p50 = latencies[len(latencies) // 2] * 1000
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    p50, p99 = percentiles(latencies)
     return len(latencies) / elapsed, p50, p99
 
 
 async def main(total: int) -> None:
-    with ControlPlane("bench", log_dir=Path(tempfile.mkdtemp(prefix="kubespiffe-bench-"))) as plane:
-        kubeconfig = plane.dir / "bench.kubeconfig"
-        kubeconfig.write_text(plane.admin_kubeconfig())
-        client = AsyncClient(KubeConfig.from_file(kubeconfig))
-        await install(client)
-        daemon = Kubespiffed(plane)
-        daemon.start(await service_account_token(client))
-        try:
-            bundle = await authority_bundle_pem(client)
-            await asyncio.to_thread(daemon.wait_ready, bundle)
-            await ensure_namespace(client, "bench")
-            await client.create(
-                WorkloadRegistration(metadata=ObjectMeta(name="bench", namespace="bench"), spec={})
+    async with running_stack() as stack:
+        sign_us, leaf_us = raw_costs()
+        print(f"raw ECDSA P-256 sign: {sign_us:.0f} us   leaf build+sign: {leaf_us:.0f} us (this process)")
+        print(f"{'clients':>8} {'requests':>9} {'issued/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+        for concurrency in (1, 4, 16):
+            rate, p50, p99 = await measure(
+                stack.daemon.address, stack.bundle_pem, stack.token, concurrency, total
             )
-            pod = await create_pod(client, "bench", "bench-0", "bench")
-            token = await pod_token(client, pod)
-            await asyncio.sleep(1)
-            sign_us, leaf_us = raw_costs()
-            print(
-                f"raw ECDSA P-256 sign: {sign_us:.0f} us   leaf build+sign: {leaf_us:.0f} us (this process)"
-            )
-            print(f"{'clients':>8} {'requests':>9} {'issued/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
-            for concurrency in (1, 4, 16):
-                rate, p50, p99 = await measure(daemon.address, bundle, token, concurrency, total)
-                print(f"{concurrency:>8} {total:>9} {rate:>10.0f} {p50:>8.2f} {p99:>8.2f}")
-        finally:
-            daemon.stop()
-            await client.close()
+            print(f"{concurrency:>8} {total:>9} {rate:>10.0f} {p50:>8.2f} {p99:>8.2f}")
 
 
 if __name__ == "__main__":
