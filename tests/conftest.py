@@ -55,7 +55,12 @@ async def namespace(kube: AsyncClient) -> str:
 async def kubespiffed(control_plane: ControlPlane, kube: AsyncClient) -> AsyncIterator[Running]:
     """kubespiffed as a real process, authenticated as its ServiceAccount under the shipped RBAC."""
     await install(kube)
-    daemon = Kubespiffed(control_plane, trust_domain="example.org")
+    daemon = Kubespiffed(
+        control_plane,
+        trust_domain="example.org",
+        # Fast federation for the two-cluster tests: peers publish a 2 s refresh hint.
+        extra_args=("--federation-min-refresh=1s", "--bundle-refresh-hint=2s"),
+    )
     daemon.start(await service_account_token(kube))
     bundle = await authority_bundle_pem(kube)
     await asyncio.to_thread(daemon.wait_ready, bundle)

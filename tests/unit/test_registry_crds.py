@@ -39,12 +39,16 @@ def test_committed_crds_equal_generated_output(kind: Kind) -> None:
     assert committed == crds.render(kind), "run: python -m kubespiffe.registry.crds deploy/crds"
 
 
-def test_main_writes_both_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_writes_every_crd(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert crds.main([str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "clusterworkloadregistrations.kubespiffe.io.yaml",
+        "federatedtrustdomains.kubespiffe.io.yaml",
         "workloadregistrations.kubespiffe.io.yaml",
     ]
+    assert yaml.safe_load((tmp_path / "federatedtrustdomains.kubespiffe.io.yaml").read_text()) == (
+        crds.federation_crd()
+    )
     assert yaml.safe_load((tmp_path / crds.filename(CLUSTER_KIND)).read_text()) == crds.crd(CLUSTER_KIND)
     assert crds.main([]) == 2
     assert "usage" in capsys.readouterr().err

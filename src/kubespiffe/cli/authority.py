@@ -17,9 +17,17 @@ from lightkube.resources.core_v1 import Secret
 from lightkube.types import PatchType
 
 from kubespiffe.authority import store
+from kubespiffe.federation.fetch import Endpoint, FetchError, fetch_bundle
 from kubespiffe.kube.client import load_config, make_client
-from kubespiffe.spiffe.bundle import Bundle, bundle_to_json, certificates_to_pem, jwks_json
-from kubespiffe.spiffe.spiffeid import TrustDomain
+from kubespiffe.spiffe.bundle import (
+    Bundle,
+    bundle_to_json,
+    certificates_to_pem,
+    jwks_json,
+    parse_bundle_json,
+    parse_pem_certificates,
+)
+from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 from kubespiffe.spiffe.x509svid import id_from_certificate
 
 
@@ -80,15 +88,41 @@ def ca_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
-def bundle_show(args: argparse.Namespace) -> int:
-    state = asyncio.run(_load(args)).state
-    trust_domain = id_from_certificate(state.active_x509().certificate).trust_domain
-    bundle = Bundle(
-        TrustDomain.parse(str(trust_domain)),
-        tuple(state.trust_bundle()),
-        state.jwt_authorities(),
-        state.sequence,
+def _from_endpoint(args: argparse.Namespace) -> Bundle:
+    """Fetch from a bundle endpoint with the same checks kubespiffed applies (https_spiffe or https_web)."""
+    if not args.trust_domain:
+        raise SystemExit("kubespiffe: --endpoint needs --trust-domain")
+    trust_domain = TrustDomain.parse(args.trust_domain)
+    trust = None
+    if args.endpoint_id:
+        if not args.bootstrap:
+            raise SystemExit("kubespiffe: https_spiffe (--endpoint-id) needs --bootstrap, the peer's bundle")
+        with open(args.bootstrap, "rb") as f:
+            data = f.read()
+        trust = (
+            parse_bundle_json(trust_domain, data)
+            if data.lstrip().startswith(b"{")
+            else Bundle(trust_domain, tuple(parse_pem_certificates(data)))
+        )
+    endpoint = Endpoint(
+        trust_domain,
+        args.endpoint,
+        "https_spiffe" if args.endpoint_id else "https_web",
+        SpiffeId.parse(args.endpoint_id) if args.endpoint_id else None,
     )
+    try:
+        return asyncio.run(fetch_bundle(endpoint, trust))
+    except FetchError as exc:
+        raise SystemExit(f"kubespiffe: {exc}") from None
+
+
+def bundle_show(args: argparse.Namespace) -> int:
+    if args.endpoint:
+        bundle = _from_endpoint(args)
+    else:
+        state = asyncio.run(_load(args)).state
+        trust_domain = id_from_certificate(state.active_x509().certificate).trust_domain
+        bundle = Bundle(trust_domain, tuple(state.trust_bundle()), state.jwt_authorities(), state.sequence)
     if args.format == "pem":
         sys.stdout.write(certificates_to_pem(list(bundle.x509_authorities)).decode())
     elif args.format == "jwks":
@@ -124,4 +158,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     target(bshow)
     bshow.add_argument("--format", choices=["spiffe", "pem", "jwks"], default="spiffe")
+    bshow.add_argument(
+        "--endpoint", metavar="URL", help="fetch from this bundle endpoint instead of the cluster"
+    )
+    bshow.add_argument("--trust-domain", help="with --endpoint: the endpoint's trust domain")
+    bshow.add_argument("--endpoint-id", help="with --endpoint: https_spiffe, the endpoint's exact SPIFFE ID")
+    bshow.add_argument(
+        "--bootstrap", metavar="FILE", help="with --endpoint-id: the peer's bundle (SPIFFE or PEM)"
+    )
     bshow.set_defaults(func=bundle_show)

@@ -93,7 +93,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def cmd_dev_up(args: argparse.Namespace) -> int:
     from kubespiffe.devenv.up import dev_up
 
-    return dev_up(Path(args.dir), args.trust_domain)
+    return dev_up(Path(args.dir), args.trust_domain, args.clusters)
 
 
 def _endpoint_flags(parser: argparse.ArgumentParser) -> None:
@@ -184,11 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     up = dev.add_parser(
         "up",
         help="start a local control plane and kubespiffed; stop them on SIGINT/SIGTERM",
-        description="Writes DIR/kubeconfig, DIR/bundle.pem and DIR/server (host:port), prints 'ready', "
-        "and runs until interrupted.",
+        description="Writes DIR/kubeconfig, DIR/bundle.pem and DIR/server (host:port) (with --clusters 2: "
+        "under DIR/a and DIR/b), prints 'ready', and runs until interrupted.",
     )
     up.add_argument("--dir", required=True)
-    up.add_argument("--trust-domain", default="example.org")
+    up.add_argument("--trust-domain", default="example.org", help="with one cluster")
+    up.add_argument(
+        "--clusters",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="2: clusters a and b (trust domains a and b), federated; files under DIR/a and DIR/b",
+    )
     up.set_defaults(func=cmd_dev_up)
     return parser
 

@@ -18,6 +18,7 @@ from cryptography import x509
 from lightkube import AsyncClient, KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
 
+from kubespiffe.devenv import demo_federation
 from kubespiffe.devenv.workloads import create_pod, ensure_namespace, pod_token
 from kubespiffe.kube.client import WorkloadRegistration
 
@@ -125,11 +126,12 @@ def main() -> int:
         for token_file in tokens.iterdir():
             token_file.unlink()
         tokens.rmdir()
-        return 0 if ok and refused else 1
     finally:
         _say("6. stopping")
         dev.send_signal(signal.SIGINT)
         dev.wait(30)
+    federated = demo_federation.run(directory / "federation")
+    return 0 if ok and refused and federated else 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""`kubespiffe dev up`: a control plane, kubespiffe installed, kubespiffed running, until a signal."""
+"""`kubespiffe dev up`: control planes, kubespiffe installed, kubespiffed running, until a signal.
+
+With `--clusters 2` it starts two clusters (trust domains `a` and `b`) and federates them: each gets a
+FederatedTrustDomain for the other, bootstrapped with the other's bundle (https_spiffe profile).
+"""
 
 from __future__ import annotations
 
@@ -7,47 +11,142 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from lightkube import AsyncClient, KubeConfig
+from lightkube.models.meta_v1 import ObjectMeta
 
+from kubespiffe.authority import store
 from kubespiffe.devenv.controlplane import ControlPlane
-from kubespiffe.devenv.stack import Kubespiffed, authority_bundle_pem, install, service_account_token
+from kubespiffe.devenv.stack import (
+    AUTHORITY_SECRET,
+    NAMESPACE,
+    Kubespiffed,
+    authority_bundle_pem,
+    install,
+    service_account_token,
+)
+from kubespiffe.kube.client import FederatedTrustDomain
+from kubespiffe.spiffe.bundle import Bundle, bundle_to_json
+from kubespiffe.spiffe.spiffeid import TrustDomain
 
 
-def dev_up(directory: Path, trust_domain: str) -> int:
-    directory.mkdir(parents=True, exist_ok=True)
-    logs = directory / "logs"
-    logs.mkdir(exist_ok=True)
-    stop = _stop_on_signals()
-    plane = ControlPlane("dev", log_dir=logs)
-    daemon = Kubespiffed(plane, trust_domain=trust_domain)
-    try:
-        print(f"starting the control plane (logs in {logs}) ...", file=sys.stderr, flush=True)
-        plane.start()
-        kubeconfig = directory / "kubeconfig"
-        _write_private(kubeconfig, plane.admin_kubeconfig())
+@dataclass
+class Cluster:
+    """One local cluster: a control plane and a kubespiffed, with its files under `directory`."""
+
+    name: str
+    trust_domain: str
+    directory: Path
+    extra_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "logs").mkdir(exist_ok=True)
+        self.plane = ControlPlane(self.name, log_dir=self.directory / "logs")
+        self.daemon = Kubespiffed(self.plane, trust_domain=self.trust_domain, extra_args=self.extra_args)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.directory / "kubeconfig"
+
+    def client(self) -> AsyncClient:
+        return AsyncClient(KubeConfig.from_file(self.kubeconfig), field_manager="kubespiffe-devenv")
+
+    @property
+    def bundle_endpoint(self) -> str:
+        return f"https://127.0.0.1:{self.daemon.bundle_port}/"
+
+    def start(self) -> None:
+        self.plane.start()
+        _write_private(self.kubeconfig, self.plane.admin_kubeconfig())
 
         async def prepare() -> bytes:
-            client = AsyncClient(KubeConfig.from_file(kubeconfig), field_manager="kubespiffe-devenv")
+            client = self.client()
             try:
                 await install(client)
-                daemon.start(await service_account_token(client))
+                self.daemon.start(await service_account_token(client))
                 return await authority_bundle_pem(client)
             finally:
                 await client.close()
 
         bundle = asyncio.run(prepare())
-        daemon.wait_ready(bundle)
-        (directory / "bundle.pem").write_bytes(bundle)
-        (directory / "server").write_text(daemon.address + "\n")
-        print(f"kubespiffed serving trust domain {trust_domain} at {daemon.address}", file=sys.stderr)
+        self.daemon.wait_ready(bundle)
+        (self.directory / "bundle.pem").write_bytes(bundle)
+        (self.directory / "server").write_text(self.daemon.address + "\n")
+
+    def stop(self) -> None:
+        self.daemon.stop()
+        self.plane.stop()
+
+
+async def spiffe_bundle(client: AsyncClient, trust_domain: str) -> bytes:
+    """A cluster's bundle in SPIFFE format, as `kubespiffe bundle show` prints it."""
+    stored = await store.load(client, NAMESPACE, AUTHORITY_SECRET)
+    if stored is None:
+        raise RuntimeError("the cluster has no authority Secret yet")
+    state = stored.state
+    bundle = Bundle(
+        TrustDomain(trust_domain), tuple(state.trust_bundle()), state.jwt_authorities(), state.sequence
+    )
+    return bundle_to_json(bundle)
+
+
+async def federate(client: AsyncClient, trust_domain: str, endpoint_url: str, bootstrap: bytes) -> None:
+    """Tell a cluster to trust `trust_domain`: a FederatedTrustDomain bootstrapped with its bundle."""
+    await client.create(
+        FederatedTrustDomain(
+            metadata=ObjectMeta(name=trust_domain.replace(".", "-")),
+            spec={
+                "trustDomain": trust_domain,
+                "bundleEndpointURL": endpoint_url,
+                "bundleEndpointProfile": {
+                    "type": "https_spiffe",
+                    "endpointSPIFFEID": f"spiffe://{trust_domain}/kubespiffe/kubespiffed",
+                },
+                "trustDomainBundle": bootstrap.decode(),
+            },
+        )
+    )
+
+
+async def federate_pair(a: Cluster, b: Cluster) -> None:
+    clients = a.client(), b.client()
+    try:
+        bundles = [await spiffe_bundle(c, x.trust_domain) for c, x in zip(clients, (a, b), strict=True)]
+        await federate(clients[0], b.trust_domain, b.bundle_endpoint, bundles[1])
+        await federate(clients[1], a.trust_domain, a.bundle_endpoint, bundles[0])
+    finally:
+        for client in clients:
+            await client.close()
+
+
+def dev_up(directory: Path, trust_domain: str, clusters: int = 1) -> int:
+    stop = _stop_on_signals()
+    if clusters == 1:
+        started = [Cluster("dev", trust_domain, directory)]
+    else:
+        started = [Cluster(name, name, directory / name) for name in ("a", "b")]
+    try:
+        for cluster in started:
+            print(
+                f"starting cluster {cluster.name} (logs in {cluster.directory / 'logs'}) ...", file=sys.stderr
+            )
+            cluster.start()
+            print(
+                f"kubespiffed serving trust domain {cluster.trust_domain} at {cluster.daemon.address}",
+                file=sys.stderr,
+            )
+        if clusters == 2:
+            asyncio.run(federate_pair(*started))
+            print("trust domains a and b federated (FederatedTrustDomain in each cluster)", file=sys.stderr)
         print("ready", flush=True)
         stop.wait()
         return 0
     finally:
-        daemon.stop()
-        plane.stop()
+        for cluster in reversed(started):
+            cluster.stop()
         print("stopped", file=sys.stderr, flush=True)
 
 

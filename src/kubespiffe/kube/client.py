@@ -18,6 +18,7 @@ WorkloadRegistration = create_namespaced_resource(
 ClusterWorkloadRegistration = create_global_resource(
     GROUP, VERSION, "ClusterWorkloadRegistration", "clusterworkloadregistrations"
 )
+FederatedTrustDomain = create_global_resource(GROUP, VERSION, "FederatedTrustDomain", "federatedtrustdomains")
 
 
 def load_config(kubeconfig: str | Path | None) -> KubeConfig:

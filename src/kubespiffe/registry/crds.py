@@ -1,4 +1,4 @@
-"""Generate the WorkloadRegistration and ClusterWorkloadRegistration CRDs from the models.
+"""Generate the WorkloadRegistration, ClusterWorkloadRegistration and FederatedTrustDomain CRDs.
 
 `python -m kubespiffe.registry.crds OUTDIR` writes one YAML file per CRD. Every bound, pattern and
 description comes from models.py and template.py, so the API server refuses exactly what
@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from kubespiffe.registry import federation as f
 from kubespiffe.registry import models as m
 from kubespiffe.registry import template as t
 from kubespiffe.spiffe.spiffeid import MAX_TRUST_DOMAIN_BYTES
@@ -356,10 +357,151 @@ def crd(kind: m.Kind) -> dict[str, Any]:
     }
 
 
+def federation_crd() -> dict[str, Any]:
+    """FederatedTrustDomain: the same admission rules as registry.federation.FederatedTrustDomain."""
+    td_pattern = "^[a-z0-9._-]+$"
+    profile = {
+        "type": "object",
+        "description": "How to authenticate the endpoint (SPIFFE federation profiles; never a fallback).",
+        "required": ["type"],
+        "properties": {
+            "type": {"type": "string", "enum": list(f.PROFILES), "description": "https_spiffe or https_web."},
+            "endpointSPIFFEID": _string(
+                "https_spiffe: the exact SPIFFE ID the endpoint's X.509-SVID must carry.", 2048
+            ),
+        },
+        "x-kubernetes-validations": [
+            _rule(
+                "self.type != 'https_spiffe' || has(self.endpointSPIFFEID)",
+                "https_spiffe needs endpointSPIFFEID",
+            ),
+            _rule(
+                "self.type != 'https_web' || !has(self.endpointSPIFFEID)",
+                "endpointSPIFFEID is only for https_spiffe",
+            ),
+        ],
+    }
+    spec = {
+        "type": "object",
+        "required": ["trustDomain", "bundleEndpointURL", "bundleEndpointProfile"],
+        "properties": {
+            "trustDomain": _string(
+                "The foreign trust domain name, e.g. partner.example.",
+                MAX_TRUST_DOMAIN_BYTES,
+                pattern=td_pattern,
+            ),
+            "bundleEndpointURL": _string(
+                "The peer's SPIFFE bundle endpoint: https, no userinfo.",
+                f.MAX_URL_LENGTH,
+                **{
+                    "x-kubernetes-validations": [
+                        _rule("self.startsWith('https://')", "bundleEndpointURL must be an https:// URL"),
+                        _rule(
+                            "!self.substring(8).split('/')[0].contains('@')",
+                            "bundleEndpointURL must not carry userinfo",
+                        ),
+                        _rule(
+                            "isURL(self) && url(self).getHost() != ''",
+                            "bundleEndpointURL must be a URL with a host",
+                        ),
+                    ]
+                },
+            ),
+            "bundleEndpointProfile": profile,
+            "trustDomainBundle": _string(
+                "Bootstrap bundle (SPIFFE bundle JSON, or PEM certificates): authenticates the first "
+                "https_spiffe fetch, and is served to workloads until the first fetch succeeds.",
+                f.MAX_BOOTSTRAP_BYTES,
+            ),
+        },
+        "x-kubernetes-validations": [
+            _rule(
+                "self.bundleEndpointProfile.type != 'https_spiffe' || has(self.trustDomainBundle)",
+                "https_spiffe needs trustDomainBundle (the bootstrap bundle)",
+            ),
+            _rule(
+                "!has(self.bundleEndpointProfile.endpointSPIFFEID) || self.bundleEndpointProfile"
+                ".endpointSPIFFEID.startsWith('spiffe://' + self.trustDomain + '/')",
+                "endpointSPIFFEID must be a SPIFFE ID with a path in trustDomain",
+            ),
+        ],
+    }
+    status = _status_schema()
+    status["description"] = "Written by the kubespiffed Lease holder after every fetch."
+    status["properties"].update(
+        {
+            "bundle": _string("The last good bundle (SPIFFE bundle JSON).", f.MAX_BOOTSTRAP_BYTES * 4),
+            "sequence": {
+                "type": "integer",
+                "format": "int64",
+                "description": "spiffe_sequence of that bundle.",
+            },
+            "lastRefreshTime": {
+                "type": "string",
+                "format": "date-time",
+                "description": "Last fetch attempt.",
+            },
+            "nextRefreshTime": {"type": "string", "format": "date-time", "description": "Next fetch."},
+        }
+    )
+    ready = '.status.conditions[?(@.type=="Ready")]'
+    plural = "federatedtrustdomains"
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{m.GROUP}", "labels": {"app.kubernetes.io/part-of": "kubespiffe"}},
+        "spec": {
+            "group": m.GROUP,
+            "scope": "Cluster",
+            "names": {
+                "kind": f.KIND,
+                "listKind": f"{f.KIND}List",
+                "plural": plural,
+                "singular": f.KIND.lower(),
+                "shortNames": ["ftd"],
+                "categories": ["kubespiffe"],
+            },
+            "versions": [
+                {
+                    "name": m.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Trust Domain", "type": "string", "jsonPath": ".spec.trustDomain"},
+                        {"name": "Profile", "type": "string", "jsonPath": ".spec.bundleEndpointProfile.type"},
+                        {"name": "Ready", "type": "string", "jsonPath": f"{ready}.status"},
+                        {"name": "Reason", "type": "string", "jsonPath": f"{ready}.reason", "priority": 1},
+                        {"name": "Sequence", "type": "integer", "jsonPath": ".status.sequence"},
+                        {"name": "Last Refresh", "type": "date", "jsonPath": ".status.lastRefreshTime"},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A foreign trust domain whose bundle kubespiffed fetches and "
+                            "hands to workloads whose registrations list it in federatesWith.",
+                            "properties": {
+                                "apiVersion": {"type": "string", "description": "APIVersion of this object."},
+                                "kind": {"type": "string", "description": "Kind of this object."},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": status,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+_HEADER = "# Generated by `python -m kubespiffe.registry.crds deploy/crds`; do not edit.\n"
+
+
 def render(kind: m.Kind) -> str:
     """The YAML text committed under deploy/crds/."""
-    header = "# Generated by `python -m kubespiffe.registry.crds deploy/crds`; do not edit.\n"
-    return header + yaml.safe_dump(crd(kind), sort_keys=False, width=120)
+    return _HEADER + yaml.safe_dump(crd(kind), sort_keys=False, width=120)
 
 
 def filename(kind: m.Kind) -> str:
@@ -374,6 +516,9 @@ def write(outdir: Path) -> list[Path]:
         path = outdir / filename(kind)
         path.write_text(render(kind))
         written.append(path)
+    path = outdir / f"federatedtrustdomains.{m.GROUP}.yaml"
+    path.write_text(_HEADER + yaml.safe_dump(federation_crd(), sort_keys=False, width=120))
+    written.append(path)
     return written
 
 

@@ -31,6 +31,7 @@ from kubespiffe.registry.models import JWT_TTL_MAX, X509_TTL_MAX
 from kubespiffe.server import https
 from kubespiffe.server.authority import LiveAuthority
 from kubespiffe.server.config import ServerConfig
+from kubespiffe.server.federation import Federation
 from kubespiffe.server.https import StaticTls, TlsSource
 from kubespiffe.server.issuer import IssuerService
 from kubespiffe.server.registrations import Registry
@@ -155,6 +156,14 @@ async def _serve(config: ServerConfig, client: AsyncClient) -> None:
                 {"/": lambda: (200, bundle_to_json(authority.trust.own), "application/json")},
             )
         )
+    federation = Federation(
+        client,
+        config.trust_domain,
+        authority.trust,
+        leader,
+        config.federation_min_refresh.total_seconds(),
+        config.federation_max_refresh.total_seconds(),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -165,8 +174,10 @@ async def _serve(config: ServerConfig, client: AsyncClient) -> None:
             group.create_task(registry.run()),
             group.create_task(leader.run()),
             group.create_task(authority.run()),
+            group.create_task(federation.run()),
         ]
         await registry.wait_synced()
+        await federation.cache.synced.wait()
         await server.start()
         synced.set()
         log.info(

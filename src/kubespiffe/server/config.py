@@ -35,6 +35,8 @@ class ServerConfig:
     bundle_endpoint_port: int = 8445
     bundle_refresh_hint: dt.timedelta = dt.timedelta(minutes=5)
     bundle_endpoint_web_secret: str | None = None
+    federation_min_refresh: dt.timedelta = dt.timedelta(seconds=30)
+    federation_max_refresh: dt.timedelta = dt.timedelta(hours=1)
 
     @property
     def server_id(self) -> SpiffeId:
@@ -107,6 +109,16 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         help="serve the https_web profile with this kubernetes.io/tls Secret (tls.crt, tls.key) in the "
         "namespace; default: the https_spiffe profile with kubespiffed's own SVID",
     )
+    parser.add_argument(
+        "--federation-min-refresh",
+        default=_env("FEDERATION_MIN_REFRESH", "30s"),
+        help="poll federated bundle endpoints no more often than this, whatever their refresh hint",
+    )
+    parser.add_argument(
+        "--federation-max-refresh",
+        default=_env("FEDERATION_MAX_REFRESH", "1h"),
+        help="and at least this often",
+    )
     args = parser.parse_args(argv)
     try:
         return ServerConfig(
@@ -138,6 +150,18 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
                 dt.timedelta(days=1),
             ),
             bundle_endpoint_web_secret=args.bundle_endpoint_web_secret,
+            federation_min_refresh=_bounded(
+                "--federation-min-refresh",
+                args.federation_min_refresh,
+                dt.timedelta(seconds=1),
+                dt.timedelta(hours=1),
+            ),
+            federation_max_refresh=_bounded(
+                "--federation-max-refresh",
+                args.federation_max_refresh,
+                dt.timedelta(seconds=1),
+                dt.timedelta(days=1),
+            ),
         )
     except ValueError as exc:
         parser.error(str(exc))

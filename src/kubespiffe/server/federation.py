@@ -1,0 +1,192 @@
+"""Federated trust domains: every replica serves foreign bundles from FederatedTrustDomain status; the
+Lease holder fetches them from the peers' bundle endpoints and writes that status.
+
+Serving from status means a restart (or a new replica) keeps the last good bundle without fetching, and
+all replicas hand workloads the same bundle. A failed fetch never replaces the last good bundle: it only
+sets Ready=False with the reason, and an Event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.models.core_v1 import EventSource, ObjectReference
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Event
+from lightkube.types import PatchType
+
+from kubespiffe.federation.fetch import Endpoint, FetchError, choose, fetch_bundle, next_refresh
+from kubespiffe.kube.client import FederatedTrustDomain as FederatedTrustDomainResource
+from kubespiffe.kube.leader import LeaderElector
+from kubespiffe.kube.watchcache import WatchCache
+from kubespiffe.registry.federation import FederatedTrustDomain, FederationSpecError, federation_status
+from kubespiffe.server.trust import TrustStore
+from kubespiffe.spiffe.bundle import (
+    Bundle,
+    BundleError,
+    bundle_to_json,
+    parse_bundle_json,
+    parse_pem_certificates,
+)
+from kubespiffe.spiffe.spiffeid import TrustDomain
+
+log = logging.getLogger("kubespiffed.federation")
+
+
+def bootstrap_bundle(ftd: FederatedTrustDomain) -> Bundle | None:
+    """The spec's bootstrap bundle: SPIFFE bundle JSON, or PEM certificates (X.509 authorities only)."""
+    if not ftd.bootstrap:
+        return None
+    text = ftd.bootstrap.strip()
+    if text.startswith(b"{"):
+        return parse_bundle_json(ftd.trust_domain, text)
+    return Bundle(ftd.trust_domain, tuple(parse_pem_certificates(text)))
+
+
+def current_bundle(ftd: FederatedTrustDomain) -> Bundle | None:
+    """Last good fetched bundle from status, else the bootstrap bundle."""
+    if ftd.status_bundle:
+        try:
+            return parse_bundle_json(ftd.trust_domain, ftd.status_bundle)
+        except BundleError as exc:
+            log.error("status bundle of %s is unreadable (%s); using the bootstrap bundle", ftd.name, exc)
+    return bootstrap_bundle(ftd)
+
+
+class Federation:
+    def __init__(
+        self,
+        client: AsyncClient,
+        own: TrustDomain,
+        trust: TrustStore,
+        leader: LeaderElector,
+        min_refresh: float,
+        max_refresh: float,
+    ) -> None:
+        self._client = client
+        self._own = own
+        self._trust = trust
+        self._leader = leader
+        self._min = min_refresh
+        self._max = max_refresh
+        self.cache = WatchCache(client, FederatedTrustDomainResource)
+        self.cache.add_listener(self._changed)
+        self._due: dict[str, float] = {}
+
+    def _parsed(self) -> list[FederatedTrustDomain]:
+        result = []
+        for obj in self.cache:
+            try:
+                result.append(FederatedTrustDomain.from_object(obj.to_dict()))
+            except FederationSpecError as exc:
+                log.warning("FederatedTrustDomain %s unusable: %s", obj.metadata.name, exc)
+        return result
+
+    def _changed(self, event: str, obj: Any) -> None:
+        bundles: dict[TrustDomain, Bundle] = {}
+        for ftd in self._parsed():
+            if ftd.trust_domain == self._own:
+                log.warning("FederatedTrustDomain %s names our own trust domain; ignored", ftd.name)
+                continue
+            try:
+                bundle = current_bundle(ftd)
+            except BundleError as exc:
+                log.warning("FederatedTrustDomain %s: bootstrap bundle unusable: %s", ftd.name, exc)
+                continue
+            if bundle is not None:
+                bundles[ftd.trust_domain] = bundle
+        if event == "DELETED":
+            log.info(
+                "federation with %s ended (FederatedTrustDomain %s deleted)",
+                obj.spec.get("trustDomain"),
+                obj.metadata.name,
+            )
+        asyncio.get_running_loop().create_task(self._trust.publish(federated=bundles))
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.cache.run())
+            group.create_task(self._refresh_loop())
+
+    async def _refresh_loop(self) -> None:
+        await self.cache.synced.wait()
+        while True:
+            if self._leader.is_leader:
+                now = asyncio.get_running_loop().time()
+                for ftd in self._parsed():
+                    if ftd.trust_domain != self._own and now >= self._due.get(ftd.name, 0.0):
+                        self._due[ftd.name] = now + await self.refresh(ftd)
+            await asyncio.sleep(0.5)
+
+    async def refresh(self, ftd: FederatedTrustDomain) -> float:
+        """Fetch one trust domain's bundle and record the outcome; returns seconds until the next fetch."""
+        current = current_bundle(ftd)
+        endpoint = Endpoint(ftd.trust_domain, ftd.url, ftd.profile, ftd.endpoint_id, None)
+        now = dt.datetime.now(dt.UTC)
+        try:
+            fetched = await fetch_bundle(endpoint, current)
+        except FetchError as exc:
+            delay = next_refresh(current, self._min, self._max)
+            log.warning("bundle fetch failed trust_domain=%s url=%s: %s", ftd.trust_domain, ftd.url, exc)
+            await self._write(ftd, None, now, delay, "FetchFailed", str(exc))
+            await self._event(ftd, "FetchFailed", str(exc))
+            return delay
+        chosen = choose(current if ftd.status_bundle else None, fetched)
+        delay = next_refresh(chosen, self._min, self._max)
+        if chosen is not fetched:
+            message = f"fetched sequence {fetched.sequence} is older than {chosen.sequence}; kept the newer"
+        else:
+            message = (
+                f"sequence {fetched.sequence}: {len(fetched.x509_authorities)} X.509 authorities, "
+                f"{len(fetched.jwt_authorities)} JWT keys"
+            )
+        await self._write(ftd, chosen, now, delay, "Fetched", message)
+        if chosen is fetched and (current is None or bundle_to_json(current) != bundle_to_json(fetched)):
+            log.info("bundle updated trust_domain=%s sequence=%s", ftd.trust_domain, fetched.sequence)
+        return delay
+
+    async def _write(
+        self,
+        ftd: FederatedTrustDomain,
+        bundle: Bundle | None,
+        now: dt.datetime,
+        delay: float,
+        reason: str,
+        message: str,
+    ) -> None:
+        obj = self.cache.get(None, ftd.name)
+        previous = ((obj.to_dict().get("status") or {}).get("conditions") or []) if obj is not None else []
+        status = federation_status(
+            ftd, bundle, previous, now, now + dt.timedelta(seconds=delay), reason, message
+        )
+        try:
+            await self._client.patch(
+                FederatedTrustDomainResource.Status, ftd.name, {"status": status}, patch_type=PatchType.MERGE
+            )
+        except ApiError as exc:
+            log.warning("could not update status of FederatedTrustDomain %s: %s", ftd.name, exc)
+
+    async def _event(self, ftd: FederatedTrustDomain, reason: str, message: str) -> None:
+        try:
+            await self._client.create(
+                Event(
+                    metadata=ObjectMeta(generateName=f"{ftd.name}.", namespace="default"),
+                    involvedObject=ObjectReference(
+                        apiVersion="kubespiffe.io/v1alpha1",
+                        kind="FederatedTrustDomain",
+                        name=ftd.name,
+                        uid=ftd.uid,
+                    ),
+                    reason=reason,
+                    message=message[:1000],
+                    type="Warning",
+                    source=EventSource(component="kubespiffed"),
+                )
+            )
+        except ApiError as exc:
+            log.warning("could not record event for %s: %s", ftd.name, exc)
