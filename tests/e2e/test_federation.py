@@ -6,10 +6,12 @@ Cluster A is the session cluster (trust domain example.org); cluster B (trust do
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,15 +20,19 @@ import grpc
 import pytest
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Secret
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
-from kubespiffe.devenv.stack import authority_bundle_pem, service_account_token
+from kubespiffe.devenv.controlplane import ControlPlane
+from kubespiffe.devenv.pki import ClusterCA
+from kubespiffe.devenv.stack import NAMESPACE, Kubespiffed, authority_bundle_pem, service_account_token
 from kubespiffe.devenv.up import Cluster, federate, spiffe_bundle
 from kubespiffe.devenv.workloads import create_pod, ensure_namespace, pod_token
 from kubespiffe.kube.client import FederatedTrustDomain
 from tests.e2e.conftest import AgentFactory, AgentProcess
 from tests.e2e.test_go_spiffe import MtlsServer, _run
-from tests.integration.kubespiffed import Running, register
+from tests.integration.kubespiffed import Running, allow_secret, register
 
 pytestmark = pytest.mark.e2e
 
@@ -346,3 +352,46 @@ async def test_deleting_the_federated_trust_domain_removes_the_bundle_from_workl
         await _wait_bundles(agent, {f"spiffe://{A_TD}"})
     finally:
         await federate(kube, "b", cluster_b.bundle_endpoint, await spiffe_bundle(b_client, "b"))
+
+
+async def test_go_spiffe_fetches_our_bundle_endpoint_with_the_https_web_profile(
+    control_plane: ControlPlane, kube: AsyncClient, kubespiffed: Running, interop: Path, tmp_path: Path
+) -> None:
+    """An operator's web-PKI certificate (a kubernetes.io/tls Secret) instead of kubespiffed's own SVID."""
+    web_ca = ClusterCA()
+    pair = web_ca.issue("bundle endpoint", server_names=("localhost",), server_ips=("127.0.0.1",))
+    secret = f"web-{uuid.uuid4().hex[:6]}"
+    await kube.create(
+        Secret(
+            metadata=ObjectMeta(name=secret, namespace=NAMESPACE),
+            type="kubernetes.io/tls",
+            data={
+                "tls.crt": base64.b64encode(pair.cert_pem).decode(),
+                "tls.key": base64.b64encode(pair.key_pem).decode(),
+            },
+        )
+    )
+    await allow_secret(kube, secret)
+    daemon = Kubespiffed(control_plane, extra_args=(f"--bundle-endpoint-web-secret={secret}",))
+    daemon.start(await service_account_token(kube))
+    try:
+        await asyncio.to_thread(daemon.wait_ready, await authority_bundle_pem(kube))
+        roots = tmp_path / "web-ca.pem"
+        roots.write_bytes(web_ca.cert_pem)
+        fetch = [
+            str(interop),
+            "fetch-bundle",
+            "-url",
+            f"https://localhost:{daemon.bundle_port}/",
+            "-trust-domain",
+            A_TD,
+        ]
+        ok = await asyncio.to_thread(
+            subprocess.run, [*fetch, "-bundle-file", str(roots)], capture_output=True, text=True, timeout=30
+        )
+        assert ok.returncode == 0, ok.stderr
+        assert json.loads(ok.stdout)["trust_domain"] == A_TD
+        untrusted = await asyncio.to_thread(subprocess.run, fetch, capture_output=True, text=True, timeout=30)
+        assert untrusted.returncode != 0 and "certificate" in untrusted.stderr
+    finally:
+        daemon.stop()
