@@ -30,6 +30,8 @@ from kubespiffe.devenv.stack import NAMESPACE, Kubespiffed, authority_bundle_pem
 from kubespiffe.devenv.up import Cluster, federate, spiffe_bundle
 from kubespiffe.devenv.workloads import create_pod, ensure_namespace, pod_token
 from kubespiffe.kube.client import FederatedTrustDomain
+from kubespiffe.spiffe.bundle import parse_bundle_json, parse_der_certificates
+from kubespiffe.spiffe.spiffeid import TrustDomain
 from tests.e2e.conftest import AgentFactory, AgentProcess
 from tests.e2e.test_go_spiffe import MtlsServer, _run
 from tests.integration.kubespiffed import Running, allow_secret, register
@@ -308,7 +310,13 @@ async def test_rotations_in_b_reach_a_and_cross_cluster_mtls_keeps_working(
 
 
 async def test_endpoint_down_keeps_last_good_bundle_and_recovers(
-    kube: AsyncClient, cluster_b: Cluster, federated: None
+    control_plane: ControlPlane,
+    kube: AsyncClient,
+    kubespiffed: Running,
+    namespace: str,
+    start_agent: AgentFactory,
+    cluster_b: Cluster,
+    federated: None,
 ) -> None:
     await _wait_condition(kube, "b", "Fetched")
     good = (await _ftd_status(kube, "b"))["bundle"]
@@ -318,6 +326,22 @@ async def test_endpoint_down_keeps_last_good_bundle_and_recovers(
         assert status["bundle"] == good
         failed = next(c for c in status["conditions"] if c["type"] == "Ready")
         assert failed["status"] == "False" and failed["message"]
+        # A new replica (or a restart) in A serves B's last good bundle from status, without fetching.
+        replica = Kubespiffed(control_plane)
+        replica.start(await service_account_token(kube))
+        try:
+            await asyncio.to_thread(replica.wait_ready, kubespiffed.bundle_pem)
+            await register(
+                kube, "outage", {"serviceAccountNames": ["outage"], "federatesWith": ["b"]}, namespace
+            )
+            agent: AgentProcess = await start_agent("outage-1", "outage", server=replica.address)
+            served = await _wait_bundles(agent, {f"spiffe://{A_TD}", "spiffe://b"})
+            expected = {
+                c.serial_number for c in parse_bundle_json(TrustDomain("b"), good.encode()).x509_authorities
+            }
+            assert {c.serial_number for c in parse_der_certificates(served["spiffe://b"])} == expected
+        finally:
+            replica.stop()
     finally:
         token_client = cluster_b.client()
         restarted = type(cluster_b.daemon)(
