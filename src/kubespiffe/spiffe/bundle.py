@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from jwt.exceptions import PyJWTError
 
 from kubespiffe.spiffe.spiffeid import TrustDomain
 
@@ -123,12 +124,14 @@ def jwks_json(jwt_authorities: Mapping[str, PublicKeyTypes]) -> bytes:
 
 
 def _load_jwk(jwk: Mapping[str, Any]) -> PublicKeyTypes:
+    if "d" in jwk:
+        raise BundleError("a bundle must not contain private keys")
     try:
         algorithm = ECAlgorithm if jwk["kty"] == "EC" else RSAAlgorithm
         key = algorithm.from_jwk(dict(jwk))
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, PyJWTError) as exc:
         raise BundleError(f"key parameters are invalid: {exc}") from None
-    if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+    if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):  # unreachable without "d"; for types
         raise BundleError("a bundle must not contain private keys")
     return key
 
