@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from stack import percentiles, running_stack  # bench/stack.py (benchmarks run a
 
 from kubespiffe.agent.issuer_client import IssuerClient
 from kubespiffe.agent.run import Agent, AgentConfig
+from kubespiffe.devenv.stack import agent_command
 from kubespiffe.spiffe.bundle import parse_pem_certificates
 
 HEADER = (("workload.spiffe.io", "true"),)
@@ -85,20 +85,7 @@ async def main(rounds: int) -> None:
         socket = work / "agent.sock"
         start = time.perf_counter()
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kubespiffe.cli.main",
-                "agent",
-                "--server",
-                daemon.address,
-                "--token-file",
-                str(work / "token"),
-                "--bundle-file",
-                str(work / "bundle.pem"),
-                "--socket",
-                str(socket),
-            ],
+            agent_command(daemon.address, work / "token", work / "bundle.pem", socket),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

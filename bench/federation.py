@@ -26,7 +26,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from kubespiffe.authority import store
-from kubespiffe.devenv.stack import AUTHORITY_SECRET, NAMESPACE
+from kubespiffe.devenv.stack import AUTHORITY_SECRET, NAMESPACE, agent_command
 from kubespiffe.devenv.up import Cluster, federate_pair
 from kubespiffe.devenv.workloads import create_pod, ensure_namespace, pod_token
 from kubespiffe.kube.client import WorkloadRegistration
@@ -84,20 +84,7 @@ async def main(rounds: int) -> None:
         await client.close()
         socket = root / "agent.sock"
         agent = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kubespiffe.cli.main",
-                "agent",
-                "--server",
-                a.daemon.address,
-                "--token-file",
-                str(root / "token"),
-                "--bundle-file",
-                str(a.directory / "bundle.pem"),
-                "--socket",
-                str(socket),
-            ],
+            agent_command(a.daemon.address, root / "token", a.directory / "bundle.pem", socket),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

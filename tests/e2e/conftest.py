@@ -17,6 +17,7 @@ import pytest
 from lightkube import AsyncClient
 
 from kubespiffe.devenv.build import ensure_interop
+from kubespiffe.devenv.stack import agent_command
 from kubespiffe.devenv.workloads import create_pod, pod_token
 from tests.integration.kubespiffed import Running
 
@@ -77,20 +78,7 @@ async def start_agent(kube: AsyncClient, kubespiffed: Running, namespace: str) -
         socket = directory / "agent.sock"
         log = kubespiffed.daemon.plane.log_dir / f"agent-{namespace}-{name}.log"
         write_dir = directory / "svids" if files else None
-        args = [
-            sys.executable,
-            "-m",
-            "kubespiffe.cli.main",
-            "agent",
-            "--server",
-            server or kubespiffed.address,
-            "--token-file",
-            str(token),
-            "--bundle-file",
-            str(bundle),
-            "--socket",
-            str(socket),
-        ]
+        args = agent_command(server or kubespiffed.address, token, bundle, socket)
         if write_dir:
             args += ["--write-dir", str(write_dir)]
         if jwt_audience:

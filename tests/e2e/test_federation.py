@@ -26,7 +26,13 @@ from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from kubespiffe.devenv.controlplane import ControlPlane
 from kubespiffe.devenv.pki import ClusterCA
-from kubespiffe.devenv.stack import NAMESPACE, Kubespiffed, authority_bundle_pem, service_account_token
+from kubespiffe.devenv.stack import (
+    NAMESPACE,
+    Kubespiffed,
+    agent_command,
+    authority_bundle_pem,
+    service_account_token,
+)
 from kubespiffe.devenv.up import Cluster, federate, spiffe_bundle
 from kubespiffe.devenv.workloads import create_pod, ensure_namespace, pod_token
 from kubespiffe.kube.client import FederatedTrustDomain
@@ -82,20 +88,7 @@ async def _b_agent(cluster_b: Cluster, b_client: AsyncClient, interop_dir: Path,
     log = cluster_b.directory / "logs" / f"agent-{name}.log"
     with log.open("ab") as out:
         process = subprocess.Popen(  # noqa: ASYNC220 (a long-running child)
-            [
-                sys.executable,
-                "-m",
-                "kubespiffe.cli.main",
-                "agent",
-                "--server",
-                cluster_b.daemon.address,
-                "--token-file",
-                str(directory / "token"),
-                "--bundle-file",
-                str(directory / "bundle.pem"),
-                "--socket",
-                str(socket),
-            ],
+            agent_command(cluster_b.daemon.address, directory / "token", directory / "bundle.pem", socket),
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -20,6 +20,7 @@ from lightkube import AsyncClient, KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
 
 from kubespiffe.devenv.build import ensure_interop
+from kubespiffe.devenv.stack import agent_command
 from kubespiffe.devenv.workloads import create_pod, ensure_namespace, pod_token
 from kubespiffe.kube.client import WorkloadRegistration
 
@@ -48,20 +49,12 @@ def _agent(cluster_dir: Path, sa: str, tokens: Path) -> tuple[subprocess.Popen[b
     socket = tokens / f"{sa}.sock"
     log = (cluster_dir / "logs" / f"agent-{sa}.log").open("ab")
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kubespiffe.cli.main",
-            "agent",
-            "--server",
+        agent_command(
             (cluster_dir / "server").read_text().strip(),
-            "--token-file",
-            str(tokens / f"{sa}.token"),
-            "--bundle-file",
-            str(cluster_dir / "bundle.pem"),
-            "--socket",
-            str(socket),
-        ],
+            tokens / f"{sa}.token",
+            cluster_dir / "bundle.pem",
+            socket,
+        ),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

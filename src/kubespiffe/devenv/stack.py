@@ -152,3 +152,22 @@ class Kubespiffed:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def agent_command(server: str, token_file: Path, bundle_file: Path, socket: Path, *extra: str) -> list[str]:
+    """`kubespiffe agent` as a pod's sidecar runs it, for the demo, benchmarks and tests."""
+    return [
+        sys.executable,
+        "-m",
+        "kubespiffe.cli.main",
+        "agent",
+        "--server",
+        server,
+        "--token-file",
+        str(token_file),
+        "--bundle-file",
+        str(bundle_file),
+        "--socket",
+        str(socket),
+        *extra,
+    ]
