@@ -77,6 +77,7 @@ class Federation:
         self.cache = WatchCache(client, FederatedTrustDomainResource)
         self.cache.add_listener(self._changed)
         self._due: dict[str, float] = {}
+        self._publishing: set[asyncio.Task[None]] = set()
 
     def _parsed(self) -> list[FederatedTrustDomain]:
         result = []
@@ -106,7 +107,10 @@ class Federation:
                 obj.spec.get("trustDomain"),
                 obj.metadata.name,
             )
-        asyncio.get_running_loop().create_task(self._trust.publish(federated=bundles))
+        # Listeners are synchronous; keep a reference so the publish task is not garbage-collected.
+        task = asyncio.get_running_loop().create_task(self._trust.publish(federated=bundles))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
