@@ -155,6 +155,7 @@ class IssuerClient:
         self._timeout = timeout
         self._trust_pem = ""
         self._channel: grpc.aio.Channel | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         self.set_trust(trust)
 
     def set_trust(self, trust: list[x509.Certificate]) -> None:
@@ -167,7 +168,10 @@ class IssuerClient:
     def _drop(self) -> None:
         if self._channel is not None:
             channel, self._channel = self._channel, None
-            asyncio.get_running_loop().create_task(channel.close(grace=5))
+            # Calls in flight finish on the old channel; keep the closing task referenced until done.
+            closing = asyncio.get_running_loop().create_task(channel.close(grace=5))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     async def _stub(self) -> issuer_pb2_grpc.IssuerAsyncStub:
         if self._channel is None:
