@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
+import ssl
 import uuid
 
 import pytest
@@ -74,9 +76,6 @@ async def test_two_replicas_started_together_share_one_ca(
 
 def _served_ca_issuer(daemon: Kubespiffed) -> bytes | None:
     """The authority key identifier of the certificate the replica serves: the CA it signs with."""
-    import socket
-    import ssl
-
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE

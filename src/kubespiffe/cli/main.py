@@ -84,6 +84,10 @@ def cmd_fetch_or_validate(args: argparse.Namespace) -> int:
         return _fail(str(exc), EXIT_USAGE)
 
 
+# Subcommands import their machinery lazily: `kubespiffe probe` runs every second as a startup probe and
+# should not pay for the agent, lightkube or the dev environment.
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     from kubespiffe.agent.main import run_agent
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import grpc
+from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
@@ -122,8 +123,6 @@ def validate_jwt(target: str, audience: str, token: str, timeout: float) -> dict
             )
         except grpc.RpcError as exc:
             raise _error(exc) from None
-    from google.protobuf.json_format import MessageToDict
-
     return {"spiffe_id": response.spiffe_id, "claims": MessageToDict(response.claims)}
 
 

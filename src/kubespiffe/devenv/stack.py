@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,8 +134,6 @@ class Kubespiffed:
             if self.process.poll() is not None:
                 raise RuntimeError(f"kubespiffed exited with {self.process.returncode}")
             try:
-                import urllib.request
-
                 url = f"https://127.0.0.1:{self.health_port}/readyz"
                 with urllib.request.urlopen(url, timeout=2, context=context) as resp:
                     if resp.status == 200:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import tempfile
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Protocol
 
 Response = tuple[int, bytes, str]
@@ -31,9 +33,6 @@ class TlsSource(Protocol):
 
 def server_context(chain_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
     """A server context from PEM; ssl loads keys only from files, so they pass through tmpfs briefly."""
-    import tempfile
-    from pathlib import Path
-
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(_CIPHERS)
