@@ -85,7 +85,7 @@ def cmd_fetch_or_validate(args: argparse.Namespace) -> int:
 
 
 # Subcommands import their machinery lazily: `kubespiffe probe` runs every second as a startup probe and
-# should not pay for the agent, lightkube or the dev environment.
+# should not pay for starting the agent runtime or the dev environment.
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
