@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from lightkube import AsyncClient
-from lightkube.resources.core_v1 import Pod
+from lightkube.resources.core_v1 import Event, Pod
 
 from kubespiffe.agent.issuer_client import NoIdentity, RequestFailed, TokenRefused
 from kubespiffe.devenv.controlplane import ControlPlane
@@ -290,6 +290,9 @@ async def test_tenancy_violation_is_not_ready_and_grants_nothing(
     _, token = await pod_with_token(kube, namespace, "escaper", "default")
     with pytest.raises(NoIdentity):
         await kubespiffed.fetch(token)
+    events = [e async for e in kube.list(Event, namespace=namespace)]
+    warnings = [e for e in events if e.involvedObject.name == "escape" and e.reason == "TenancyViolation"]
+    assert warnings and warnings[0].type == "Warning", "the refusal is visible with kubectl describe"
 
 
 async def test_reserved_path_is_refused_even_for_cluster_registrations(
