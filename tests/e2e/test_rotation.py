@@ -58,7 +58,12 @@ async def test_rotation_publishes_first_then_signs_and_agents_follow(
     await allow_secret(kube, secret)
     daemon = Kubespiffed(
         control_plane,
-        extra_args=(f"--authority-secret={secret}", "--bundle-refresh-hint=1s", "--x509-svid-ttl=1m"),
+        extra_args=(
+            f"--authority-secret={secret}",
+            "--bundle-refresh-hint=1s",
+            "--x509-svid-ttl=1m",
+            "--bundle-configmap=",  # another authority: leave the session's bundle ConfigMaps alone
+        ),
     )
     daemon.start(await service_account_token(kube))
     try:

@@ -55,7 +55,9 @@ async def test_two_replicas_started_together_share_one_ca(
     """Two processes racing to create a new authority Secret end up with exactly one CA."""
     secret = f"race-{uuid.uuid4().hex[:8]}"
     await allow_secret(kube, secret)
-    replicas = [Kubespiffed(control_plane, extra_args=(f"--authority-secret={secret}",)) for _ in range(2)]
+    # Another authority in the same cluster: it must not overwrite the session's bundle ConfigMaps.
+    args = (f"--authority-secret={secret}", "--bundle-configmap=")
+    replicas = [Kubespiffed(control_plane, extra_args=args) for _ in range(2)]
     token = await service_account_token(kube)
     for replica in replicas:
         replica.start(token)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, cast
@@ -16,7 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from lightkube import AsyncClient
-from lightkube.resources.core_v1 import Event, Pod
+from lightkube.core.exceptions import ApiError
+from lightkube.resources.core_v1 import ConfigMap, Event, Pod
 
 from kubespiffe.agent.issuer_client import NoIdentity, RequestFailed, TokenRefused
 from kubespiffe.devenv.controlplane import ControlPlane
@@ -353,3 +357,22 @@ async def test_token_beyond_the_grpc_metadata_limit_is_refused_before_kubespiffe
 ) -> None:
     with pytest.raises(RequestFailed, match="RESOURCE_EXHAUSTED"):
         await kubespiffed.fetch(bound_token[0] + "A" * 20000)
+
+
+async def test_trust_bundle_is_published_to_every_namespace(
+    kube: AsyncClient, kubespiffed: Running, namespace: str
+) -> None:
+    """Pods mount ConfigMap kubespiffe-bundle as the agent's bootstrap trust; new namespaces get it too."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            config_map = await kube.get(ConfigMap, "kubespiffe-bundle", namespace=namespace)
+            break
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
+            assert time.monotonic() < deadline, "the bundle ConfigMap never appeared in a new namespace"
+            await asyncio.sleep(0.2)
+    assert config_map.data is not None
+    assert config_map.data["ca.crt"].encode() == kubespiffed.bundle_pem
+    assert json.loads(config_map.data["bundle.spiffe.json"])["keys"]

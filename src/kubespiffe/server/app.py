@@ -30,6 +30,7 @@ from kubespiffe.proto import issuer_pb2_grpc
 from kubespiffe.registry.models import JWT_TTL_MAX, X509_TTL_MAX
 from kubespiffe.server import https
 from kubespiffe.server.authority import LiveAuthority
+from kubespiffe.server.bundle_configmaps import BundleConfigMaps
 from kubespiffe.server.config import ServerConfig
 from kubespiffe.server.federation import Federation
 from kubespiffe.server.https import StaticTls, TlsSource
@@ -176,6 +177,11 @@ async def _serve(config: ServerConfig, client: AsyncClient) -> None:
             group.create_task(authority.run()),
             group.create_task(federation.run()),
         ]
+        if config.bundle_configmap:
+            configmaps = BundleConfigMaps(
+                client, authority.trust, registry.namespaces, leader, config.bundle_configmap
+            )
+            background.append(group.create_task(configmaps.run()))
         await registry.wait_synced()
         await federation.cache.synced.wait()
         await server.start()

@@ -36,6 +36,7 @@ class ServerConfig:
     bundle_refresh_hint: dt.timedelta = dt.timedelta(minutes=5)
     bundle_endpoint_web_secret: str | None = None
     federation_min_refresh: dt.timedelta = dt.timedelta(seconds=30)
+    bundle_configmap: str = "kubespiffe-bundle"
     federation_max_refresh: dt.timedelta = dt.timedelta(hours=1)
 
     @property
@@ -119,6 +120,11 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         default=_env("FEDERATION_MAX_REFRESH", "1h"),
         help="and at least this often",
     )
+    parser.add_argument(
+        "--bundle-configmap",
+        default=_env("BUNDLE_CONFIGMAP", "kubespiffe-bundle"),
+        help="publish the trust bundle as this ConfigMap in every namespace ('' turns it off)",
+    )
     args = parser.parse_args(argv)
     try:
         return ServerConfig(
@@ -150,6 +156,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
                 dt.timedelta(days=1),
             ),
             bundle_endpoint_web_secret=args.bundle_endpoint_web_secret,
+            bundle_configmap=args.bundle_configmap,
             federation_min_refresh=_bounded(
                 "--federation-min-refresh",
                 args.federation_min_refresh,
