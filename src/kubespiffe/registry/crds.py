@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from kubespiffe.registry import federation as f
+from kubespiffe.registry import federation as fed
 from kubespiffe.registry import models as m
 from kubespiffe.registry import template as t
 from kubespiffe.spiffe.spiffeid import MAX_TRUST_DOMAIN_BYTES
@@ -295,26 +295,62 @@ _SHORT_NAMES = {m.NAMESPACED_KIND: "wreg", m.CLUSTER_KIND: "cwreg"}
 def crd(kind: m.Kind) -> dict[str, Any]:
     """The CustomResourceDefinition (apiextensions.k8s.io/v1) for one registration kind."""
     cluster = kind == m.CLUSTER_KIND
-    plural = kind.lower() + "s"
     spec_properties = {
         f.metadata["json"]: _spec_property(f.name, f.metadata["description"], f.default)
         for f in fields(m.RegistrationSpec)
         if cluster or f.name != "namespace_selector"
     }
-    ready = '.status.conditions[?(@.type=="Ready")]'
+    return _document(
+        kind,
+        "Cluster" if cluster else "Namespaced",
+        _SHORT_NAMES[kind],
+        [
+            {"name": "SPIFFE ID Template", "type": "string", "jsonPath": ".spec.spiffeIDTemplate"},
+            *_READY_COLUMNS,
+        ],
+        _DESCRIPTIONS[kind],
+        {
+            "type": "object",
+            "description": "Which pods, and the identity they get.",
+            "default": {},
+            "properties": spec_properties,
+        },
+        _status_schema(),
+    )
+
+
+_READY = '.status.conditions[?(@.type=="Ready")]'
+_READY_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Ready", "type": "string", "jsonPath": f"{_READY}.status"},
+    {"name": "Reason", "type": "string", "jsonPath": f"{_READY}.reason", "priority": 1},
+]
+_AGE_COLUMN: dict[str, Any] = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+
+
+def _document(
+    kind: str,
+    scope: str,
+    short_name: str,
+    columns: list[dict[str, Any]],
+    description: str,
+    spec: Schema,
+    status: Schema,
+) -> dict[str, Any]:
+    """The CRD envelope all kubespiffe.io kinds share: one version, with a status subresource."""
+    plural = kind.lower() + "s"
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {"name": f"{plural}.{m.GROUP}", "labels": {"app.kubernetes.io/part-of": "kubespiffe"}},
         "spec": {
             "group": m.GROUP,
-            "scope": "Cluster" if cluster else "Namespaced",
+            "scope": scope,
             "names": {
                 "kind": kind,
                 "listKind": f"{kind}List",
                 "plural": plural,
                 "singular": kind.lower(),
-                "shortNames": [_SHORT_NAMES[kind]],
+                "shortNames": [short_name],
                 "categories": ["kubespiffe"],
             },
             "versions": [
@@ -323,31 +359,17 @@ def crd(kind: m.Kind) -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {
-                            "name": "SPIFFE ID Template",
-                            "type": "string",
-                            "jsonPath": ".spec.spiffeIDTemplate",
-                        },
-                        {"name": "Ready", "type": "string", "jsonPath": f"{ready}.status"},
-                        {"name": "Reason", "type": "string", "jsonPath": f"{ready}.reason", "priority": 1},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
+                    "additionalPrinterColumns": [*columns, _AGE_COLUMN],
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "description": _DESCRIPTIONS[kind],
+                            "description": description,
                             "properties": {
                                 "apiVersion": {"type": "string", "description": "APIVersion of this object."},
                                 "kind": {"type": "string", "description": "Kind of this object."},
                                 "metadata": {"type": "object"},
-                                "spec": {
-                                    "type": "object",
-                                    "description": "Which pods, and the identity they get.",
-                                    "default": {},
-                                    "properties": spec_properties,
-                                },
-                                "status": _status_schema(),
+                                "spec": spec,
+                                "status": status,
                             },
                         }
                     },
@@ -365,7 +387,11 @@ def federation_crd() -> dict[str, Any]:
         "description": "How to authenticate the endpoint (SPIFFE federation profiles; never a fallback).",
         "required": ["type"],
         "properties": {
-            "type": {"type": "string", "enum": list(f.PROFILES), "description": "https_spiffe or https_web."},
+            "type": {
+                "type": "string",
+                "enum": list(fed.PROFILES),
+                "description": "https_spiffe or https_web.",
+            },
             "endpointSPIFFEID": _string(
                 "https_spiffe: the exact SPIFFE ID the endpoint's X.509-SVID must carry.", 2048
             ),
@@ -392,7 +418,7 @@ def federation_crd() -> dict[str, Any]:
             ),
             "bundleEndpointURL": _string(
                 "The peer's SPIFFE bundle endpoint: https, no userinfo.",
-                f.MAX_URL_LENGTH,
+                fed.MAX_URL_LENGTH,
                 **{
                     "x-kubernetes-validations": [
                         _rule("self.startsWith('https://')", "bundleEndpointURL must be an https:// URL"),
@@ -411,7 +437,7 @@ def federation_crd() -> dict[str, Any]:
             "trustDomainBundle": _string(
                 "Bootstrap bundle (SPIFFE bundle JSON, or PEM certificates): authenticates the first "
                 "https_spiffe fetch, and is served to workloads until the first fetch succeeds.",
-                f.MAX_BOOTSTRAP_BYTES,
+                fed.MAX_BOOTSTRAP_BYTES,
             ),
         },
         "x-kubernetes-validations": [
@@ -430,7 +456,7 @@ def federation_crd() -> dict[str, Any]:
     status["description"] = "Written by the kubespiffed Lease holder after every fetch."
     status["properties"].update(
         {
-            "bundle": _string("The last good bundle (SPIFFE bundle JSON).", f.MAX_BOOTSTRAP_BYTES * 4),
+            "bundle": _string("The last good bundle (SPIFFE bundle JSON).", fed.MAX_BOOTSTRAP_BYTES * 4),
             "sequence": {
                 "type": "integer",
                 "format": "int64",
@@ -444,56 +470,22 @@ def federation_crd() -> dict[str, Any]:
             "nextRefreshTime": {"type": "string", "format": "date-time", "description": "Next fetch."},
         }
     )
-    ready = '.status.conditions[?(@.type=="Ready")]'
-    plural = "federatedtrustdomains"
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{m.GROUP}", "labels": {"app.kubernetes.io/part-of": "kubespiffe"}},
-        "spec": {
-            "group": m.GROUP,
-            "scope": "Cluster",
-            "names": {
-                "kind": f.KIND,
-                "listKind": f"{f.KIND}List",
-                "plural": plural,
-                "singular": f.KIND.lower(),
-                "shortNames": ["ftd"],
-                "categories": ["kubespiffe"],
-            },
-            "versions": [
-                {
-                    "name": m.VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "Trust Domain", "type": "string", "jsonPath": ".spec.trustDomain"},
-                        {"name": "Profile", "type": "string", "jsonPath": ".spec.bundleEndpointProfile.type"},
-                        {"name": "Ready", "type": "string", "jsonPath": f"{ready}.status"},
-                        {"name": "Reason", "type": "string", "jsonPath": f"{ready}.reason", "priority": 1},
-                        {"name": "Sequence", "type": "integer", "jsonPath": ".status.sequence"},
-                        {"name": "Last Refresh", "type": "date", "jsonPath": ".status.lastRefreshTime"},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": "A foreign trust domain whose bundle kubespiffed fetches and "
-                            "hands to workloads whose registrations list it in federatesWith.",
-                            "properties": {
-                                "apiVersion": {"type": "string", "description": "APIVersion of this object."},
-                                "kind": {"type": "string", "description": "Kind of this object."},
-                                "metadata": {"type": "object"},
-                                "spec": spec,
-                                "status": status,
-                            },
-                        }
-                    },
-                }
-            ],
-        },
-    }
+    return _document(
+        fed.KIND,
+        "Cluster",
+        "ftd",
+        [
+            {"name": "Trust Domain", "type": "string", "jsonPath": ".spec.trustDomain"},
+            {"name": "Profile", "type": "string", "jsonPath": ".spec.bundleEndpointProfile.type"},
+            *_READY_COLUMNS,
+            {"name": "Sequence", "type": "integer", "jsonPath": ".status.sequence"},
+            {"name": "Last Refresh", "type": "date", "jsonPath": ".status.lastRefreshTime"},
+        ],
+        "A foreign trust domain whose bundle kubespiffed fetches and hands to workloads whose registrations "
+        "list it in federatesWith.",
+        spec,
+        status,
+    )
 
 
 _HEADER = "# Generated by `python -m kubespiffe.registry.crds deploy/crds`; do not edit.\n"
@@ -516,7 +508,7 @@ def write(outdir: Path) -> list[Path]:
         path = outdir / filename(kind)
         path.write_text(render(kind))
         written.append(path)
-    path = outdir / f"federatedtrustdomains.{m.GROUP}.yaml"
+    path = outdir / f"{fed.KIND.lower()}s.{m.GROUP}.yaml"
     path.write_text(_HEADER + yaml.safe_dump(federation_crd(), sort_keys=False, width=120))
     written.append(path)
     return written
