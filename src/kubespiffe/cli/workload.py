@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -94,17 +95,19 @@ def fetch_x509(target: str, write: Path | None, timeout: float) -> list[str]:
     return lines
 
 
-def fetch_jwt(target: str, audience: list[str], spiffe_id: str, timeout: float) -> list[dict[str, object]]:
+def _unary(target: str, rpc: str, request: Any, timeout: float) -> Any:
+    """One unary Workload API call with the security header; gRPC errors become WorkloadError."""
     with grpc.insecure_channel(target) as channel:
         stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
         try:
-            response = stub.FetchJWTSVID(
-                workload_pb2.JWTSVIDRequest(audience=audience, spiffe_id=spiffe_id),
-                metadata=HEADER,
-                timeout=timeout,
-            )
+            return getattr(stub, rpc)(request, metadata=HEADER, timeout=timeout)
         except grpc.RpcError as exc:
             raise _error(exc) from None
+
+
+def fetch_jwt(target: str, audience: list[str], spiffe_id: str, timeout: float) -> list[dict[str, object]]:
+    request = workload_pb2.JWTSVIDRequest(audience=audience, spiffe_id=spiffe_id)
+    response = _unary(target, "FetchJWTSVID", request, timeout)
     result = []
     for svid in response.svids:
         claims = json.loads(base64.urlsafe_b64decode(svid.svid.split(".")[1] + "=="))
@@ -113,16 +116,8 @@ def fetch_jwt(target: str, audience: list[str], spiffe_id: str, timeout: float) 
 
 
 def validate_jwt(target: str, audience: str, token: str, timeout: float) -> dict[str, object]:
-    with grpc.insecure_channel(target) as channel:
-        stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
-        try:
-            response = stub.ValidateJWTSVID(
-                workload_pb2.ValidateJWTSVIDRequest(audience=audience, svid=token),
-                metadata=HEADER,
-                timeout=timeout,
-            )
-        except grpc.RpcError as exc:
-            raise _error(exc) from None
+    request = workload_pb2.ValidateJWTSVIDRequest(audience=audience, svid=token)
+    response = _unary(target, "ValidateJWTSVID", request, timeout)
     return {"spiffe_id": response.spiffe_id, "claims": MessageToDict(response.claims)}
 
 
