@@ -15,7 +15,6 @@ from pathlib import Path
 
 from kubespiffe.agent.files import write_x509_svids
 from kubespiffe.agent.issuer_client import DEFAULT_SERVER_NAME, FetchError, IssuerClient
-from kubespiffe.cli.authority import add_commands as add_authority_commands
 from kubespiffe.spiffe.bundle import BundleError, parse_pem_certificates
 from kubespiffe.spiffe.jwtsvid import JwtSvidError, validate
 from kubespiffe.spiffe.spiffeid import SpiffeId, SpiffeIdError
@@ -94,6 +93,16 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return run_agent(args)
 
 
+def cmd_authority(args: argparse.Namespace) -> int:
+    from kubespiffe.cli import authority
+
+    handler = {
+        "ca": {"show": authority.ca_show, "rotate": authority.ca_rotate},
+        "bundle": {"show": authority.bundle_show},
+    }
+    return handler[args.command][args.action](args)
+
+
 def cmd_dev_up(args: argparse.Namespace) -> int:
     from kubespiffe.devenv.up import dev_up
 
@@ -118,6 +127,42 @@ EXIT_CODES = (
     "Exit codes: 3 no identity for this pod, 4 token refused, 5 server or socket unreachable, "
     "6 server TLS identity wrong, 7 request refused, 8 invalid JWT-SVID, 2 usage."
 )
+
+
+def add_authority_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def target(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--kubeconfig", help="default: $KUBECONFIG or ~/.kube/config")
+        parser.add_argument("--namespace", default="kubespiffe-system", help="kubespiffed's namespace")
+        parser.add_argument("--secret", default="kubespiffe-authority", help="the authority Secret")
+
+    ca = commands.add_parser("ca", help="the trust domain's signing keys").add_subparsers(
+        dest="action", required=True
+    )
+    show = ca.add_parser("show", help="slots (CA + JWT key), their states and times, and the bundle sequence")
+    target(show)
+    rotate = ca.add_parser(
+        "rotate", help="prepare a new CA and JWT key now; they activate after the grace period"
+    )
+    target(rotate)
+
+    bundle = commands.add_parser("bundle", help="the trust bundle").add_subparsers(
+        dest="action", required=True
+    )
+    bshow = bundle.add_parser(
+        "show", help="print this trust domain's bundle, e.g. to bootstrap a federated peer"
+    )
+    target(bshow)
+    bshow.add_argument("--format", choices=["spiffe", "pem", "jwks"], default="spiffe")
+    bshow.add_argument(
+        "--endpoint", metavar="URL", help="fetch from this bundle endpoint instead of the cluster"
+    )
+    bshow.add_argument("--trust-domain", help="with --endpoint: the endpoint's trust domain")
+    bshow.add_argument("--endpoint-id", help="with --endpoint: https_spiffe, the endpoint's exact SPIFFE ID")
+    bshow.add_argument(
+        "--bootstrap", metavar="FILE", help="with --endpoint-id: the peer's bundle (SPIFFE or PEM)"
+    )
+    for parser in (show, rotate, bshow):
+        parser.set_defaults(func=cmd_authority)
 
 
 def build_parser() -> argparse.ArgumentParser:
