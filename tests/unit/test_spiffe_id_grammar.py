@@ -8,6 +8,7 @@ SpiffeId(td, path) and SpiffeId.from_segments.
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -507,10 +508,40 @@ def test_is_under_requires_the_same_trust_domain(spiffe_id: SpiffeId, other: str
     assert moved.member_of(spiffe_id.trust_domain) is (other_td == spiffe_id.trust_domain)
 
 
-# KELVIN SIGN is left out here: it is the one code point that lower-cases to ASCII, and the xfail tests above
-# pin that bug down deterministically.
-@settings(max_examples=500)
-@given(st.text(alphabet=st.characters(blacklist_characters="\u212a"), max_size=60))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "spiffeid.py SpiffeId.parse (text.encode() length check) and validate_trust_domain_name "
+        "(name.encode()) raise UnicodeEncodeError, not SpiffeIdError, for a lone surrogate such as '\\ud800'"
+    ),
+)
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda: SpiffeId.parse("\ud800"), id="parse-alone"),
+        pytest.param(lambda: SpiffeId.parse("spiffe://td/\udfff"), id="parse-in-path"),
+        pytest.param(lambda: TrustDomain.parse("a\ud800"), id="td-parse"),
+        pytest.param(lambda: TrustDomain("\ud800"), id="td-constructor"),
+    ],
+)
+def test_lone_surrogate_raises_spiffe_id_error(call: Callable[[], object]) -> None:
+    with pytest.raises(SpiffeIdError):
+        call()
+
+
+def test_lone_surrogate_in_a_path_segment_is_refused_by_the_constructor() -> None:
+    with pytest.raises(SpiffeIdError):
+        SpiffeId(TD, "/\ud800")
+    with pytest.raises(SpiffeIdError):
+        SpiffeId.from_segments(TD, "a\udfff")
+
+
+# KELVIN SIGN (the one code point that lower-cases to ASCII) and lone surrogates (category Cs) are left out:
+# the xfail tests above pin those bugs down deterministically.
+@settings(max_examples=1000)
+@given(
+    st.text(alphabet=st.characters(blacklist_characters="\u212a", blacklist_categories=["Cs"]), max_size=60)
+)
 def test_arbitrary_text_either_refused_or_canonical(tail: str) -> None:
     for text in (tail, "spiffe://" + tail, "SPIFFE://" + tail):
         try:
