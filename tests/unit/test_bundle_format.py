@@ -579,14 +579,6 @@ def test_non_json_is_refused(data: bytes) -> None:
         parse_bundle_json(TD, data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bundle.py parse_bundle_json catches only ValueError/UnicodeDecodeError around json.loads, so a "
-        "deeply nested document (well under max_bytes) raises RecursionError; federation/fetch.py catches "
-        "BundleError only"
-    ),
-)
 @pytest.mark.parametrize("data", [b"[" * 100_000, b'{"keys": [], "x": ' + b"[" * 100_000])
 def test_deeply_nested_json_is_a_bundle_error(data: bytes) -> None:
     assert len(data) < MAX_BUNDLE_BYTES

@@ -564,13 +564,6 @@ def test_bad_leaf_is_refused_before_the_bundle_is_consulted() -> None:
         verify_chain([cert], {}, NOW)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "x509svid.py verify_chain/check_leaf ignore unrecognised critical extensions; RFC 5280 6.1 path "
-        "validation (required by checklist B.8) must reject a certificate carrying one"
-    ),
-)
 def test_unknown_critical_extension_in_leaf_is_refused() -> None:
     unknown = x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x05\x00")
     leaf = make_leaf(ROOT, extra=[(unknown, True)])

@@ -141,7 +141,7 @@ def parse_bundle_json(trust_domain: TrustDomain, data: bytes, max_bytes: int = M
         raise BundleError(f"bundle is larger than {max_bytes} bytes")
     try:
         document = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting fits well within the size limit
         raise BundleError("bundle is not valid JSON") from None
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise BundleError("bundle has no 'keys' array (it must be a JWK Set)")

@@ -25,11 +25,11 @@ def validate_trust_domain_name(name: str) -> None:
     """Raise SpiffeIdError unless `name` is a valid (already lower-cased) trust domain name."""
     if not name:
         raise SpiffeIdError("trust domain is missing")
-    if len(name.encode()) > MAX_TRUST_DOMAIN_BYTES:
-        raise SpiffeIdError(f"trust domain is longer than {MAX_TRUST_DOMAIN_BYTES} bytes")
     bad = sorted(set(name) - _TD_CHARS)
     if bad:
         raise SpiffeIdError(f"trust domain {name!r} has characters outside [a-z0-9._-]: {''.join(bad)!r}")
+    if len(name) > MAX_TRUST_DOMAIN_BYTES:  # ASCII only by now: characters are bytes
+        raise SpiffeIdError(f"trust domain is longer than {MAX_TRUST_DOMAIN_BYTES} bytes")
 
 
 def validate_path(path: str) -> None:
@@ -62,6 +62,8 @@ class TrustDomain:
     @classmethod
     def parse(cls, text: str) -> TrustDomain:
         """Accept `example.org` or `spiffe://example.org` (no path); both fold to lower case."""
+        if not text.isascii():  # before folding: some non-ASCII letters lower-case to ASCII (U+212A -> k)
+            raise SpiffeIdError(f"trust domain {text!r} is not ASCII")
         if "://" in text:
             spiffe_id = SpiffeId.parse(text)
             if spiffe_id.path:
@@ -87,7 +89,7 @@ class SpiffeId:
 
     def __post_init__(self) -> None:
         validate_path(self.path)
-        if len(str(self).encode()) > MAX_ID_BYTES:
+        if len(str(self)) > MAX_ID_BYTES:  # validated parts are ASCII: characters are bytes
             raise SpiffeIdError(f"SPIFFE ID is longer than {MAX_ID_BYTES} bytes")
 
     @classmethod
@@ -95,7 +97,9 @@ class SpiffeId:
         """Parse a SPIFFE ID string, refusing everything SPIFFE-ID.md forbids."""
         if not text:
             raise SpiffeIdError("SPIFFE ID is empty")
-        if len(text.encode()) > MAX_ID_BYTES:
+        if not text.isascii():  # every valid character is ASCII; refuse before any case folding
+            raise SpiffeIdError(f"{text!r} has non-ASCII characters")
+        if len(text) > MAX_ID_BYTES:
             raise SpiffeIdError(f"SPIFFE ID is longer than {MAX_ID_BYTES} bytes")
         scheme, sep, rest = text.partition("://")
         if not sep or scheme.lower() != SCHEME:
@@ -113,7 +117,11 @@ class SpiffeId:
 
     @classmethod
     def from_segments(cls, trust_domain: TrustDomain, *segments: str) -> SpiffeId:
-        """Build an ID from path segments, each validated on its own."""
+        """Build an ID from path segments, each validated on its own (a '/' inside one is refused)."""
+        for segment in segments:
+            if "/" in segment:
+                raise SpiffeIdError(f"path segment {segment!r} contains '/'")
+            validate_path("/" + segment)
         return cls(trust_domain, "".join("/" + s for s in segments))
 
     def member_of(self, trust_domain: TrustDomain) -> bool:

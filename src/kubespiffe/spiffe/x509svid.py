@@ -43,8 +43,18 @@ def id_from_certificate(cert: x509.Certificate) -> SpiffeId:
         raise X509SvidError(f"URI SAN is not a SPIFFE ID: {exc}") from None
 
 
+def _check_critical_extensions(cert: x509.Certificate, what: str) -> None:
+    """RFC 5280 6.1.3: a certificate with a critical extension the verifier does not understand is refused."""
+    for extension in cert.extensions:
+        if extension.critical and isinstance(extension.value, x509.UnrecognizedExtension):
+            raise X509SvidError(
+                f"{what} has an unrecognised critical extension {extension.oid.dotted_string}"
+            )
+
+
 def check_leaf(cert: x509.Certificate) -> SpiffeId:
     """B.1-B.5, B.9. EKU is optional (SHOULD); when present it must allow both TLS client and server."""
+    _check_critical_extensions(cert, "leaf")
     spiffe_id = id_from_certificate(cert)
     if not spiffe_id.path:
         raise X509SvidError("leaf SPIFFE ID has no path (a trust domain ID is not a workload ID)")
@@ -75,6 +85,7 @@ def check_leaf(cert: x509.Certificate) -> SpiffeId:
 
 def check_signing_ca(cert: x509.Certificate) -> None:
     """B.6: cA=true and keyCertSign in a critical keyUsage (digitalSignature accepted on upstream CAs)."""
+    _check_critical_extensions(cert, f"issuer {cert.subject.rfc4514_string()}")
     constraints = _extension(cert, x509.BasicConstraints)
     if constraints is None or not constraints.value.ca:  # type: ignore[attr-defined]
         raise X509SvidError(f"issuer {cert.subject.rfc4514_string()} is not a CA (cA=true missing)")
