@@ -6,7 +6,13 @@ nothing it signed is still valid) -> dropped. `sequence` grows whenever the publ
 so every replica and every restart publishes the same spiffe_sequence for the same bundle.
 
 Stored as one versioned JSON document (`authority.json`) in a Secret, plus `ca.crt` (the PEM trust
-bundle) for humans and tools.
+bundle) for humans and tools. Version 1:
+
+    {"version": 1, "sequence": <int >= 1>, "slots": [{"id", "state", "since" (ISO 8601 with zone),
+     "certificate" (PEM), "chain" ([PEM], above the CA), "key" (PKCS#8 PEM), "jwtKid", "jwtKey"}]}
+
+A new field that old readers may ignore keeps version 1; anything else needs version 2, which this
+reader refuses rather than misread.
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import Certificate
 
 from kubespiffe.authority.keys import KeyType, SigningKey, generate_key, key_from_pem, key_to_pem
 from kubespiffe.authority.x509ca import X509Authority
+from kubespiffe.spiffe.x509svid import check_signing_ca
 
 FORMAT_VERSION = 1
 DOCUMENT_KEY = "authority.json"
@@ -155,22 +163,40 @@ class AuthorityState:
 
     @classmethod
     def from_secret_data(cls, data: Mapping[str, str] | None) -> AuthorityState:
+        """Read `to_secret_data` output back; anything else is a StateError naming what is wrong."""
         if not data or DOCUMENT_KEY not in data:
             raise StateError(f"the Secret has no {DOCUMENT_KEY}")
         try:
-            document = json.loads(base64.b64decode(data[DOCUMENT_KEY]))
-        except ValueError:
+            document = json.loads(base64.b64decode(data[DOCUMENT_KEY], validate=True))
+        except (TypeError, ValueError):
             raise StateError(f"{DOCUMENT_KEY} is not base64-encoded JSON") from None
-        if not isinstance(document, dict) or document.get("version") != FORMAT_VERSION:
+        version = document.get("version") if isinstance(document, dict) else None
+        if type(version) is not int or version != FORMAT_VERSION:
             raise StateError(
                 f"{DOCUMENT_KEY} has an unsupported version (this kubespiffed reads {FORMAT_VERSION})"
             )
         try:
-            state = cls(tuple(_slot(s) for s in document["slots"]), int(document["sequence"]))
-        except (KeyError, TypeError, ValueError) as exc:
+            slots = document["slots"]
+            sequence = document["sequence"]
+            if not isinstance(slots, list) or not slots:
+                raise ValueError("slots must be a non-empty list")
+            if type(sequence) is not int or sequence < 1:
+                raise ValueError("sequence must be a positive integer")
+            state = cls(tuple(_slot(s) for s in slots), sequence)
+        except (KeyError, TypeError, ValueError, AttributeError, UnsupportedAlgorithm) as exc:
             raise StateError(f"{DOCUMENT_KEY} is malformed: {exc}") from None
-        state.active  # noqa: B018 (validates: exactly one active slot)
+        _check_journal(state)
         return state
+
+
+def _check_journal(state: AuthorityState) -> None:
+    """What the transitions guarantee, checked again on read: unique ids, one active, at most one prepared."""
+    ids = [s.id for s in state.slots]
+    if len(set(ids)) != len(ids):
+        raise StateError(f"{DOCUMENT_KEY} has two slots with the same id")
+    if len(state._in("prepared")) > 1:
+        raise StateError(f"{DOCUMENT_KEY} has more than one prepared slot")
+    state.active  # noqa: B018 (raises StateError unless exactly one slot is active)
 
 
 def _state(value: Any) -> KeyState:
@@ -180,17 +206,29 @@ def _state(value: Any) -> KeyState:
     return result
 
 
+def _text(raw: Mapping[str, Any], field: str) -> str:
+    value = raw[field]
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field} must be a non-empty string")
+    return value
+
+
 def _slot(raw: Mapping[str, Any]) -> Slot:
-    certificate = x509.load_pem_x509_certificate(raw["certificate"].encode())
-    key = key_from_pem(raw["key"])
+    slot_id = _text(raw, "id")
+    certificate = x509.load_pem_x509_certificate(_text(raw, "certificate").encode())
+    check_signing_ca(certificate)
+    key = key_from_pem(_text(raw, "key"))
     if key.public_key() != certificate.public_key():
-        raise ValueError(f"slot {raw['id']}: the CA key does not match its certificate")
+        raise ValueError(f"slot {slot_id}: the CA key does not match its certificate")
     chain = tuple(x509.load_pem_x509_certificate(c.encode()) for c in raw.get("chain", []))
+    since = dt.datetime.fromisoformat(_text(raw, "since"))
+    if since.tzinfo is None:
+        raise ValueError(f"slot {slot_id}: since has no time zone")
     return Slot(
-        id=str(raw["id"]),
+        id=slot_id,
         state=_state(raw["state"]),
-        since=dt.datetime.fromisoformat(raw["since"]),
+        since=since,
         authority=X509Authority(key, certificate, chain),
-        jwt_kid=str(raw["jwtKid"]),
-        jwt_key=key_from_pem(raw["jwtKey"]),
+        jwt_kid=_text(raw, "jwtKid"),
+        jwt_key=key_from_pem(_text(raw, "jwtKey")),
     )

@@ -39,6 +39,7 @@ class Stored:
 
 
 async def load(client: AsyncClient, namespace: str, name: str) -> Stored | None:
+    """The stored state, or None when the Secret does not exist (a malformed one raises StateError)."""
     try:
         secret = await client.get(Secret, name, namespace=namespace)
     except ApiError as exc:
@@ -56,6 +57,7 @@ async def load(client: AsyncClient, namespace: str, name: str) -> Stored | None:
 async def load_or_create(
     client: AsyncClient, namespace: str, name: str, create: Callable[[], AuthorityState]
 ) -> Stored:
+    """Read the Secret; when absent, create it from `create()`, adopting the winner's state on a 409."""
     stored = await load(client, namespace, name)
     if stored is not None:
         return stored
@@ -86,6 +88,10 @@ async def update(
     resource_version: str,
     annotations: Mapping[str, str] | None = None,
 ) -> Stored:
+    """Replace the Secret only if it is still at `resource_version`; otherwise raise StaleStateError.
+
+    The Secret's labels are reset to LABELS and its annotations to `annotations`.
+    """
     secret = Secret(
         metadata=ObjectMeta(
             name=name,

@@ -3,6 +3,15 @@
 Profiles follow SPIFFE-CONFORMANCE.md section B. A CSR contributes nothing but its public key: the names,
 subject and extensions it asks for are ignored, so a CSR asking for CA rights or extra names gets a plain
 leaf with kubespiffe's names only.
+
+Profile decisions:
+- Both CA and leaves start CLOCK_SKEW (30 s) before `now`, so a verifier whose clock runs up to 30 s behind
+  accepts a certificate the moment it is issued; a leaf never starts before nor ends after its CA.
+- Leaves for RSA keys also carry keyEncipherment (B.4 allows it): TLS 1.2 RSA key exchange needs it, and
+  SPIRE and cert-manager set it the same way. EC leaves carry digitalSignature only.
+- Serial numbers are cryptography's random 159-bit values (more than the 128 bits asked for, within the 20
+  octets RFC 5280 allows); the CA repeats its serial in the Subject so every CA has a distinct name.
+- Signatures use SHA-384 for P-384 keys and SHA-256 otherwise.
 """
 
 from __future__ import annotations
@@ -12,16 +21,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kubespiffe.authority.keys import KeyType, SigningKey, generate_key
-from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
+from kubespiffe.authority.keys import KeyType, SigningKey, check_public_key, generate_key
+from kubespiffe.spiffe.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 
-# Backdating absorbs clock skew between kubespiffed and verifiers.
 CLOCK_SKEW = dt.timedelta(seconds=30)
 MAX_CSR_BYTES = 64 * 1024
+MAX_NAME_ATTRIBUTE = 64  # RFC 5280 upper bound for commonName (ub-common-name)
+MAX_DNS_NAME = 253
 _ORG = "kubespiffe"
 
 
@@ -31,6 +42,8 @@ class CsrError(ValueError):
 
 @dataclass(frozen=True)
 class X509Authority:
+    """The signing CA: its key, its certificate, and the certificates above it (empty when self-signed)."""
+
     key: SigningKey
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...] = ()
@@ -42,16 +55,25 @@ def _hash_for(key: SigningKey) -> hashes.SHA256 | hashes.SHA384:
     return hashes.SHA256()
 
 
+def _check_inputs(ttl: dt.timedelta, now: dt.datetime) -> None:
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware (naive datetimes are ambiguous)")
+    if ttl <= dt.timedelta(0):
+        raise ValueError(f"the TTL must be positive (got {ttl})")
+
+
 def create_self_signed_ca(
     trust_domain: TrustDomain, key_type: KeyType, ttl: dt.timedelta, now: dt.datetime
 ) -> X509Authority:
     """cA=true (critical), keyUsage keyCertSign+cRLSign (critical, no digitalSignature), URI SAN spiffe://td."""
+    _check_inputs(ttl, now)
     key = generate_key(key_type)
     serial = x509.random_serial_number()
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORG),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"kubespiffe CA {trust_domain}"),
+            # Long trust domains are cut here only; the URI SAN always names the trust domain in full.
+            x509.NameAttribute(NameOID.COMMON_NAME, f"kubespiffe CA {trust_domain}"[:MAX_NAME_ATTRIBUTE]),
             x509.NameAttribute(NameOID.SERIAL_NUMBER, format(serial, "x")),
         ]
     )
@@ -88,26 +110,58 @@ def create_self_signed_ca(
 
 
 def load_csr(der: bytes) -> x509.CertificateSigningRequest:
+    """Parse a caller's PKCS#10 CSR; every way it can be unusable is a CsrError, never another exception."""
     if not der:
         raise CsrError("the CSR is empty")
     if len(der) > MAX_CSR_BYTES:
         raise CsrError(f"the CSR is larger than {MAX_CSR_BYTES} bytes")
     try:
         csr = x509.load_der_x509_csr(der)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise CsrError("the CSR is not a DER-encoded PKCS#10 request") from None
-    key = csr.public_key()
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        if key.curve.name not in ("secp256r1", "secp384r1"):
-            raise CsrError(f"EC curve {key.curve.name} is not supported (use P-256 or P-384)")
-    elif isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < 2048:
-            raise CsrError(f"RSA keys must have at least 2048 bits (got {key.key_size})")
-    else:
-        raise CsrError(f"key type {type(key).__name__} is not supported (use EC P-256/P-384 or RSA)")
-    if not csr.is_signature_valid:
+    try:
+        key = csr.public_key()
+    except UnsupportedAlgorithm:
+        raise CsrError("the CSR's key type is not supported (use EC P-256/P-384 or RSA)") from None
+    except ValueError:
+        raise CsrError("the CSR's public key cannot be decoded") from None
+    try:
+        check_public_key(key)
+    except ValueError as exc:
+        raise CsrError(str(exc)) from None
+    try:
+        valid = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm):
+        valid = False
+    if not valid:
         raise CsrError("the CSR signature does not verify with its own public key")
     return csr
+
+
+def _trust_domain_of(ca: x509.Certificate) -> TrustDomain:
+    """The CA's own SPIFFE ID (URI SAN spiffe://td, B.7) bounds what it may sign."""
+    try:
+        san = ca.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        ids = [SpiffeId.parse(u) for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
+    except (x509.ExtensionNotFound, SpiffeIdError):
+        ids = []
+    if len(ids) != 1 or ids[0].path:
+        raise ValueError("the CA certificate has no single spiffe://<trust domain> URI SAN to sign under")
+    return ids[0].trust_domain
+
+
+def _check_dns_name(name: str) -> None:
+    if not name or len(name) > MAX_DNS_NAME or not name.isascii() or not name.isprintable() or " " in name:
+        raise ValueError(f"{name!r} is not a DNS name (1 to {MAX_DNS_NAME} printable ASCII characters)")
+
+
+def _authority_key_identifier(authority: X509Authority) -> x509.AuthorityKeyIdentifier:
+    """Copy the CA's own SKI, whatever method made it: verifiers match AKI against SKI byte for byte."""
+    try:
+        ski = authority.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key())
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
 def sign_x509_svid(
@@ -119,27 +173,32 @@ def sign_x509_svid(
     now: dt.datetime,
 ) -> x509.Certificate:
     """A leaf per checklist B.1-B.5 for the CSR's public key, never outliving the CA."""
-    ca_id = authority.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    ca_uris = ca_id.get_values_for_type(x509.UniformResourceIdentifier)
-    if ca_uris and SpiffeId.parse(ca_uris[0]).trust_domain != spiffe_id.trust_domain:
-        raise ValueError(f"{spiffe_id} is outside the CA's trust domain {ca_uris[0]}")
+    _check_inputs(ttl, now)
+    ca = authority.certificate
+    trust_domain = _trust_domain_of(ca)
+    if spiffe_id.trust_domain != trust_domain:
+        raise ValueError(f"{spiffe_id} is outside the CA's trust domain {trust_domain}")
     if not spiffe_id.path:
         raise ValueError("an X.509-SVID needs a workload ID with a path, not the trust domain ID")
+    for name in dns_names:
+        _check_dns_name(name)
+    if now >= ca.not_valid_after_utc:
+        raise ValueError(f"the CA expired at {ca.not_valid_after_utc.isoformat()}")
     public_key = csr.public_key()
-    not_after = min(now + ttl, authority.certificate.not_valid_after_utc)
+    check_public_key(public_key)
     subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORG)]
-    if dns_names and len(dns_names[0]) <= 64:
+    if dns_names and len(dns_names[0]) <= MAX_NAME_ATTRIBUTE:
         subject.append(x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0]))
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]
     sans += [x509.DNSName(name) for name in dns_names]
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name(subject))
-        .issuer_name(authority.certificate.subject)
+        .issuer_name(ca.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(not_after)
+        .not_valid_before(max(now - CLOCK_SKEW, ca.not_valid_before_utc))
+        .not_valid_after(min(now + ttl, ca.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -160,8 +219,6 @@ def sign_x509_svid(
         )
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key()), critical=False
-        )
+        .add_extension(_authority_key_identifier(authority), critical=False)
     )
     return builder.sign(authority.key, _hash_for(authority.key))

@@ -1,0 +1,386 @@
+"""The persisted authority document: key PEM helpers, the Secret data round trip, and refusing bad data."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import functools
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kubespiffe.authority.keys import KeyType, SigningKey, generate_key, key_from_pem, key_to_pem
+from kubespiffe.authority.state import (
+    BUNDLE_KEY,
+    DOCUMENT_KEY,
+    AuthorityState,
+    Slot,
+    StateError,
+    new_slot,
+)
+from kubespiffe.authority.x509ca import X509Authority, create_self_signed_ca
+from kubespiffe.spiffe.spiffeid import TrustDomain
+
+TD = TrustDomain("example.org")
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+DAY = dt.timedelta(days=1)
+Document = dict[str, Any]
+
+
+def _ca(now: dt.datetime = T0) -> X509Authority:
+    return create_self_signed_ca(TD, KeyType.EC_P256, 30 * DAY, now)
+
+
+def _intermediate_under(root: X509Authority) -> X509Authority:
+    """An authority with a chain, as an upstream CA would hand in."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "intermediate")]))
+        .issuer_name(root.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(T0)
+        .not_valid_after(T0 + 20 * DAY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://example.org")]), False
+        )
+        .sign(root.key, hashes.SHA256())
+    )
+    return X509Authority(key, cert, (root.certificate,))
+
+
+@functools.cache
+def _journal() -> AuthorityState:
+    """retired (with a chain) -> active -> prepared, built through the real transitions: sequence 3."""
+    first = AuthorityState.new(_intermediate_under(_ca()), KeyType.EC_P256, now=T0)
+    second = new_slot(_ca(T0 + DAY), KeyType.RSA_2048, "prepared", T0 + DAY)
+    third = new_slot(_ca(T0 + 3 * DAY), KeyType.EC_P384, "prepared", T0 + 3 * DAY)
+    state = first.prepare(second).activate(T0 + 2 * DAY).prepare(third)
+    assert [s.state for s in state.slots] == ["retired", "active", "prepared"] and state.sequence == 3
+    return state
+
+
+def _private_bytes(key: SigningKey) -> bytes:
+    return key.private_bytes(Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def _same_slot(a: Slot, b: Slot) -> bool:
+    return (
+        (a.id, a.state, a.since, a.jwt_kid) == (b.id, b.state, b.since, b.jwt_kid)
+        and a.authority.certificate == b.authority.certificate
+        and a.authority.chain == b.authority.chain
+        and _private_bytes(a.authority.key) == _private_bytes(b.authority.key)
+        and _private_bytes(a.jwt_key) == _private_bytes(b.jwt_key)
+    )
+
+
+def _document(data: dict[str, str]) -> Document:
+    document: Document = json.loads(base64.b64decode(data[DOCUMENT_KEY]))
+    return document
+
+
+def _data(document: Any) -> dict[str, str]:
+    return {DOCUMENT_KEY: base64.b64encode(json.dumps(document).encode()).decode()}
+
+
+# Key helpers.
+
+
+@pytest.mark.parametrize(
+    ("key_type", "kind", "size"),
+    [
+        (KeyType.EC_P256, ec.EllipticCurvePrivateKey, 256),
+        (KeyType.EC_P384, ec.EllipticCurvePrivateKey, 384),
+        (KeyType.RSA_2048, rsa.RSAPrivateKey, 2048),
+        (KeyType.RSA_3072, rsa.RSAPrivateKey, 3072),
+    ],
+)
+def test_key_pem_round_trip(key_type: KeyType, kind: type, size: int) -> None:
+    key = generate_key(key_type)
+    assert isinstance(key, kind) and key.key_size == size
+    pem = key_to_pem(key)
+    assert pem.startswith("-----BEGIN PRIVATE KEY-----\n")  # PKCS#8, unencrypted
+    assert _private_bytes(key_from_pem(pem)) == _private_bytes(key)
+
+
+def test_default_key_type_is_p256() -> None:
+    key = generate_key()
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
+
+
+def _pem(key: Any, encryption: serialization.KeySerializationEncryption | None = None) -> str:
+    return str(
+        key.private_bytes(
+            Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption or serialization.NoEncryption()
+        ).decode()
+    )
+
+
+@pytest.mark.parametrize(
+    ("make_pem", "message"),
+    [
+        (lambda: "", "not an unencrypted PKCS#8 PEM"),
+        (lambda: "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "not an unencrypted"),
+        (
+            lambda: _pem(
+                ec.generate_private_key(ec.SECP256R1()), serialization.BestAvailableEncryption(b"pw")
+            ),
+            "not an unencrypted",
+        ),
+        (lambda: _pem(ed25519.Ed25519PrivateKey.generate()), "Ed25519PrivateKey is not supported"),
+        (lambda: _pem(ec.generate_private_key(ec.SECP521R1())), "curve secp521r1 is not supported"),
+        (lambda: _pem(rsa.generate_private_key(65537, 1024)), "at least 2048 bits"),  # noqa: S505
+    ],
+    ids=["empty", "bad body", "encrypted", "ed25519", "p521", "rsa1024"],
+)
+def test_key_from_pem_refuses_what_we_never_write(make_pem: Callable[[], str], message: str) -> None:
+    pem = make_pem()
+    with pytest.raises(ValueError, match=message) as caught:
+        key_from_pem(pem)
+    assert "BEGIN" not in str(caught.value) and "AAAA" not in str(caught.value)
+
+
+# The document.
+
+
+@pytest.mark.parametrize("state", [AuthorityState.new(_ca(), now=T0), None], ids=["new", "journal"])
+def test_round_trip_keeps_every_slot(state: AuthorityState | None) -> None:
+    state = state or _journal()
+    data = state.to_secret_data()
+    loaded = AuthorityState.from_secret_data(data)
+    assert loaded.sequence == state.sequence
+    assert len(loaded.slots) == len(state.slots)
+    assert all(_same_slot(a, b) for a, b in zip(loaded.slots, state.slots, strict=True))
+    assert loaded.to_secret_data() == data  # re-writing an unchanged state changes nothing
+
+
+def test_secret_data_layout() -> None:
+    state = _journal()
+    data = state.to_secret_data()
+    assert set(data) == {DOCUMENT_KEY, BUNDLE_KEY}
+    bundle = base64.b64decode(data[BUNDLE_KEY], validate=True)
+    assert x509.load_pem_x509_certificates(bundle) == state.trust_bundle()
+    document = _document(data)
+    assert set(document) == {"version", "sequence", "slots"}
+    assert document["version"] == 1 and document["sequence"] == 3
+    retired = document["slots"][0]
+    assert set(retired) == {"id", "state", "since", "certificate", "chain", "key", "jwtKid", "jwtKey"}
+    assert retired["state"] == "retired" and retired["since"] == (T0 + 2 * DAY).isoformat()
+    assert len(retired["chain"]) == 1 and retired["key"].startswith("-----BEGIN PRIVATE KEY-----")
+
+
+def test_active_x509_and_trust_bundle() -> None:
+    state = _journal()
+    retired, active, prepared = state.slots
+    assert state.active_x509() is active.authority
+    assert state.trust_bundle() == [s.authority.certificate for s in (retired, active, prepared)]
+    single = AuthorityState.new(_ca(), now=T0)
+    assert single.trust_bundle() == [single.active_x509().certificate]
+
+
+def test_unknown_fields_are_ignored_within_version_1() -> None:
+    document = _document(_journal().to_secret_data())
+    document["addedLater"] = {"anything": [1, 2]}
+    document["slots"][1]["addedLater"] = "x"
+    loaded = AuthorityState.from_secret_data(_data(document))
+    assert [s.id for s in loaded.slots] == [s.id for s in _journal().slots]
+
+
+def _set(path: tuple[str | int, ...], value: Any) -> Callable[[Document], Any]:
+    def change(document: Document) -> Any:
+        target: Any = document
+        for step in path[:-1]:
+            target = target[step]
+        target[path[-1]] = value
+        return document
+
+    return change
+
+
+def _drop(*path: str | int) -> Callable[[Document], Any]:
+    def change(document: Document) -> Any:
+        target: Any = document
+        for step in path[:-1]:
+            target = target[step]
+        del target[path[-1]]
+        return document
+
+    return change
+
+
+def _other_pem(field: str) -> Callable[[Document], Any]:
+    """Put the value of `field` from slot 1 into slot 0 (a key or certificate that does not belong)."""
+
+    def change(document: Document) -> Any:
+        document["slots"][0][field] = document["slots"][1][field]
+        return document
+
+    return change
+
+
+def _leaf_pem() -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "leaf")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(T0)
+        .not_valid_after(T0 + DAY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(Encoding.PEM).decode()
+
+
+MALFORMED: list[tuple[str, Callable[[Document], Any], str]] = [
+    ("document is a list", lambda d: [d], "unsupported version"),
+    ("document is null", lambda d: None, "unsupported version"),
+    ("no version", _drop("version"), "unsupported version"),
+    ("version 2", _set(("version",), 2), "unsupported version"),
+    ("version as text", _set(("version",), "1"), "unsupported version"),
+    ("version true", _set(("version",), True), "unsupported version"),
+    ("version 1.0", _set(("version",), 1.0), "unsupported version"),
+    ("no slots", _drop("slots"), "malformed"),
+    ("slots empty", _set(("slots",), []), "malformed: slots must be a non-empty list"),
+    ("slots an object", _set(("slots",), {"id": "x"}), "malformed: slots must be a non-empty list"),
+    ("no sequence", _drop("sequence"), "malformed"),
+    ("sequence 0", _set(("sequence",), 0), "sequence must be a positive integer"),
+    ("sequence as text", _set(("sequence",), "3"), "sequence must be a positive integer"),
+    ("sequence true", _set(("sequence",), True), "sequence must be a positive integer"),
+    ("sequence 2.5", _set(("sequence",), 2.5), "sequence must be a positive integer"),
+    ("slot is text", _set(("slots", 0), "slot"), "malformed"),
+    ("slot is null", _set(("slots", 0), None), "malformed"),
+    ("slot without id", _drop("slots", 0, "id"), "malformed"),
+    ("empty id", _set(("slots", 0, "id"), ""), "id must be a non-empty string"),
+    ("numeric id", _set(("slots", 0, "id"), 7), "id must be a non-empty string"),
+    ("unknown state", _set(("slots", 0, "state"), "revoked"), "unknown key state 'revoked'"),
+    ("naive since", _set(("slots", 0, "since"), "2026-01-01T00:00:00"), "since has no time zone"),
+    ("since not a date", _set(("slots", 0, "since"), "yesterday"), "malformed"),
+    ("since a number", _set(("slots", 0, "since"), 1767225600), "since must be a non-empty string"),
+    ("certificate junk", _set(("slots", 0, "certificate"), "junk"), "malformed"),
+    ("certificate number", _set(("slots", 0, "certificate"), 1), "certificate must be a non-empty string"),
+    ("certificate is a leaf", _set(("slots", 0, "certificate"), _leaf_pem()), "not a CA"),
+    ("certificate of another slot", _other_pem("certificate"), "CA key does not match its certificate"),
+    ("key of another slot", _other_pem("key"), "CA key does not match its certificate"),
+    ("key junk", _set(("slots", 0, "key"), "junk"), "not an unencrypted PKCS#8 PEM"),
+    ("key null", _set(("slots", 0, "key"), None), "key must be a non-empty string"),
+    ("jwt key junk", _set(("slots", 0, "jwtKey"), "junk"), "not an unencrypted PKCS#8 PEM"),
+    ("jwt key ed25519", _set(("slots", 0, "jwtKey"), _pem(ed25519.Ed25519PrivateKey.generate())), "Ed25519"),
+    ("empty kid", _set(("slots", 0, "jwtKid"), ""), "jwtKid must be a non-empty string"),
+    ("chain junk", _set(("slots", 0, "chain"), ["junk"]), "malformed"),
+    ("chain of numbers", _set(("slots", 0, "chain"), [1]), "malformed"),
+    ("chain is text", _set(("slots", 0, "chain"), "junk"), "malformed"),
+    (
+        "two slots, one id",
+        lambda d: _set(("slots", 2, "id"), d["slots"][1]["id"])(d),
+        "two slots with the same id",
+    ),
+    ("two prepared", _set(("slots", 0, "state"), "prepared"), "more than one prepared slot"),
+    ("no active", _set(("slots", 1, "state"), "retired"), "0 active slots"),
+    ("two active", _set(("slots", 2, "state"), "active"), "2 active slots"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), [c[1:] for c in MALFORMED], ids=[c[0] for c in MALFORMED])
+def test_malformed_documents_are_refused(change: Callable[[Document], Any], message: str) -> None:
+    original = _document(_journal().to_secret_data())
+    changed = change(_document(_journal().to_secret_data()))
+    with pytest.raises(StateError, match=message) as caught:
+        AuthorityState.from_secret_data(_data(changed))
+    _assert_no_key_material(str(caught.value), [original, changed])
+
+
+def _private_key_bodies(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return ["".join(value.splitlines()[1:-1])] if "PRIVATE KEY-----" in value else []
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return [body for item in value for body in _private_key_bodies(item)]
+    return []
+
+
+def _assert_no_key_material(message: str, document: Any) -> None:
+    bodies = _private_key_bodies(document)
+    assert bodies  # the original document always carries keys, so the check below checks something
+    for body in bodies:
+        assert body[:40] not in message and body[-40:] not in message
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (None, "has no authority.json"),
+        ({}, "has no authority.json"),
+        ({BUNDLE_KEY: "AAAA"}, "has no authority.json"),
+        ({DOCUMENT_KEY: "%%% not base64"}, "not base64-encoded JSON"),
+        ({DOCUMENT_KEY: "eyJ2ZXJz aW9uIjogMX0="}, "not base64-encoded JSON"),  # a space inside
+        ({DOCUMENT_KEY: base64.b64encode(b"{not json").decode()}, "not base64-encoded JSON"),
+        ({DOCUMENT_KEY: base64.b64encode(b"\xff\xfe\x00garbage").decode()}, "not base64-encoded JSON"),
+        ({DOCUMENT_KEY: 42}, "not base64-encoded JSON"),
+        ({DOCUMENT_KEY: None}, "not base64-encoded JSON"),
+    ],
+    ids=["none", "empty", "bundle only", "not base64", "space", "not json", "not utf-8", "number", "null"],
+)
+def test_malformed_secret_data_is_refused(data: Any, message: str) -> None:
+    with pytest.raises(StateError, match=message):
+        AuthorityState.from_secret_data(data)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+FIELDS = ["id", "state", "since", "certificate", "chain", "key", "jwtKid", "jwtKey"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    where=st.sampled_from(["version", "sequence", "slots"])
+    | st.tuples(st.integers(0, 2), st.sampled_from(FIELDS)),
+    value=JSON,
+    delete=st.booleans(),
+)
+def test_any_damaged_field_is_a_state_error_or_a_loadable_state(
+    where: str | tuple[int, str], value: Any, delete: bool
+) -> None:
+    document = _document(_journal().to_secret_data())
+    target, key = (document, where) if isinstance(where, str) else (document["slots"][where[0]], where[1])
+    if delete:
+        del target[key]
+    else:
+        target[key] = value
+    try:
+        loaded = AuthorityState.from_secret_data(_data(document))
+    except StateError:
+        return
+    assert len([s for s in loaded.slots if s.state == "active"]) == 1
+    assert AuthorityState.from_secret_data(loaded.to_secret_data()).sequence == loaded.sequence
+
+
+def test_a_state_with_a_chain_keeps_it_in_order() -> None:
+    root = _ca()
+    middle = _intermediate_under(root)
+    state = AuthorityState((replace(_journal().slots[1], authority=middle),), 1)
+    loaded = AuthorityState.from_secret_data(state.to_secret_data())
+    assert loaded.active_x509().chain == (root.certificate,)
+    assert loaded.active_x509().certificate == middle.certificate
