@@ -669,14 +669,6 @@ def test_malformed_secret_data_is_refused(data: dict[str, str] | None) -> None:
         AuthorityState.from_secret_data(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "state.py _slot calls .encode() on raw['certificate'] / raw['key'] / raw['jwtKey'] / chain entries "
-        "without a type check; from_secret_data catches only KeyError/TypeError/ValueError, so a non-string "
-        "value escapes as AttributeError instead of StateError"
-    ),
-)
 @pytest.mark.parametrize(
     ("field", "value"),
     [("certificate", 1), ("key", 1), ("jwtKey", None), ("chain", [1])],
