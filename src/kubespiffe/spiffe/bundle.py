@@ -1,12 +1,15 @@
-"""Trust bundles: X.509 authorities as PEM/DER, and the SPIFFE bundle format (checklist section D).
+"""Trust bundles: X.509 authorities as PEM/DER, and the SPIFFE bundle format (checklist sections B.10, D).
 
-A bundle never names its trust domain, so it is always handled as a (trust domain, bundle) pair.
+A bundle never names its trust domain, so it is always handled as a (trust domain, bundle) pair (D.7).
+Unknown members, key types and uses are ignored as D.3/D.4 require, so a publisher can add new kinds of
+keys without cutting its federations; anything malformed in a key this module does use is refused.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +26,9 @@ from kubespiffe.spiffe.spiffeid import TrustDomain
 MAX_BUNDLE_BYTES = 1 << 20
 X509_SVID_USE = "x509-svid"
 JWT_SVID_USE = "jwt-svid"
-_KNOWN_KTY = ("EC", "RSA")
+_PUBLIC_MEMBERS = ("kty", "crv", "x", "y", "n", "e")
+# Base64 bodies hold no '-', so the match is linear; a body that does (RFC 1421 headers) is "unterminated".
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----([^-]*)-----END \1-----")
 
 
 class BundleError(ValueError):
@@ -32,6 +37,9 @@ class BundleError(ValueError):
 
 @dataclass(frozen=True)
 class Bundle:
+    """The trust material of one trust domain: CA certificates, JWT keys by kid, and the publisher's
+    sequence number and refresh hint in seconds (None when absent)."""
+
     trust_domain: TrustDomain
     x509_authorities: tuple[x509.Certificate, ...] = ()
     jwt_authorities: Mapping[str, PublicKeyTypes] = field(default_factory=dict)
@@ -40,10 +48,25 @@ class Bundle:
 
 
 def parse_pem_certificates(data: bytes) -> list[x509.Certificate]:
-    try:
-        certificates = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise BundleError("no PEM certificates found (expected -----BEGIN CERTIFICATE----- blocks)") from None
+    """One or more PEM CERTIFICATE blocks; text around them is allowed, other block types are not.
+
+    A private key or CRL in a trust bundle file is a mistake worth stopping at, and a truncated last block
+    must not silently shorten the bundle.
+    """
+    blocks = list(_PEM_BLOCK.finditer(data))
+    if not blocks:
+        raise BundleError("no PEM certificates found (expected -----BEGIN CERTIFICATE----- blocks)")
+    if data.count(b"-----BEGIN ") != len(blocks):
+        raise BundleError("PEM data has an unterminated or malformed block")
+    certificates = []
+    for index, block in enumerate(blocks):
+        label = block.group(1).decode()
+        if label != "CERTIFICATE":
+            raise BundleError(f"PEM block {index} is a {label}, not a CERTIFICATE")
+        try:
+            certificates.append(x509.load_pem_x509_certificate(block.group(0)))
+        except ValueError:
+            raise BundleError(f"PEM block {index} is not a valid certificate") from None
     return certificates
 
 
@@ -52,20 +75,22 @@ def certificates_to_pem(certificates: Sequence[x509.Certificate]) -> bytes:
 
 
 def certificates_to_der(certificates: Sequence[x509.Certificate]) -> bytes:
-    """Concatenated DER, as the Workload API carries certificates (never PEM on the wire)."""
+    """Concatenated DER, as the Workload API carries certificates (B.10: never PEM on the wire)."""
     return b"".join(c.public_bytes(Encoding.DER) for c in certificates)
 
 
 def parse_der_certificates(data: bytes) -> list[x509.Certificate]:
-    """Split concatenated DER certificates by walking each outer SEQUENCE's length."""
+    """Split concatenated DER certificates by walking each outer SEQUENCE's length.
+
+    Empty input is an empty list: on the Workload API an empty field means "no certificates".
+    """
     certificates: list[x509.Certificate] = []
     offset = 0
     while offset < len(data):
         if data[offset] != 0x30 or offset + 2 > len(data):
             raise BundleError(f"byte {offset}: not the start of a DER certificate")
-        length = data[offset + 1]
-        header = 2
-        if length & 0x80:
+        length, header = data[offset + 1], 2
+        if length & 0x80:  # long form; 0x80 alone is BER's indefinite length, not DER
             count = length & 0x7F
             if count == 0 or count > 4 or offset + 2 + count > len(data):
                 raise BundleError(f"byte {offset}: bad DER length")
@@ -82,30 +107,34 @@ def parse_der_certificates(data: bytes) -> list[x509.Certificate]:
     return certificates
 
 
-def _b64url(value: int) -> str:
-    raw = value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
 def _public_jwk(key: PublicKeyTypes) -> dict[str, Any]:
     if isinstance(key, ec.EllipticCurvePublicKey):
         jwk: dict[str, Any] = json.loads(ECAlgorithm.to_jwk(key))
     elif isinstance(key, rsa.RSAPublicKey):
         jwk = json.loads(RSAAlgorithm.to_jwk(key))
     else:
-        raise BundleError(f"key type {type(key).__name__} cannot be published in a bundle")
-    return {k: v for k, v in jwk.items() if k in ("kty", "crv", "x", "y", "n", "e")}
+        raise BundleError(f"key type {type(key).__name__} cannot be published in a bundle (EC or RSA only)")
+    return {k: v for k, v in jwk.items() if k in _PUBLIC_MEMBERS}
+
+
+def _jwt_keys(jwt_authorities: Mapping[str, PublicKeyTypes]) -> list[dict[str, Any]]:
+    if any(not kid for kid in jwt_authorities):
+        raise BundleError("a JWT authority needs a non-empty kid")
+    return [{**_public_jwk(key), "kid": kid} for kid, key in jwt_authorities.items()]
 
 
 def bundle_to_json(bundle: Bundle) -> bytes:
-    keys: list[dict[str, Any]] = []
-    for certificate in bundle.x509_authorities:
-        jwk = _public_jwk(certificate.public_key())
-        jwk["use"] = X509_SVID_USE
-        jwk["x5c"] = [base64.b64encode(certificate.public_bytes(Encoding.DER)).decode()]
-        keys.append(jwk)
-    for kid, key in bundle.jwt_authorities.items():
-        keys.append({**_public_jwk(key), "use": JWT_SVID_USE, "kid": kid})
+    """The SPIFFE bundle: x509-svid keys without kid and with one standard-base64 DER certificate in x5c
+    (X509-SVID.md 6.1), jwt-svid keys with their kid, and the sequence and refresh hint when set."""
+    keys = [
+        {
+            **_public_jwk(c.public_key()),
+            "use": X509_SVID_USE,
+            "x5c": [base64.b64encode(c.public_bytes(Encoding.DER)).decode()],
+        }
+        for c in bundle.x509_authorities
+    ]
+    keys += [{**jwk, "use": JWT_SVID_USE} for jwk in _jwt_keys(bundle.jwt_authorities)]
     document: dict[str, Any] = {"keys": keys}
     if bundle.sequence is not None:
         document["spiffe_sequence"] = bundle.sequence
@@ -117,64 +146,86 @@ def bundle_to_json(bundle: Bundle) -> bytes:
 def jwks_json(jwt_authorities: Mapping[str, PublicKeyTypes]) -> bytes:
     """A plain JWKS of JWT signing keys, as the Workload API's JWT bundles carry them.
 
-    `use` is omitted: some clients filter on `use: sig` and would drop `jwt-svid` keys (edge case 8).
+    `use` is omitted (edge case 8): JWKS clients such as PyJWT's keep only keys whose `use` is absent or
+    `sig`, so `jwt-svid` would make them drop every key. go-spiffe ignores `use` here either way.
     """
-    keys = [{**_public_jwk(key), "kid": kid} for kid, key in jwt_authorities.items()]
-    return json.dumps({"keys": keys}, separators=(",", ":")).encode()
+    return json.dumps({"keys": _jwt_keys(jwt_authorities)}, separators=(",", ":")).encode()
 
 
-def _load_jwk(jwk: Mapping[str, Any]) -> PublicKeyTypes:
+def _load_jwk(jwk: Mapping[str, Any], where: str) -> PublicKeyTypes:
     if "d" in jwk:
-        raise BundleError("a bundle must not contain private keys")
+        raise BundleError(f"{where}: a bundle must not contain private keys")
     try:
-        algorithm = ECAlgorithm if jwk["kty"] == "EC" else RSAAlgorithm
-        key = algorithm.from_jwk(dict(jwk))
+        key = (ECAlgorithm if jwk["kty"] == "EC" else RSAAlgorithm).from_jwk(dict(jwk))
     except (KeyError, ValueError, TypeError, PyJWTError) as exc:
-        raise BundleError(f"key parameters are invalid: {exc}") from None
-    if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):  # unreachable without "d"; for types
-        raise BundleError("a bundle must not contain private keys")
+        raise BundleError(f"{where}: key parameters are invalid: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):  # narrows the type; "d" was refused
+        raise BundleError(f"{where}: a bundle must not contain private keys")
     return key
 
 
+def _x509_authority(jwk: Mapping[str, Any], where: str) -> x509.Certificate:
+    """The CA certificate of an x509-svid key: x5c holds exactly one standard-base64 DER certificate (D.5)."""
+    x5c = jwk.get("x5c")
+    if not isinstance(x5c, list) or len(x5c) != 1:
+        raise BundleError(f"{where}: an x509-svid key needs x5c with exactly one certificate")
+    if not isinstance(x5c[0], str):
+        raise BundleError(f"{where}: x5c[0] is not a base64 string")
+    try:
+        certificate = x509.load_der_x509_certificate(base64.b64decode(x5c[0], validate=True))
+    except ValueError:  # binascii.Error included
+        raise BundleError(f"{where}: x5c[0] is not a standard-base64 DER certificate") from None
+    if certificate.public_key() != _load_jwk(jwk, where):
+        raise BundleError(f"{where}: key parameters do not match the x5c certificate")
+    return certificate
+
+
+def _non_negative_int(document: Mapping[str, Any], name: str) -> int | None:
+    value = document.get(name)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise BundleError(f"{name} must be a non-negative integer")
+    return value
+
+
 def parse_bundle_json(trust_domain: TrustDomain, data: bytes, max_bytes: int = MAX_BUNDLE_BYTES) -> Bundle:
+    """Parse a SPIFFE bundle for `trust_domain` (the document itself does not say which one it is).
+
+    Ignored, as D.3/D.4 require: unknown top-level members, keys with an unknown or missing kty or use.
+    Refused, as go-spiffe does: no `keys` array, an x5c that is not exactly one certificate (D.5), a
+    jwt-svid key without a kid (D.6); also private key material, invalid key parameters, an x5c certificate
+    whose key differs from the JWK's (RFC 7517 4.7) and duplicate kids, which would make JWT verification
+    ambiguous.
+    """
     if len(data) > max_bytes:
         raise BundleError(f"bundle is larger than {max_bytes} bytes")
     try:
         document = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting fits well within the size limit
+    except (ValueError, RecursionError):  # deep nesting fits well within the size limit
         raise BundleError("bundle is not valid JSON") from None
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise BundleError("bundle has no 'keys' array (it must be a JWK Set)")
     x509_authorities: list[x509.Certificate] = []
     jwt_authorities: dict[str, PublicKeyTypes] = {}
     for index, jwk in enumerate(document["keys"]):
+        where = f"keys[{index}]"
         if not isinstance(jwk, dict):
-            raise BundleError(f"keys[{index}] is not a JSON object")
+            raise BundleError(f"{where} is not a JSON object")
         use, kty = jwk.get("use"), jwk.get("kty")
-        if use not in (X509_SVID_USE, JWT_SVID_USE) or kty not in _KNOWN_KTY:
-            continue  # unknown use or kty: ignore this key, not the bundle (D.4)
-        key = _load_jwk(jwk)
+        if use not in (X509_SVID_USE, JWT_SVID_USE) or kty not in ("EC", "RSA"):
+            continue
         if use == X509_SVID_USE:
-            x5c = jwk.get("x5c")
-            if not isinstance(x5c, list) or len(x5c) != 1:
-                raise BundleError(f"keys[{index}]: an x509-svid key needs x5c with exactly one certificate")
-            try:
-                certificate = x509.load_der_x509_certificate(base64.b64decode(x5c[0], validate=True))
-            except (ValueError, TypeError):
-                raise BundleError(f"keys[{index}]: x5c is not a base64 DER certificate") from None
-            if _public_jwk(certificate.public_key()) != _public_jwk(key):
-                raise BundleError(f"keys[{index}]: key parameters do not match the x5c certificate")
-            x509_authorities.append(certificate)
-        else:
-            kid = jwk.get("kid")
-            if not isinstance(kid, str) or not kid:
-                raise BundleError(f"keys[{index}]: a jwt-svid key needs a kid")
-            if kid in jwt_authorities:
-                raise BundleError(f"keys[{index}]: duplicate kid {kid!r}")
-            jwt_authorities[kid] = key
-    sequence = document.get("spiffe_sequence")
-    hint = document.get("spiffe_refresh_hint")
-    for name, value in (("spiffe_sequence", sequence), ("spiffe_refresh_hint", hint)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise BundleError(f"{name} must be a non-negative integer")
-    return Bundle(trust_domain, tuple(x509_authorities), jwt_authorities, sequence, hint)
+            x509_authorities.append(_x509_authority(jwk, where))
+            continue
+        kid = jwk.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise BundleError(f"{where}: a jwt-svid key needs a kid")
+        if kid in jwt_authorities:
+            raise BundleError(f"{where}: duplicate kid {kid!r}")
+        jwt_authorities[kid] = _load_jwk(jwk, where)
+    return Bundle(
+        trust_domain,
+        tuple(x509_authorities),
+        jwt_authorities,
+        _non_negative_int(document, "spiffe_sequence"),
+        _non_negative_int(document, "spiffe_refresh_hint"),
+    )

@@ -1,40 +1,87 @@
-"""X.509-SVID rules, verifier side (checklist section B).
+"""X.509-SVID rules, verifier side (checklist section B; X509-SVID.md sections 3-5).
 
-`verify_chain` does RFC 5280 path validation itself with cryptography's primitives: the web-PKI policy of
-`cryptography.x509.verification` demands things SPIFFE does not (hostnames, specific extension sets), and
-SPIFFE anchors come only from the bundle of the leaf's own trust domain.
+`verify_chain` does RFC 5280 path validation itself with cryptography's primitives rather than with
+`cryptography.x509.verification`: that module applies the CA/Browser Forum web-PKI profile, which refuses
+valid SPIFFE chains (every certificate below the root must carry an authorityKeyIdentifier, which SPIFFE
+does not require), and its server verifier can only match DNS names and IP addresses, never a SPIFFE ID.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import ipaddress
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
+from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
 from kubespiffe.spiffe.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 
 MAX_CHAIN = 8
+
+# Critical extensions this module can honour. Key identifiers only help to find issuers, and certificate
+# policies do not change the outcome because any policy is accepted (RFC 5280 6.1 with any-policy and no
+# explicit policy required). Everything else, such as policy constraints or CRL distribution points (no
+# revocation checking here), is refused when critical.
+_PROCESSED = frozenset(
+    {
+        ExtensionOID.BASIC_CONSTRAINTS,
+        ExtensionOID.KEY_USAGE,
+        ExtensionOID.EXTENDED_KEY_USAGE,
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+        ExtensionOID.NAME_CONSTRAINTS,
+        ExtensionOID.CERTIFICATE_POLICIES,
+        ExtensionOID.SUBJECT_KEY_IDENTIFIER,
+        ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+    }
+)
+
+_TLS_PURPOSES = frozenset({ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH})
+_E = TypeVar("_E", bound=x509.ExtensionType)
 
 
 class X509SvidError(ValueError):
     """The certificate or chain breaks an X.509-SVID rule; the message names it."""
 
 
-def _extension(
-    cert: x509.Certificate, kind: type[x509.ExtensionType]
-) -> x509.Extension[x509.ExtensionType] | None:
+def _describe(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string() or f"certificate serial {cert.serial_number:x}"
+
+
+def _extensions(cert: x509.Certificate) -> x509.Extensions:
     try:
-        return cert.extensions.get_extension_for_class(kind)
+        return cert.extensions
+    except (ValueError, x509.DuplicateExtension) as exc:  # DuplicateExtension is not a ValueError
+        raise X509SvidError(f"{_describe(cert)} has malformed extensions: {exc}") from None
+
+
+def _extension(cert: x509.Certificate, kind: type[_E]) -> x509.Extension[_E] | None:
+    try:
+        return _extensions(cert).get_extension_for_class(kind)
     except x509.ExtensionNotFound:
         return None
 
 
-def id_from_certificate(cert: x509.Certificate) -> SpiffeId:
-    """The certificate's SPIFFE ID: exactly one URI SAN, and it must parse as a SPIFFE ID."""
+def _check_critical_extensions(cert: x509.Certificate, what: str) -> None:
+    """RFC 5280 6.1.3: a critical extension the verifier does not process makes the certificate unusable."""
+    for extension in _extensions(cert):
+        if extension.critical and extension.oid not in _PROCESSED:
+            oid = extension.oid.dotted_string
+            raise X509SvidError(f"{what} has a critical extension this verifier does not process: {oid}")
+
+
+def _uri_sans(cert: x509.Certificate) -> list[str]:
     san = _extension(cert, x509.SubjectAlternativeName)
-    uris = san.value.get_values_for_type(x509.UniformResourceIdentifier) if san else []  # type: ignore[attr-defined]
+    return san.value.get_values_for_type(x509.UniformResourceIdentifier) if san else []
+
+
+def id_from_certificate(cert: x509.Certificate) -> SpiffeId:
+    """The certificate's SPIFFE ID: exactly one URI SAN, a valid SPIFFE ID (never "the first of several")."""
+    uris = _uri_sans(cert)
     if len(uris) != 1:
         raise X509SvidError(f"certificate has {len(uris)} URI SANs; an SVID has exactly one")
     try:
@@ -43,57 +90,59 @@ def id_from_certificate(cert: x509.Certificate) -> SpiffeId:
         raise X509SvidError(f"URI SAN is not a SPIFFE ID: {exc}") from None
 
 
-def _check_critical_extensions(cert: x509.Certificate, what: str) -> None:
-    """RFC 5280 6.1.3: a certificate with a critical extension the verifier does not understand is refused."""
-    for extension in cert.extensions:
-        if extension.critical and isinstance(extension.value, x509.UnrecognizedExtension):
-            raise X509SvidError(
-                f"{what} has an unrecognised critical extension {extension.oid.dotted_string}"
-            )
-
-
 def check_leaf(cert: x509.Certificate) -> SpiffeId:
-    """B.1-B.5, B.9. EKU is optional (SHOULD); when present it must allow both TLS client and server."""
+    """Enforce B.1-B.5 and B.9 on a leaf and return its SPIFFE ID.
+
+    A missing basicConstraints extension means cA=false and is accepted. extendedKeyUsage is optional (a
+    SHOULD), but X509-SVID.md 4.4 says that when present it MUST contain both serverAuth and clientAuth, so
+    a leaf whose EKU lacks either is refused.
+    """
     _check_critical_extensions(cert, "leaf")
     spiffe_id = id_from_certificate(cert)
     if not spiffe_id.path:
         raise X509SvidError("leaf SPIFFE ID has no path (a trust domain ID is not a workload ID)")
     san = _extension(cert, x509.SubjectAlternativeName)
-    assert san is not None
-    if len(cert.subject) == 0 and not san.critical:
+    if len(cert.subject) == 0 and not (san and san.critical):
         raise X509SvidError("leaf has an empty Subject, so its SAN extension must be critical")
     constraints = _extension(cert, x509.BasicConstraints)
-    if constraints is not None and constraints.value.ca:  # type: ignore[attr-defined]
+    if constraints is not None and constraints.value.ca:
         raise X509SvidError("leaf has cA=true")
     usage = _extension(cert, x509.KeyUsage)
     if usage is None or not usage.critical:
         raise X509SvidError("leaf keyUsage must be present and critical")
-    ku: x509.KeyUsage = usage.value  # type: ignore[assignment]
-    if not ku.digital_signature:
+    if not usage.value.digital_signature:
         raise X509SvidError("leaf keyUsage lacks digitalSignature")
-    if ku.key_cert_sign:
+    if usage.value.key_cert_sign:
         raise X509SvidError("leaf keyUsage has keyCertSign")
-    if ku.crl_sign:
+    if usage.value.crl_sign:
         raise X509SvidError("leaf keyUsage has cRLSign")
     eku = _extension(cert, x509.ExtendedKeyUsage)
-    if eku is not None:
-        purposes = set(eku.value)  # type: ignore[call-overload]
-        if not {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= purposes:
-            raise X509SvidError("leaf extendedKeyUsage must include both serverAuth and clientAuth")
+    if eku is not None and not set(eku.value) >= _TLS_PURPOSES:
+        raise X509SvidError("leaf extendedKeyUsage must include both serverAuth and clientAuth")
     return spiffe_id
 
 
 def check_signing_ca(cert: x509.Certificate) -> None:
-    """B.6: cA=true and keyCertSign in a critical keyUsage (digitalSignature accepted on upstream CAs)."""
-    _check_critical_extensions(cert, f"issuer {cert.subject.rfc4514_string()}")
+    """B.6: cA=true and keyCertSign in a critical keyUsage; its SPIFFE ID, if any, has no path (A.6).
+
+    digitalSignature is accepted: kubespiffe never sets it on the CAs it mints, but upstream CAs often do.
+    """
+    what = f"issuer {_describe(cert)}"
+    _check_critical_extensions(cert, what)
     constraints = _extension(cert, x509.BasicConstraints)
-    if constraints is None or not constraints.value.ca:  # type: ignore[attr-defined]
-        raise X509SvidError(f"issuer {cert.subject.rfc4514_string()} is not a CA (cA=true missing)")
+    if constraints is None or not constraints.value.ca:
+        raise X509SvidError(f"{what} is not a CA (cA=true missing)")
     usage = _extension(cert, x509.KeyUsage)
-    if usage is None or not usage.critical or not usage.value.key_cert_sign:  # type: ignore[attr-defined]
-        raise X509SvidError(
-            f"issuer {cert.subject.rfc4514_string()} lacks a critical keyUsage with keyCertSign"
-        )
+    if usage is None or not usage.critical or not usage.value.key_cert_sign:
+        raise X509SvidError(f"{what} lacks a critical keyUsage with keyCertSign")
+    for uri in _uri_sans(cert):
+        if uri.lower().startswith("spiffe:"):
+            try:
+                has_path = bool(SpiffeId.parse(uri).path)
+            except SpiffeIdError as exc:
+                raise X509SvidError(f"{what} has a URI SAN that is not a SPIFFE ID: {exc}") from None
+            if has_path:
+                raise X509SvidError(f"{what} has SPIFFE ID {uri}; a signing CA's SPIFFE ID has no path")
 
 
 def _check_time(cert: x509.Certificate, now: dt.datetime, what: str) -> None:
@@ -103,12 +152,73 @@ def _check_time(cert: x509.Certificate, now: dt.datetime, what: str) -> None:
         raise X509SvidError(f"{what} has expired")
 
 
+def _check_path_len(ca: x509.Certificate, below: int) -> None:
+    constraints = _extension(ca, x509.BasicConstraints)
+    limit = constraints.value.path_length if constraints else None
+    if limit is not None and below > limit:
+        raise X509SvidError(f"{_describe(ca)} allows {limit} CAs below it, the chain has {below}")
+
+
+def _dns_within(name: str, constraint: str) -> bool:
+    name, constraint = name.lower().rstrip("."), constraint.lower().rstrip(".")
+    if constraint.startswith("."):
+        return name.endswith(constraint)
+    return not constraint or name == constraint or name.endswith("." + constraint)
+
+
+def _within(name: x509.GeneralName, subtree: x509.GeneralName) -> bool:
+    """RFC 5280 4.2.1.10 matching for the name types that can appear in an SVID chain."""
+    if isinstance(name, x509.DNSName) and isinstance(subtree, x509.DNSName):
+        return _dns_within(name.value, subtree.value)
+    if isinstance(name, x509.UniformResourceIdentifier) and isinstance(subtree, type(name)):
+        # The host is constrained: ".example.org" admits hosts below example.org, "example.org" only itself.
+        host, constraint = urlsplit(name.value).hostname or "", subtree.value.lower()
+        return host.endswith(constraint) if constraint[:1] == "." else host == constraint
+    if isinstance(name, x509.IPAddress) and isinstance(subtree, x509.IPAddress):
+        network = subtree.value
+        return isinstance(network, ipaddress.IPv4Network | ipaddress.IPv6Network) and name.value in network
+    return False
+
+
+def _check_name_constraints(ca: x509.Certificate, below: Sequence[x509.Certificate]) -> None:
+    """Apply `ca`'s nameConstraints to the URI, DNS and IP SANs of every certificate below it.
+
+    This keeps a CA constrained to one trust domain from issuing for another even when both trust domains'
+    bundles hold the same root. Other name types are not processed, so constraints on them are refused.
+    """
+    constraints = _extension(ca, x509.NameConstraints)
+    if constraints is None:
+        return
+    kinds = (x509.DNSName, x509.UniformResourceIdentifier, x509.IPAddress)
+    permitted = list(constraints.value.permitted_subtrees or ())
+    excluded = list(constraints.value.excluded_subtrees or ())
+    unsupported = sorted({type(t).__name__ for t in permitted + excluded if not isinstance(t, kinds)})
+    if unsupported:
+        raise X509SvidError(f"{_describe(ca)} has name constraints on unsupported name types: {unsupported}")
+    for cert in below:
+        san = _extension(cert, x509.SubjectAlternativeName)
+        for name in (n for n in (san.value if san else ()) if isinstance(n, kinds)):
+            if any(_within(name, t) for t in excluded):
+                raise X509SvidError(f"{name.value} is excluded by the name constraints of {_describe(ca)}")
+            allowed = [t for t in permitted if type(t) is type(name)]
+            if allowed and not any(_within(name, t) for t in allowed):
+                raise X509SvidError(f"{name.value} is outside the name constraints of {_describe(ca)}")
+
+
+def _check_issuer(
+    issuer: x509.Certificate, path: Sequence[x509.Certificate], now: dt.datetime, what: str
+) -> None:
+    check_signing_ca(issuer)
+    _check_time(issuer, now, what)
+    _check_path_len(issuer, len(path) - 1)
+    _check_name_constraints(issuer, path)
+
+
 def _signed_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if child.issuer != issuer.subject:
-        return False
+    """verify_directly_issued_by checks both the issuer/subject name chaining and the signature."""
     try:
         child.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, Exception):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
 
@@ -118,44 +228,43 @@ def verify_chain(
     bundles: Mapping[TrustDomain, Sequence[x509.Certificate]],
     now: dt.datetime,
 ) -> SpiffeId:
-    """Validate leaf-first `chain` against the X.509 authorities of the leaf's own trust domain only."""
+    """Validate a leaf-first chain (B.8) and return the leaf's SPIFFE ID.
+
+    Anchors are the X.509 authorities of the leaf's own trust domain only; the other certificates of `chain`
+    are candidate intermediates in any order. Every candidate issuer is tried, so an expired root kept next
+    to its renewed twin (same name and key) or a cross-signed CA does not hide a valid path.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
     if not chain:
         raise X509SvidError("empty certificate chain")
     if len(chain) > MAX_CHAIN:
         raise X509SvidError(f"chain is longer than {MAX_CHAIN} certificates")
     leaf = chain[0]
     spiffe_id = check_leaf(leaf)
-    anchors = bundles.get(spiffe_id.trust_domain)
+    anchors = tuple(bundles.get(spiffe_id.trust_domain, ()))
     if not anchors:
         raise X509SvidError(f"no bundle for trust domain {spiffe_id.trust_domain}: untrusted")
     _check_time(leaf, now, "leaf")
-    current = leaf
-    intermediates = list(chain[1:])
-    below = 0  # CA certificates between the leaf and the current issuer, for pathLen
-    while True:
-        for anchor in anchors:
-            if _signed_by(current, anchor):
-                check_signing_ca(anchor)
-                _check_time(anchor, now, "trust anchor")
-                _check_path_len(anchor, below)
-                return spiffe_id
-        issuer = next((c for c in intermediates if _signed_by(current, c)), None)
-        if issuer is None:
-            raise X509SvidError(
-                f"chain does not lead to an authority of trust domain {spiffe_id.trust_domain}"
-            )
-        check_signing_ca(issuer)
-        _check_time(issuer, now, "intermediate")
-        _check_path_len(issuer, below)
-        intermediates.remove(issuer)
-        current = issuer
-        below += 1
+    signed_by = functools.cache(_signed_by)  # per call: each pair is verified once, however many paths
 
+    def extend(path: list[x509.Certificate], spare: list[x509.Certificate]) -> None:
+        failures: list[X509SvidError] = []
+        candidates = [(a, True) for a in anchors] + [(c, False) for c in spare]
+        for issuer, is_anchor in candidates:
+            if not signed_by(path[-1], issuer):
+                continue
+            try:
+                _check_issuer(issuer, path, now, "trust anchor" if is_anchor else "intermediate")
+                if not is_anchor:
+                    extend([*path, issuer], [c for c in spare if c is not issuer])
+            except X509SvidError as exc:
+                failures.append(exc)
+            else:
+                return
+        if failures:
+            raise failures[0]
+        raise X509SvidError(f"chain does not lead to an authority of trust domain {spiffe_id.trust_domain}")
 
-def _check_path_len(ca: x509.Certificate, below: int) -> None:
-    constraints = _extension(ca, x509.BasicConstraints)
-    limit = constraints.value.path_length if constraints else None  # type: ignore[attr-defined]
-    if limit is not None and below > limit:
-        raise X509SvidError(
-            f"{ca.subject.rfc4514_string()} allows {limit} CAs below it, the chain has {below}"
-        )
+    extend([leaf], list(chain[1:]))
+    return spiffe_id
