@@ -379,22 +379,63 @@ def _document(
     }
 
 
-def federation_crd() -> dict[str, Any]:
-    """FederatedTrustDomain: the same admission rules as registry.federation.FederatedTrustDomain."""
-    td_pattern = "^[a-z0-9._-]+$"
+def _federation_spec() -> Schema:
+    https = f"self.startsWith({_lit(fed.URL_SCHEME_PREFIX)})"
+    userinfo = f"self.matches({_lit(fed.URL_USERINFO_RE)})"
+    shape = f"self.matches({_lit(fed.URL_RE)})"
+    url = _string(
+        "The peer's SPIFFE bundle endpoint: https://HOST[:PORT][/PATH][?QUERY], HOST a DNS name or an IPv4 "
+        "address; no userinfo, no fragment.",
+        fed.MAX_URL_LENGTH,
+        minLength=1,
+        **{
+            "x-kubernetes-validations": [
+                _rule(https, "bundleEndpointURL must be an https:// URL"),
+                _rule(f"!{userinfo}", "bundleEndpointURL must not carry userinfo (user:password@)"),
+                _rule(
+                    f"!{https} || {userinfo} || {shape}",
+                    "bundleEndpointURL must be https://HOST[:PORT][/PATH][?QUERY] with a DNS name or IPv4 "
+                    "address as HOST, in printable ASCII (percent-encode anything else), without a #fragment",
+                ),
+                _rule(
+                    f"!{shape} || (isURL(self) && url(self).getHost() != '' && "
+                    f"(url(self).getPort() == '' || int(url(self).getPort()) <= {fed.MAX_PORT}))",
+                    f"bundleEndpointURL port must be between 1 and {fed.MAX_PORT}",
+                ),
+            ]
+        },
+    )
+    endpoint_id = _string(
+        "https_spiffe only: the exact SPIFFE ID the endpoint's X.509-SVID must carry, a workload ID (with a "
+        "path) in trustDomain.",
+        fed.MAX_ENDPOINT_ID_LENGTH,
+        minLength=1,
+        **{
+            "x-kubernetes-validations": [
+                _rule(
+                    f"self.matches({_lit(fed.ENDPOINT_ID_RE)})",
+                    "endpointSPIFFEID must be spiffe://<trust domain>/<path>: a lower-case trust domain name "
+                    "and one or more /segments made of A-Z a-z 0-9 . _ -",
+                ),
+                _rule(
+                    f"!self.matches({_lit(fed.ENDPOINT_ID_DOT_SEGMENT_RE)})",
+                    "endpointSPIFFEID must not have a '.' or '..' path segment",
+                ),
+            ]
+        },
+    )
     profile = {
         "type": "object",
-        "description": "How to authenticate the endpoint (SPIFFE federation profiles; never a fallback).",
+        "description": "How to authenticate the endpoint (a SPIFFE federation profile; never a fallback).",
         "required": ["type"],
         "properties": {
             "type": {
                 "type": "string",
                 "enum": list(fed.PROFILES),
-                "description": "https_spiffe or https_web.",
+                "description": "https_spiffe (the endpoint presents an X.509-SVID) or https_web (a WebPKI "
+                "certificate naming the host).",
             },
-            "endpointSPIFFEID": _string(
-                "https_spiffe: the exact SPIFFE ID the endpoint's X.509-SVID must carry.", 2048
-            ),
+            "endpointSPIFFEID": endpoint_id,
         },
         "x-kubernetes-validations": [
             _rule(
@@ -407,39 +448,48 @@ def federation_crd() -> dict[str, Any]:
             ),
         ],
     }
-    spec = {
-        "type": "object",
-        "required": ["trustDomain", "bundleEndpointURL", "bundleEndpointProfile"],
-        "properties": {
-            "trustDomain": _string(
-                "The foreign trust domain name, e.g. partner.example.",
-                MAX_TRUST_DOMAIN_BYTES,
-                pattern=td_pattern,
-            ),
-            "bundleEndpointURL": _string(
-                "The peer's SPIFFE bundle endpoint: https, no userinfo.",
-                fed.MAX_URL_LENGTH,
-                **{
-                    "x-kubernetes-validations": [
-                        _rule("self.startsWith('https://')", "bundleEndpointURL must be an https:// URL"),
-                        _rule(
-                            "!self.substring(8).split('/')[0].contains('@')",
-                            "bundleEndpointURL must not carry userinfo",
-                        ),
-                        _rule(
-                            "isURL(self) && url(self).getHost() != ''",
-                            "bundleEndpointURL must be a URL with a host",
-                        ),
-                    ]
-                },
-            ),
-            "bundleEndpointProfile": profile,
-            "trustDomainBundle": _string(
-                "Bootstrap bundle (SPIFFE bundle JSON, or PEM certificates): authenticates the first "
-                "https_spiffe fetch, and is served to workloads until the first fetch succeeds.",
-                fed.MAX_BOOTSTRAP_BYTES,
-            ),
+    starts = " || ".join(f"self.startsWith({_lit(prefix)})" for prefix in fed.BOOTSTRAP_PREFIXES)
+    bootstrap = _string(
+        "Bootstrap bundle (SPIFFE bundle JSON, or PEM certificates), at most 256 KiB: authenticates the "
+        "first https_spiffe fetch, and is served to workloads until the first fetch succeeds. Required for "
+        "https_spiffe.",
+        fed.MAX_BOOTSTRAP_BYTES,
+        minLength=1,
+        **{
+            "x-kubernetes-validations": [
+                _rule(
+                    starts,
+                    "trustDomainBundle must be SPIFFE bundle JSON (starting with '{') or PEM certificates "
+                    "(starting with -----BEGIN CERTIFICATE-----)",
+                ),
+                _rule(
+                    f"size(bytes(self)) <= {fed.MAX_BOOTSTRAP_BYTES}",
+                    f"trustDomainBundle must be at most {fed.MAX_BOOTSTRAP_BYTES} bytes of UTF-8",
+                ),
+            ]
         },
+    )
+    trust_domain = _string(
+        "The foreign trust domain name, e.g. partner.example (no spiffe://). Cannot change: the status "
+        "bundle belongs to it; delete and recreate instead.",
+        MAX_TRUST_DOMAIN_BYTES,
+        minLength=1,
+        pattern=m.TRUST_DOMAIN_NAME_RE,
+        **{"x-kubernetes-validations": [_rule("self == oldSelf", "trustDomain cannot change")]},
+    )
+    properties = {
+        "trustDomain": trust_domain,
+        "bundleEndpointURL": url,
+        "bundleEndpointProfile": profile,
+        "trustDomainBundle": bootstrap,
+    }
+    if list(properties) != list(fed.SPEC_FIELDS):
+        raise LookupError("federation.SPEC_FIELDS and the FederatedTrustDomain CRD schema disagree")
+    return {
+        "type": "object",
+        "description": "The foreign trust domain, its bundle endpoint and how to authenticate it.",
+        "required": ["trustDomain", "bundleEndpointURL", "bundleEndpointProfile"],
+        "properties": properties,
         "x-kubernetes-validations": [
             _rule(
                 "self.bundleEndpointProfile.type != 'https_spiffe' || has(self.trustDomainBundle)",
@@ -448,29 +498,51 @@ def federation_crd() -> dict[str, Any]:
             _rule(
                 "!has(self.bundleEndpointProfile.endpointSPIFFEID) || self.bundleEndpointProfile"
                 ".endpointSPIFFEID.startsWith('spiffe://' + self.trustDomain + '/')",
-                "endpointSPIFFEID must be a SPIFFE ID with a path in trustDomain",
+                "endpointSPIFFEID must be in trustDomain: spiffe://<trustDomain>/<path>",
             ),
         ],
     }
+
+
+def _federation_status() -> Schema:
     status = _status_schema()
     status["description"] = "Written by the kubespiffed Lease holder after every fetch."
+    conditions = status["properties"]["conditions"]
+    conditions["description"] = (
+        f"Ready=True (reason {fed.FETCHED}): the last fetch succeeded. Ready=False (reason "
+        f"{fed.FETCH_FAILED}): it failed and the last good bundle, or the bootstrap bundle, is still served."
+    )
+    conditions["items"]["properties"]["reason"]["description"] = (
+        f"CamelCase reason: {fed.FETCHED}, {fed.FETCH_FAILED} or {fed.BOOTSTRAPPED}."
+    )
     status["properties"].update(
         {
+            # The fetcher accepts bundles up to spiffe.bundle.MAX_BUNDLE_BYTES, so this holds any of them.
             "bundle": _string("The last good bundle (SPIFFE bundle JSON).", fed.MAX_BOOTSTRAP_BYTES * 4),
             "sequence": {
                 "type": "integer",
                 "format": "int64",
-                "description": "spiffe_sequence of that bundle.",
+                "minimum": 0,
+                "description": "spiffe_sequence of that bundle (0 when it has none).",
             },
             "lastRefreshTime": {
                 "type": "string",
                 "format": "date-time",
                 "description": "Last fetch attempt.",
             },
-            "nextRefreshTime": {"type": "string", "format": "date-time", "description": "Next fetch."},
+            "nextRefreshTime": {
+                "type": "string",
+                "format": "date-time",
+                "description": "Next fetch attempt.",
+            },
         }
     )
-    return _document(
+    return status
+
+
+def federation_crd() -> dict[str, Any]:
+    """FederatedTrustDomain: the same admission rules as registry.federation.FederatedTrustDomain."""
+    document = _document(
         fed.KIND,
         "Cluster",
         "ftd",
@@ -483,9 +555,11 @@ def federation_crd() -> dict[str, Any]:
         ],
         "A foreign trust domain whose bundle kubespiffed fetches and hands to workloads whose registrations "
         "list it in federatesWith.",
-        spec,
-        status,
+        _federation_spec(),
+        _federation_status(),
     )
+    document["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["required"] = ["spec"]
+    return document
 
 
 _HEADER = "# Generated by `python -m kubespiffe.registry.crds deploy/crds`; do not edit.\n"
@@ -496,7 +570,12 @@ def render(kind: m.Kind) -> str:
     return _HEADER + yaml.safe_dump(crd(kind), sort_keys=False, width=120)
 
 
-def filename(kind: m.Kind) -> str:
+def render_federation() -> str:
+    """The FederatedTrustDomain YAML text committed under deploy/crds/."""
+    return _HEADER + yaml.safe_dump(federation_crd(), sort_keys=False, width=120)
+
+
+def filename(kind: m.Kind | str) -> str:
     return f"{kind.lower()}s.{m.GROUP}.yaml"
 
 
@@ -508,8 +587,8 @@ def write(outdir: Path) -> list[Path]:
         path = outdir / filename(kind)
         path.write_text(render(kind))
         written.append(path)
-    path = outdir / f"{fed.KIND.lower()}s.{m.GROUP}.yaml"
-    path.write_text(_HEADER + yaml.safe_dump(federation_crd(), sort_keys=False, width=120))
+    path = outdir / filename(fed.KIND)
+    path.write_text(render_federation())
     written.append(path)
     return written
 
