@@ -1,7 +1,8 @@
-"""Certificate fixtures for the SPIFFE domain tests, built with cryptography alone.
+"""Certificate, key and CSR fixtures for the unit tests, built with cryptography alone.
 
-No kubespiffe code takes part, so the verifier is never checked against the issuer it is meant to judge.
-Every profile field can be dropped or changed, to reproduce go-spiffe's x509svid testdata cases and more.
+This is the one place tests build CAs, leaves and CSRs. No kubespiffe code takes part, so the verifier is
+never checked against the issuer it is meant to judge. Every profile field can be dropped or changed, to
+reproduce go-spiffe's x509svid testdata cases and more.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from functools import cache
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
-Key = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+Key = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+# What a CSR may be signed with, including key types kubespiffe refuses.
+CsrKey = Key | ed448.Ed448PrivateKey | dsa.DSAPrivateKey
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
@@ -44,6 +47,14 @@ class Issued:
     cert: x509.Certificate
     key: Key
 
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+
 
 def ec_key(curve: ec.EllipticCurve | None = None) -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(curve or ec.SECP256R1())
@@ -68,6 +79,11 @@ def key_usage(flags: Collection[str]) -> x509.KeyUsage:
     return x509.KeyUsage(**{flag: flag in flags for flag in USAGE_FLAGS})
 
 
+def _hash_for(key: CsrKey) -> hashes.SHA256 | None:
+    """EdDSA signs without a separate hash; everything else here uses SHA-256."""
+    return None if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey) else hashes.SHA256()
+
+
 def build(
     subject: x509.Name,
     issuer: Issued | None,
@@ -83,9 +99,13 @@ def build(
     not_before: dt.datetime = NOW - DAY,
     not_after: dt.datetime = NOW + DAY,
     issuer_name: x509.Name | None = None,
+    key_identifiers: bool = False,
     extra: Sequence[tuple[x509.ExtensionType, bool]] = (),
 ) -> Issued:
-    """One certificate; `issuer=None` self-signs it. `None` for ca/usage/eku leaves that extension out."""
+    """One certificate; `issuer=None` self-signs it. `None` for ca/usage/eku leaves that extension out.
+
+    `key_identifiers` adds SKI and AKI, which TLS stacks may want and the SPIFFE verifier does not need.
+    """
     key = key or ec_key()
     signer = issuer.key if issuer else key
     builder = (
@@ -105,9 +125,15 @@ def build(
         builder = builder.add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(names)), critical=san_critical)
+    if key_identifiers:
+        builder = builder.add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+        ).add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False
+        )
     for extension, critical in extra:
         builder = builder.add_extension(extension, critical=critical)
-    return Issued(builder.sign(signer, hashes.SHA256()), key)
+    return Issued(builder.sign(signer, _hash_for(signer)), key)
 
 
 def uris(*values: str) -> list[x509.GeneralName]:
@@ -122,11 +148,13 @@ def make_ca(
     key: Key | None = None,
     ca: bool | None = True,
     usage: Collection[str] | None = CA_USAGE,
+    usage_critical: bool = True,
     not_before: dt.datetime = NOW - 10 * DAY,
     not_after: dt.datetime = NOW + 10 * DAY,
     path_length: int | None = None,
     names: Sequence[x509.GeneralName] | None = None,
     subject: x509.Name | None = None,
+    key_identifiers: bool = False,
     extra: Sequence[tuple[x509.ExtensionType, bool]] = (),
 ) -> Issued:
     """A signing CA in the SPIFFE profile (URI SAN spiffe://<trust domain>, no EKU) unless told otherwise."""
@@ -139,9 +167,11 @@ def make_ca(
         ca=ca,
         path_length=path_length,
         usage=usage,
+        usage_critical=usage_critical,
         eku=None,
         not_before=not_before,
         not_after=not_after,
+        key_identifiers=key_identifiers,
         extra=extra,
     )
 
@@ -155,12 +185,14 @@ def make_leaf(
     key: Key | None = None,
     san_critical: bool = False,
     ca: bool | None = False,
+    path_length: int | None = None,
     usage: Collection[str] | None = LEAF_USAGE,
     usage_critical: bool = True,
     eku: Sequence[ObjectIdentifier] | None = TLS_EKU,
     not_before: dt.datetime = NOW - DAY,
     not_after: dt.datetime = NOW + DAY,
     issuer_name: x509.Name | None = None,
+    key_identifiers: bool = False,
     extra: Sequence[tuple[x509.ExtensionType, bool]] = (),
 ) -> Issued:
     """A leaf X.509-SVID for `spiffe_id` signed by `issuer`, in the SPIFFE profile unless told otherwise."""
@@ -171,12 +203,14 @@ def make_leaf(
         names=uris(spiffe_id) if names is None else names,
         san_critical=san_critical,
         ca=ca,
+        path_length=path_length,
         usage=usage,
         usage_critical=usage_critical,
         eku=eku,
         not_before=not_before,
         not_after=not_after,
         issuer_name=issuer_name,
+        key_identifiers=key_identifiers,
         extra=extra,
     )
 
@@ -197,3 +231,26 @@ def retag_extension(cert: x509.Certificate, oid: ObjectIdentifier) -> x509.Certi
 
 def der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.DER)
+
+
+def tamper_signature(cert: x509.Certificate) -> x509.Certificate:
+    """Flip a bit in the last byte of the DER, which is inside the signature value."""
+    data = bytearray(der(cert))
+    data[-1] ^= 0x01
+    return x509.load_der_x509_certificate(bytes(data))
+
+
+def make_csr(
+    key: CsrKey,
+    subject: x509.Name = EMPTY_NAME,
+    extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
+) -> x509.CertificateSigningRequest:
+    """A PKCS#10 request signed by `key`, asking for whatever `subject` and `extensions` say."""
+    builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(key, _hash_for(key))
+
+
+def csr_der(csr: x509.CertificateSigningRequest) -> bytes:
+    return csr.public_bytes(Encoding.DER)

@@ -1,4 +1,4 @@
-"""X.509-SVID verifier rules (checklist B): leaf profile, signing-CA profile, chain validation.
+"""X.509-SVID verifier rules (checklist B): leaf profile, signing-CA profile, chain validation, names.
 
 Fixtures come from tests/unit/certs.py (cryptography only) and reproduce go-spiffe's x509svid testdata
 cases by name: wrong-leaf-ca-true, wrong-leaf-cert-sign, wrong-leaf-crl-sign,
@@ -45,20 +45,28 @@ from tests.unit.certs import (
     name,
     retag_extension,
     rsa_key,
+    tamper_signature,
     uris,
 )
 
 TD = TrustDomain("example.org")
 OTHER_TD = TrustDomain("other.org")
 ID = SpiffeId.parse("spiffe://example.org/ns/a/sa/b")
+OTHER_ID = SpiffeId.parse("spiffe://other.org/ns/a/sa/b")
 ROOT = make_ca("example.org root")
 BUNDLES = {TD: [ROOT.cert]}
+OTHER_ROOT = make_ca("other.org root", trust_domain="other.org")
+FEDERATED = {TD: [ROOT.cert], OTHER_TD: [OTHER_ROOT.cert]}
+RSA_ROOT = make_ca("rsa root", key=rsa_key())
+INTERMEDIATE = make_ca("intermediate", ROOT)
+GOOD_LEAF = make_leaf(ROOT).cert
 SERVER, CLIENT = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
 IP = x509.IPAddress
 CRL_DP = x509.CRLDistributionPoints(
     [x509.DistributionPoint(uris("http://crl.example.org/ca.crl"), None, None, None)]
 )
 UNKNOWN = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00")
+UNKNOWN_2 = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x05\x00")
 
 
 def verify(*chain: Issued, bundles: dict[TrustDomain, list[x509.Certificate]] | None = None) -> SpiffeId:
@@ -69,24 +77,34 @@ def verify(*chain: Issued, bundles: dict[TrustDomain, list[x509.Certificate]] | 
 
 REFUSED_LEAVES: list[tuple[str, dict[str, Any], str]] = [
     ("wrong-leaf-ca-true", {"ca": True}, "cA=true"),
+    ("wrong-leaf-ca-true with pathLen 0", {"ca": True, "path_length": 0}, "cA=true"),
     ("wrong-leaf-cert-sign", {"usage": LEAF_USAGE | {"key_cert_sign"}}, "keyCertSign"),
     ("wrong-leaf-crl-sign", {"usage": LEAF_USAGE | {"crl_sign"}}, "cRLSign"),
     ("wrong-leaf-no-digital-signature", {"usage": {"key_encipherment"}}, "lacks digitalSignature"),
     ("wrong-leaf-empty-id", {"names": []}, "has 0 URI SANs"),
     ("zero URI SANs, a DNS SAN", {"names": [x509.DNSName("a.example.org")]}, "has 0 URI SANs"),
+    ("zero URI SANs, another DNS SAN", {"names": [x509.DNSName("x.example.org")]}, "0 URI SANs"),
     ("two URI SANs", {"names": uris(str(ID), "spiffe://example.org/admin")}, "has 2 URI SANs"),
+    ("two URI SANs, another second ID", {"names": uris(str(ID), "spiffe://example.org/x")}, "2 URI SANs"),
     ("SPIFFE ID and another URI", {"names": uris(str(ID), "https://example.org/")}, "has 2 URI SANs"),
     ("root path ID", {"spiffe_id": "spiffe://example.org"}, "has no path"),
     ("https URI", {"spiffe_id": "https://example.org/ns/a"}, "not a SPIFFE ID"),
     ("invalid SPIFFE ID", {"spiffe_id": "spiffe://example.org/a//b"}, "not a SPIFFE ID"),
     ("space in the path", {"spiffe_id": "spiffe://example.org/a b"}, "not a SPIFFE ID"),
     ("empty subject, SAN not critical", {"subject": EMPTY_NAME}, "SAN extension must be critical"),
+    ("empty subject, SAN not critical, named", {"subject": EMPTY_NAME}, "empty Subject"),
     ("no keyUsage", {"usage": None}, "keyUsage must be present and critical"),
     ("keyUsage not critical", {"usage_critical": False}, "keyUsage must be present and critical"),
     ("EKU serverAuth only", {"eku": [SERVER]}, "both serverAuth and clientAuth"),
     ("EKU clientAuth only", {"eku": [CLIENT]}, "both serverAuth and clientAuth"),
     ("EKU anyExtendedKeyUsage", {"eku": [ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE]}, "both serverAuth"),
+    ("EKU codeSigning only", {"eku": [ExtendedKeyUsageOID.CODE_SIGNING]}, "clientAuth"),
     ("unknown critical extension", {"extra": [(UNKNOWN, True)]}, "does not process: 1.3.6.1.4.1.99999.1"),
+    (
+        "another unknown critical extension",
+        {"extra": [(UNKNOWN_2, True)]},
+        "does not process: 1.3.6.1.4.1.55555.1",
+    ),
     (
         "critical policy constraints",
         {"extra": [(x509.PolicyConstraints(require_explicit_policy=0, inhibit_policy_mapping=None), True)]},
@@ -114,13 +132,20 @@ ACCEPTED_LEAVES: list[tuple[str, dict[str, Any]]] = [
     ("empty subject, critical SAN", {"subject": EMPTY_NAME, "san_critical": True}),
     ("subject and critical SAN", {"san_critical": True}),
     ("keyEncipherment and keyAgreement (MAY)", {"usage": LEAF_USAGE | {"key_encipherment", "key_agreement"}}),
+    ("keyEncipherment (MAY)", {"usage": LEAF_USAGE | {"key_encipherment"}}),
+    ("keyAgreement (MAY)", {"usage": LEAF_USAGE | {"key_agreement"}}),
     (
         "DNS and IP SANs next to the ID",
         {"names": [*uris(str(ID)), x509.DNSName("a.example.org"), IP(ipaddress.ip_address("10.0.0.1"))]},
     ),
+    (
+        "two DNS SANs next to the ID",
+        {"names": [*uris(str(ID)), x509.DNSName("a.example.org"), x509.DNSName("b.example.org")]},
+    ),
     ("RSA key", {"key": rsa_key()}),
     ("P-384 key", {"key": ec_key(ec.SECP384R1())}),
     ("unknown non-critical extension", {"extra": [(UNKNOWN, False)]}),
+    ("another unknown non-critical extension", {"extra": [(UNKNOWN_2, False)]}),
     (
         "critical certificatePolicies (any policy is accepted)",
         {
@@ -176,6 +201,51 @@ def test_id_from_certificate() -> None:
             id_from_certificate(make_leaf(ROOT, names=names).cert)
 
 
+def test_id_from_certificate_folds_scheme_and_trust_domain() -> None:
+    assert id_from_certificate(GOOD_LEAF) == ID
+    assert id_from_certificate(ROOT.cert) == TD.id
+    assert id_from_certificate(make_leaf(ROOT, "SPIFFE://EXAMPLE.ORG/ns/a/sa/b").cert) == ID
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param([], id="no-uri-san"),
+        pytest.param([str(ID), "spiffe://example.org/other"], id="two-spiffe-uris"),
+        pytest.param([str(ID), "https://example.org/x"], id="spiffe-and-https"),
+        pytest.param([str(ID), str(ID)], id="same-uri-twice"),
+        pytest.param(["https://example.org/x"], id="not-spiffe"),
+        pytest.param(["spiffe://example.org/a%20b"], id="percent-encoded"),
+        pytest.param(["spiffe://example.org/"], id="trailing-slash"),
+        pytest.param(["spiffe://example.org:443/a"], id="port"),
+    ],
+)
+def test_uri_sans_other_than_one_spiffe_id_are_refused_everywhere(values: list[str]) -> None:
+    cert = make_leaf(ROOT, names=[*uris(*values), x509.DNSName("web.example.org")]).cert
+    with pytest.raises(X509SvidError):
+        id_from_certificate(cert)
+    with pytest.raises(X509SvidError):
+        check_leaf(cert)
+    with pytest.raises(X509SvidError):
+        verify_chain([cert], FEDERATED, NOW)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["spiffe://example.org/a", "spiffe://example.org/b", "https://x.example"]),
+        max_size=3,
+    )
+)
+def test_exactly_one_uri_san_rule(values: list[str]) -> None:
+    cert = make_leaf(ROOT, names=[*uris(*values), x509.DNSName("dns.example.org")]).cert
+    if len(values) == 1 and values[0].startswith("spiffe://"):
+        assert check_leaf(cert) == SpiffeId.parse(values[0])
+    else:
+        with pytest.raises(X509SvidError):
+            check_leaf(cert)
+
+
 def test_no_san_extension_at_all() -> None:
     leaf = build(name("no san"), ROOT)
     assert not any(e.oid == ExtensionOID.SUBJECT_ALTERNATIVE_NAME for e in leaf.cert.extensions)
@@ -215,6 +285,7 @@ ACCEPTED_CAS: list[tuple[str, dict[str, Any]]] = [
     ("no URI SAN (SHOULD)", {"trust_domain": None}),
     ("a non-SPIFFE URI SAN", {"names": uris("https://pki.example.org/ca")}),
     ("pathLen", {"path_length": 3}),
+    ("pathLen 0", {"path_length": 0}),
     ("critical nameConstraints", {"extra": [(x509.NameConstraints(uris("example.org"), None), True)]}),
     ("critical key identifier", {"extra": [(x509.SubjectKeyIdentifier(b"\x01" * 20), True)]}),
 ]
@@ -231,7 +302,10 @@ REFUSED_CAS: list[tuple[str, dict[str, Any], str]] = [
     ("cA=false", {"ca": False}, "is not a CA"),
     ("no basicConstraints", {"ca": None}, "is not a CA"),
     ("no keyUsage", {"usage": None}, "critical keyUsage with keyCertSign"),
+    ("keyUsage not critical", {"usage_critical": False}, "critical keyUsage"),
     ("keyUsage without keyCertSign", {"usage": {"crl_sign", "digital_signature"}}, "keyCertSign"),
+    ("keyUsage cRLSign only", {"usage": {"crl_sign"}}, "keyCertSign"),
+    ("a leaf's keyUsage", {"usage": {"digital_signature"}}, "keyCertSign"),
     (
         "SPIFFE ID with a path",
         {"names": uris("spiffe://example.org/ca")},
@@ -299,6 +373,18 @@ def test_good_chain_with_an_intermediate() -> None:
         verify(leaf)
 
 
+def test_good_chain_via_two_intermediates_in_either_order() -> None:
+    second = make_ca("second", INTERMEDIATE)
+    leaf = make_leaf(second).cert
+    assert verify_chain([leaf, second.cert, INTERMEDIATE.cert], FEDERATED, NOW) == ID
+    assert verify_chain([leaf, INTERMEDIATE.cert, second.cert], FEDERATED, NOW) == ID
+
+
+def test_good_chain_with_several_anchors() -> None:
+    leaf = make_leaf(RSA_ROOT).cert
+    assert verify_chain([leaf], {TD: [ROOT.cert, RSA_ROOT.cert]}, NOW) == ID
+
+
 @settings(max_examples=24, deadline=None)
 @given(st.permutations(range(3)))
 def test_intermediates_in_any_order(order: list[int]) -> None:
@@ -318,6 +404,18 @@ def test_longest_allowed_chain() -> None:
     assert verify(leaf, *reversed(intermediates)) == ID
     with pytest.raises(X509SvidError, match=f"longer than {MAX_CHAIN}"):
         verify(leaf, *reversed(intermediates), ROOT)
+
+
+def test_chain_of_max_chain_cas_below_the_root_is_refused() -> None:
+    cas = [ROOT]
+    for i in range(MAX_CHAIN):
+        cas.append(make_ca(f"ca{i}", cas[-1]))
+    chain = [make_leaf(cas[-1]).cert, *(c.cert for c in reversed(cas[1:]))]
+    assert len(chain) == MAX_CHAIN + 1
+    with pytest.raises(X509SvidError, match="longer"):
+        verify_chain(chain, FEDERATED, NOW)
+    shorter = make_leaf(cas[-2]).cert  # one CA fewer is within the limit
+    assert verify_chain([shorter, *(c.cert for c in reversed(cas[1:-1]))], FEDERATED, NOW) == ID
 
 
 def test_empty_chain_and_naive_clock() -> None:
@@ -376,6 +474,9 @@ def test_path_length(
         ("intermediate", (NOW + dt.timedelta(seconds=1), NOW + DAY), "intermediate is not valid yet"),
         ("anchor", (NOW - 2 * DAY, NOW - dt.timedelta(seconds=1)), "trust anchor has expired"),
         ("anchor", (NOW + dt.timedelta(seconds=1), NOW + DAY), "trust anchor is not valid yet"),
+        ("intermediate", (NOW - 5 * DAY, NOW - DAY), "intermediate has expired"),
+        ("intermediate", (NOW + DAY, NOW + 5 * DAY), "intermediate is not valid yet"),
+        ("anchor", (NOW - 5 * DAY, NOW - DAY), "trust anchor has expired"),
         ("leaf", (NOW, NOW), None),  # both bounds are inclusive
         ("intermediate", (NOW, NOW), None),
         ("anchor", (NOW, NOW), None),
@@ -391,6 +492,12 @@ def test_validity_windows(where: str, window: tuple[dt.datetime, dt.datetime], m
     else:
         with pytest.raises(X509SvidError, match=message):
             verify(leaf, intermediate, bundles={TD: [root.cert]})
+
+
+def test_validity_bounds_are_inclusive_at_both_ends() -> None:
+    leaf = make_leaf(ROOT, not_before=NOW - DAY, not_after=NOW + DAY).cert
+    assert verify_chain([leaf], FEDERATED, NOW - DAY) == ID
+    assert verify_chain([leaf], FEDERATED, NOW + DAY) == ID
 
 
 @settings(max_examples=60, deadline=None)
@@ -410,6 +517,25 @@ def test_valid_exactly_inside_every_window(leaf_shift: int, intermediate_shift: 
     else:
         with pytest.raises(X509SvidError, match=r"expired|not valid yet"):
             verify_chain([leaf.cert, intermediate.cert], BUNDLES, now)
+
+
+WINDOW_ROOT = make_ca("window root", not_before=NOW - 10 * DAY, not_after=NOW + 10 * DAY)
+WINDOW_MID = make_ca("window mid", WINDOW_ROOT, not_before=NOW - 5 * DAY, not_after=NOW + 8 * DAY)
+WINDOW_LEAF = make_leaf(WINDOW_MID, not_before=NOW - 2 * DAY, not_after=NOW + 2 * DAY).cert
+
+
+@settings(max_examples=200)
+@given(st.integers(min_value=-12 * 86400, max_value=12 * 86400))
+def test_chain_valid_exactly_inside_every_validity_window(offset: int) -> None:
+    """Nested windows, to the second: the chain verifies iff `now` is inside all three."""
+    now = NOW + dt.timedelta(seconds=offset)
+    certs = [WINDOW_LEAF, WINDOW_MID.cert, WINDOW_ROOT.cert]
+    inside = all(c.not_valid_before_utc <= now <= c.not_valid_after_utc for c in certs)
+    if inside:
+        assert verify_chain([WINDOW_LEAF, WINDOW_MID.cert], {TD: [WINDOW_ROOT.cert]}, now) == ID
+    else:
+        with pytest.raises(X509SvidError, match=r"expired|not valid yet"):
+            verify_chain([WINDOW_LEAF, WINDOW_MID.cert], {TD: [WINDOW_ROOT.cert]}, now)
 
 
 def test_expired_root_next_to_its_renewed_twin() -> None:
@@ -459,8 +585,25 @@ def test_leaf_signed_by_another_trust_domains_ca() -> None:
         verify(make_leaf(ROOT, "spiffe://other.org/ns/a/sa/b"), bundles=bundles)
 
 
+def test_leaf_signed_by_another_trust_domains_ca_with_only_our_bundle() -> None:
+    """The leaf claims example.org but was signed by other.org's CA; only example.org's bundle is given."""
+    with pytest.raises(X509SvidError, match="does not lead"):
+        verify_chain([make_leaf(OTHER_ROOT).cert], BUNDLES, NOW)
+
+
+def test_anchors_of_a_different_trust_domain_are_not_used() -> None:
+    """B.8: other.org's CA did sign the example.org leaf, and other.org's bundle is present: still refused."""
+    with pytest.raises(X509SvidError, match="does not lead"):
+        verify_chain([make_leaf(OTHER_ROOT).cert], FEDERATED, NOW)
+    foreign_mid = make_ca("foreign mid", OTHER_ROOT, trust_domain="example.org")  # nor via an intermediate
+    with pytest.raises(X509SvidError, match="does not lead"):
+        verify_chain([make_leaf(foreign_mid).cert, foreign_mid.cert], FEDERATED, NOW)
+
+
 @pytest.mark.parametrize(
-    "bundles", [{}, {OTHER_TD: [ROOT.cert]}, {TD: []}], ids=["none", "other-only", "empty"]
+    "bundles",
+    [{}, {OTHER_TD: [ROOT.cert]}, {TD: []}, {OTHER_TD: [OTHER_ROOT.cert, ROOT.cert]}],
+    ids=["none", "other-only", "empty", "other-with-ours"],
 )
 def test_no_bundle_for_the_leafs_trust_domain(bundles: dict[TrustDomain, list[x509.Certificate]]) -> None:
     with pytest.raises(X509SvidError, match=r"no bundle for trust domain example\.org"):
@@ -484,6 +627,20 @@ def test_signatures_and_names_must_chain() -> None:
     for leaf in cases:
         with pytest.raises(X509SvidError, match="does not lead"):
             verify_chain([leaf], BUNDLES, NOW)
+
+
+def test_tampered_leaf_signature() -> None:
+    tampered = tamper_signature(GOOD_LEAF)
+    assert tampered.tbs_certificate_bytes == GOOD_LEAF.tbs_certificate_bytes
+    assert tampered.signature != GOOD_LEAF.signature
+    with pytest.raises(X509SvidError, match="does not lead"):
+        verify_chain([tampered], FEDERATED, NOW)
+
+
+def test_tampered_intermediate_signature() -> None:
+    leaf = make_leaf(INTERMEDIATE).cert
+    with pytest.raises(X509SvidError, match="does not lead"):
+        verify_chain([leaf, tamper_signature(INTERMEDIATE.cert)], FEDERATED, NOW)
 
 
 def test_tampered_intermediate() -> None:
