@@ -1,8 +1,29 @@
-"""A tiny HTTPS server for kubespiffed's HTTP endpoints (health, metrics, the SPIFFE bundle endpoint).
+"""kubespiffed's HTTPS endpoints (health, metrics, the SPIFFE bundle endpoint) on `aiohttp.web`.
 
-GET only, one response per connection, bodies produced by plain callables: the daemon needs no web
-framework. TLS follows certificate renewals: each handshake picks the context of the newest certificate
-(an SNI callback swaps it in), so a renewed SVID is served without a restart.
+aiohttp parses HTTP and routes; this module adds what the daemon needs around it:
+
+* TLS follows certificate renewals without a restart. Every handshake runs an SNI callback that asks the
+  `TlsSource` to `refresh()` and swaps in the context of the newest `generation`, so a renewed SVID is
+  served from the next handshake on. TLS 1.2+ only, forward-secret AEAD suites (`server_context`).
+* Routes are `Route`s (an async handler that gets the `aiohttp.web.Request`, and the methods it accepts), or
+  plain callables returning `(status, body, content type)`, which become GET/HEAD-only routes. A method a
+  route does not accept gets 405, a path no route names gets 404.
+
+Every bound, and why it is there (hostile or broken clients reach these ports):
+
+* TLS handshake: `HANDSHAKE_TIMEOUT` (5 s), then the connection is dropped.
+* Request head: the request line and headers must arrive within `header_timeout` (5 s) of the handshake or
+  of the previous response; the same timer closes keep-alive connections idle that long. (aiohttp arms its
+  keep-alive timer when the connection is made, which is what makes it a header timeout.)
+* Request line `MAX_REQUEST_LINE` (4 KiB), one header line `MAX_HEADER_LINE` (8 KiB), `MAX_HEADERS` (64)
+  headers: anything longer is answered 400 and the connection closed.
+* Request body: `MAX_BODY` (1 MiB) through aiohttp's `client_max_size` (413 past it), for future POST routes.
+* Concurrent connections: `max_connections` (256) established connections per server; a handshake past it
+  is refused with a TLS alert, so a flood cannot exhaust memory or file descriptors of the daemon.
+* Shutdown: `wait_closed()` gives in-flight handlers `SHUTDOWN_TIMEOUT` (5 s).
+
+Connection handling is HTTP/1.1's: keep-alive unless the client sends `Connection: close` (or speaks
+HTTP/1.0 without keep-alive), bounded by the idle timer above.
 """
 
 from __future__ import annotations
@@ -10,15 +31,26 @@ from __future__ import annotations
 import asyncio
 import ssl
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from socket import socket
 from typing import Protocol
 
-Response = tuple[int, bytes, str]
-Route = Callable[[], Response]
+from aiohttp import web
 
-_MAX_REQUEST_LINE = 4096
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+Response = tuple[int, bytes, str]
+StaticRoute = Callable[[], Response]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+HANDSHAKE_TIMEOUT = 5.0
+HEADER_TIMEOUT = 5.0
+MAX_REQUEST_LINE = 4096
+MAX_HEADER_LINE = 8192
+MAX_HEADERS = 64
+MAX_BODY = 1024 * 1024
+MAX_CONNECTIONS = 256
+SHUTDOWN_TIMEOUT = 5.0
 # Mozilla "intermediate": TLS 1.2+ with forward-secret AEAD suites (TLS 1.3 suites are always on).
 _CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
@@ -31,11 +63,34 @@ class TlsSource(Protocol):
     def ssl_context(self) -> ssl.SSLContext: ...
 
 
-def server_context(chain_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
-    """A server context from PEM; ssl loads keys only from files, so they pass through tmpfs briefly."""
+@dataclass(frozen=True)
+class Route:
+    """An async handler and the methods it accepts (GET also answers HEAD, without the body)."""
+
+    handler: Handler
+    methods: Collection[str] = ("GET",)
+
+
+def static(route: StaticRoute) -> Route:
+    """A GET/HEAD route whose response comes from a plain callable (health, metrics, the bundle)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        status, body, content_type = route()
+        return web.Response(status=status, body=body, headers={"Content-Type": content_type})
+
+    return Route(handler)
+
+
+def _policy_context() -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(_CIPHERS)
+    return context
+
+
+def server_context(chain_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+    """A server context from PEM; ssl loads keys only from files, so they pass through tmpfs briefly."""
+    context = _policy_context()
     shm = Path("/dev/shm")
     with tempfile.TemporaryDirectory(dir=str(shm) if shm.is_dir() else None) as tmp:
         chain, key = Path(tmp) / "chain.pem", Path(tmp) / "key.pem"
@@ -46,40 +101,87 @@ def server_context(chain_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
     return context
 
 
-async def serve(host: str, port: int, tls: TlsSource, routes: Mapping[str, Route]) -> asyncio.Server:
+class HttpsServer:
+    """A listening endpoint. `close()` stops accepting (like `asyncio.Server.close`); `wait_closed()` then
+    closes the open connections, giving in-flight handlers `SHUTDOWN_TIMEOUT` to finish."""
+
+    def __init__(self, listener: asyncio.Server, runner: web.AppRunner) -> None:
+        self._listener = listener
+        self._runner = runner
+
+    @property
+    def sockets(self) -> tuple[socket, ...]:
+        return tuple(self._listener.sockets)
+
+    def close(self) -> None:
+        self._listener.close()
+
+    async def wait_closed(self) -> None:
+        self._listener.close()
+        await self._runner.cleanup()
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "kubespiffe"  # instead of aiohttp's, which names Python's and its versions
+
+
+async def serve(
+    host: str,
+    port: int,
+    tls: TlsSource,
+    routes: Mapping[str, Route | StaticRoute],
+    *,
+    header_timeout: float = HEADER_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
+) -> HttpsServer:
+    """Listen on `host:port` with `tls`'s newest certificate and answer `routes` (exact paths)."""
+    app = web.Application(client_max_size=MAX_BODY)
+    for path, route in routes.items():
+        spec = route if isinstance(route, Route) else static(route)
+        for method in spec.methods:
+            if method == "GET":
+                app.router.add_get(path, spec.handler)  # also HEAD
+            else:
+                app.router.add_route(method, path, spec.handler)
+    app.on_response_prepare.append(_server_header)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        keepalive_timeout=header_timeout,
+        max_line_size=MAX_REQUEST_LINE,
+        max_field_size=MAX_HEADER_LINE,
+        max_headers=MAX_HEADERS,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+    )
+    await runner.setup()
+    protocols = runner.server
+    assert protocols is not None  # set by setup()
+
     current = {tls.generation: tls.ssl_context()}
 
-    def pick(sock: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
+    def pick(sock: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> int | None:
+        if len(protocols.connections) >= max_connections:
+            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
         generation = tls.refresh()
         if generation not in current:
             current.clear()
             current[generation] = tls.ssl_context()
         sock.context = current[generation]
+        return None
 
-    outer = tls.ssl_context()
+    # The listening context holds no certificate: `pick` always swaps one in. Protocol versions and ciphers
+    # stay those of the context the connection started with (OpenSSL does not take them from the swapped-in
+    # one), so it carries the same policy. It is our own, so servers sharing a TlsSource never share it.
+    outer = _policy_context()
     outer.sni_callback = pick
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), timeout=5)
-            parts = line[:_MAX_REQUEST_LINE].decode("latin-1").split()
-            if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
-                status, body, ctype = 405, b"only GET\n", "text/plain"
-            else:
-                route = routes.get(parts[1].split("?", 1)[0])
-                status, body, ctype = route() if route else (404, b"not found\n", "text/plain")
-            head = (
-                f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            )
-            writer.write(head.encode() + (b"" if parts and parts[0] == "HEAD" else body))
-            await writer.drain()
-        except (TimeoutError, ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(handle, host, port, ssl=outer)
+    try:
+        listener = await asyncio.get_running_loop().create_server(
+            protocols, host, port, ssl=outer, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+        )
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return HttpsServer(listener, runner)
 
 
 class StaticTls:
