@@ -23,7 +23,6 @@ import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from kubespiffe.agent.files import write_atomic, write_x509_svids
 from kubespiffe.agent.issuer_client import (
@@ -38,6 +37,7 @@ from kubespiffe.agent.issuer_client import (
 )
 from kubespiffe.agent.state import AgentState, HeldX509SVID, Snapshot
 from kubespiffe.agent.workloadapi import IssuedJwt, NoIdentityError, WorkloadAPI
+from kubespiffe.proto import workload_pb2, workload_pb2_grpc
 from kubespiffe.spiffe.bundle import Bundle, parse_pem_certificates
 
 log = logging.getLogger("kubespiffe.agent")

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import grpc
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from google.protobuf import struct_pb2
-from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from kubespiffe.agent.state import AgentState, Snapshot
+from kubespiffe.proto import workload_pb2, workload_pb2_grpc
 from kubespiffe.spiffe.bundle import certificates_to_der, jwks_json
 from kubespiffe.spiffe.jwtsvid import JwtSvidError, validate
 from kubespiffe.spiffe.spiffeid import SpiffeId, SpiffeIdError, TrustDomain

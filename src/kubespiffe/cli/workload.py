@@ -16,9 +16,9 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from kubespiffe.agent.files import write_atomic
+from kubespiffe.proto import workload_pb2, workload_pb2_grpc
 from kubespiffe.spiffe.bundle import certificates_to_pem, parse_der_certificates
 
 HEADER = (("workload.spiffe.io", "true"),)
