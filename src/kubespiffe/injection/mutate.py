@@ -184,8 +184,7 @@ class _Mutation:
         if MIRROR_ANNOTATION in self.annotations:
             raise _Unpatchable("a static (mirror) pod cannot use ServiceAccount tokens or ConfigMaps")
         if _marked(self.annotations, self.init_containers):
-            volume_names = {v.get("name") for v in self.volumes or []}
-            if SOCKET_VOLUME not in volume_names:
+            if not any(v.get("name") == SOCKET_VOLUME for v in self.volumes or []):
                 raise _Unpatchable(f"the pod is marked injected but has no volume {SOCKET_VOLUME}")
             self._wire_all()
             if not self.ops:
@@ -233,7 +232,8 @@ class _Mutation:
     def _wire_all(self) -> None:
         for field, items in (("containers", self.containers), ("ephemeralContainers", self.ephemeral)):
             for index, container in enumerate(items or []):
-                if container.get("name") not in self.frozen:
+                name = container.get("name")
+                if not (isinstance(name, str) and name in self.frozen):
                     self._wire(("spec", field, index), container)
 
     def _wire(self, at: tuple[str | int, ...], container: Mapping[str, Any]) -> None:
