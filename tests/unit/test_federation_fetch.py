@@ -194,9 +194,14 @@ async def serve(tmp_path: Path, identity: Issued, routes: dict[str, bytes]) -> A
             if response == SLOW:
                 await asyncio.wait_for(reader.read(), 3)  # until the client gives up
                 return
-            writer.write(response)
+            writer.write(response.removesuffix(SLOW))
             await writer.drain()
-        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            if response.endswith(SLOW):  # a response that stalls after its first bytes
+                await asyncio.wait_for(reader.read(), 3)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:  # any request byte counts, so "requests == []" means nothing was sent
+                state.requests.append(exc.partial.decode("latin-1"))
+        except (OSError, TimeoutError):
             pass
         finally:
             writer.close()
@@ -415,6 +420,109 @@ async def test_slow_server_times_out(tmp_path: Path, pki: Pki, bootstrap: Bundle
         with pytest.raises(FetchError, match=r"did not answer within 0\.5 s"):
             await fetch_bundle(spiffe_endpoint(server.base + "/slow"), bootstrap, timeout=0.5)
     assert time.monotonic() - started < 1.5
+
+
+# ---------------------------------------------------------------- HTTP framing (h11)
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("size", [1, 10, 255, 1 << 20])  # hex digits A, FF in upper case
+async def test_chunked_bodies_of_any_chunk_size(
+    tmp_path: Path, pki: Pki, served_bundle: Bundle, bootstrap: Bundle, size: int
+) -> None:
+    body = bundle_to_json(served_bundle)
+    upper = chunked(body, size).replace(b"%x;" % min(size, len(body)), b"%X;" % min(size, len(body)))
+    async with serve(tmp_path, pki.svid, {"/bundle": upper}) as server:
+        got = await fetch_bundle(spiffe_endpoint(server.base + "/bundle"), bootstrap)
+    assert got == served_bundle
+
+
+async def test_interim_responses_skipped(
+    tmp_path: Path, pki: Pki, served_bundle: Bundle, bootstrap: Bundle
+) -> None:
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" * 5
+    routes = {"/bundle": early + http("200 OK", bundle_to_json(served_bundle))}
+    async with serve(tmp_path, pki.svid, routes) as server:
+        assert (await fetch_bundle(spiffe_endpoint(server.base + "/bundle"), bootstrap)).sequence == 7
+
+
+@pytest.mark.parametrize(
+    "route",
+    ["/many-1-byte-chunks", "/declared-huge-then-stalls", "/huge-chunk-size-field", "/http10-until-eof"],
+)
+async def test_oversized_chunked_and_unframed_bodies_refused(
+    tmp_path: Path, pki: Pki, bootstrap: Bundle, route: str
+) -> None:
+    big = b'{"keys": [], "pad": "' + b"x" * 2000 + b'"}'
+    routes = {
+        "/many-1-byte-chunks": chunked(big, 1),
+        # Refused once the limit is passed, not when the declared chunk ends (it never does here).
+        "/declared-huge-then-stalls": CHUNKED_HEAD + b"100000\r\n" + big + SLOW,
+        "/huge-chunk-size-field": CHUNKED_HEAD + b"ffffffffffffffffffff\r\n" + big + SLOW,
+        "/http10-until-eof": b"HTTP/1.0 200 OK\r\n\r\n" + big,
+    }
+    async with serve(tmp_path, pki.svid, routes) as server:
+        started = time.monotonic()
+        with pytest.raises(FetchError, match="larger than 1024 bytes"):
+            await fetch_bundle(spiffe_endpoint(server.base + route), bootstrap, max_bytes=1024)
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize(
+    ("response", "message"),
+    [
+        (b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\n{}", "did not answer with an HTTP/1.x status line"),
+        (b"HTTP/1.1 OK\r\n\r\n", r"valid HTTP/1\.x status line and headers: illegal status line"),
+        (b"HTTP/1.1 200 OK\r\nNo colon here\r\n\r\n", "status line and headers: illegal header line"),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n", "status line and headers: .*proposal"),
+        (b"HTTP/1.1 200 OK\r\n Folded: x\r\n\r\n", "status line and headers: continuation line"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            "status line and headers: conflicting Content-Length",
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "status line and headers: bad Content-Length"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "unsupported transfer coding: multiple Transfer-Encoding",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            "unsupported transfer coding",
+        ),
+        (CHUNKED_HEAD + b"zz\r\n{}\r\n0\r\n\r\n", "malformed HTTP body: illegal chunk header"),
+        (CHUNKED_HEAD + b"-2\r\n{}\r\n0\r\n\r\n", "malformed HTTP body: illegal chunk header"),
+        (CHUNKED_HEAD + b"2\r\n{}XX0\r\n\r\n", "malformed HTTP body: malformed chunk footer"),
+        (CHUNKED_HEAD + b"1" + b"0" * 70_000 + SLOW, "too many bytes in a chunk header or trailer"),
+        (
+            CHUNKED_HEAD + b"0\r\nX-Trailer: " + b"t" * 70_000 + SLOW,
+            "too many bytes in a chunk header or trailer",
+        ),
+        (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"p" * 70_000 + SLOW, "too many header bytes"),
+        (CHUNKED_HEAD + b"10\r\n{}", "closed the connection before the body was complete"),
+        (b"HTTP/1.1 200 OK\r\nContent-", "closed the connection before the response head was complete"),
+        (b"", "closed the connection before the response head was complete"),
+        (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"p" * 70_000 + b"\r\n\r\n", "too many header bytes"),
+        (
+            b"HTTP/1.1 200 OK\r\n" + b"X-H: v\r\n" * 101 + b"Content-Length: 2\r\n\r\n{}",
+            "more than 100 headers",
+        ),
+        (b"HTTP/1.1 103 Early Hints\r\n\r\n" * 6 + http("200 OK", b"{}"), "too many interim"),
+    ],
+)
+async def test_malformed_http_is_a_fetch_error(
+    tmp_path: Path, pki: Pki, bootstrap: Bundle, response: bytes, message: str
+) -> None:
+    async with serve(tmp_path, pki.svid, {"/bundle": response}) as server:
+        with pytest.raises(FetchError, match=message):
+            await fetch_bundle(spiffe_endpoint(server.base + "/bundle"), bootstrap)
+
+
+async def test_non_ascii_url_refused_before_connecting(tmp_path: Path, pki: Pki, bootstrap: Bundle) -> None:
+    async with serve(tmp_path, pki.svid, {}) as server:
+        with pytest.raises(FetchError, match="not ASCII"):
+            await fetch_bundle(spiffe_endpoint(server.base + "/b\u00fcndle"), bootstrap)
+    assert server.requests == []
 
 
 # ---------------------------------------------------------------- redirects

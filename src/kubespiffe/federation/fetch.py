@@ -1,4 +1,4 @@
-"""SPIFFE bundle endpoint client (checklist sections D and E), on asyncio and the stdlib only.
+"""SPIFFE bundle endpoint client (checklist sections D and E), on asyncio streams with h11 for HTTP/1.1.
 
 A federated bundle is a trust anchor, so every byte of this path is treated as hostile: https only, no
 userinfo, the profile's server check before the request is sent and on every redirect hop, bounded size and
@@ -10,6 +10,13 @@ exposes only the peer's leaf (`getpeercert(binary_form=True)`), so there the lea
 an authority of the trust bundle; intermediates the server sends are not used. kubespiffe's own endpoint
 serves an SVID signed by a bundle CA, which passes. On 3.13+ the public `SSLObject.get_unverified_chain()`
 is used when present, so intermediates are honoured there.
+
+Bounds: `timeout` (10 s) for the whole fetch, redirects included; `max_redirects` (3) hops; the response head
+at most `MAX_HEADER_BYTES` of header fields and `MAX_HEADERS` fields, after at most `MAX_INTERIM_RESPONSES`
+1xx responses (h11 holds at most `MAX_HEADER_BYTES` plus one `_READ_CHUNK` read of an incomplete head, chunk
+header or trailer block); the body at most
+`max_bytes` (1 MiB), refused up front from Content-Length and otherwise counted as it arrives, whether
+chunked or delimited by the connection's close.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import SplitResult, urljoin, urlsplit
 
+import h11
 from cryptography import x509
 
 from kubespiffe.spiffe.bundle import MAX_BUNDLE_BYTES, Bundle, BundleError, parse_bundle_json
@@ -37,7 +45,7 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADERS = 100
 MAX_INTERIM_RESPONSES = 5  # 1xx responses (e.g. 103 Early Hints) skipped before the final one
-_READ_CHUNK = 64 * 1024
+_READ_CHUNK = 16 * 1024
 _CLOSE_WAIT = 1.0
 
 
@@ -168,90 +176,6 @@ def _check_spiffe_peer(
         )
 
 
-async def _readline(reader: asyncio.StreamReader, what: str) -> bytes:
-    try:
-        line = await reader.readline()
-    except ValueError:
-        raise FetchError(f"bundle endpoint sent an over-long {what}") from None
-    if not line.endswith(b"\n"):
-        raise FetchError(f"bundle endpoint closed the connection in the {what}")
-    return line.rstrip(b"\r\n")
-
-
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, list[str]]]:
-    """Status code and headers (lower-cased names) of the final, non-1xx response."""
-    for _ in range(MAX_INTERIM_RESPONSES + 1):
-        status_line = await _readline(reader, "status line")
-        fields = status_line.split(b" ", 2)
-        if len(fields) < 2 or fields[0] not in (b"HTTP/1.1", b"HTTP/1.0") or not fields[1].isdigit():
-            raise FetchError("bundle endpoint did not answer with an HTTP/1.x status line")
-        status = int(fields[1])
-        headers: dict[str, list[str]] = {}
-        size = 0
-        while True:
-            line = await _readline(reader, "header")
-            size += len(line)
-            if not line:
-                break
-            if size > MAX_HEADER_BYTES or sum(map(len, headers.values())) >= MAX_HEADERS:
-                raise FetchError("bundle endpoint sent too many header bytes")
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name != name.strip():
-                raise FetchError("bundle endpoint sent a malformed header line")
-            headers.setdefault(name.decode("latin-1").lower(), []).append(value.strip().decode("latin-1"))
-        if not 100 <= status < 200:
-            return status, headers
-    raise FetchError("bundle endpoint sent too many interim (1xx) responses")
-
-
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, list[str]], max_bytes: int) -> bytes:
-    too_large = f"bundle endpoint response is larger than {max_bytes} bytes"
-    try:
-        encodings = [e.strip().lower() for v in headers.get("transfer-encoding", []) for e in v.split(",")]
-        if encodings:
-            if encodings != ["chunked"]:
-                raise FetchError(f"bundle endpoint used unsupported transfer coding {','.join(encodings)!r}")
-            return await _read_chunked(reader, max_bytes, too_large)
-        lengths = {v.strip() for value in headers.get("content-length", []) for v in value.split(",")}
-        if lengths:
-            if len(lengths) != 1 or not next(iter(lengths)).isdigit():
-                raise FetchError("bundle endpoint sent an invalid Content-Length")
-            length = int(next(iter(lengths)))
-            if length > max_bytes:
-                raise FetchError(too_large)
-            return await reader.readexactly(length)
-        body = bytearray()  # no length: the body ends when the server closes (Connection: close)
-        while chunk := await reader.read(_READ_CHUNK):
-            body += chunk
-            if len(body) > max_bytes:
-                raise FetchError(too_large)
-        return bytes(body)
-    except asyncio.IncompleteReadError:
-        raise FetchError("bundle endpoint closed the connection before the body was complete") from None
-
-
-async def _read_chunked(reader: asyncio.StreamReader, max_bytes: int, too_large: str) -> bytes:
-    body = bytearray()
-    while True:
-        size_field = (await _readline(reader, "chunk size")).split(b";", 1)[0].strip()
-        try:
-            size = int(size_field, 16)
-        except ValueError:
-            raise FetchError("bundle endpoint sent a malformed chunk size") from None
-        if size < 0 or size_field.startswith((b"-", b"+", b"0x", b"0X")):
-            raise FetchError("bundle endpoint sent a malformed chunk size")
-        if size == 0:
-            break
-        if len(body) + size > max_bytes:
-            raise FetchError(too_large)
-        body += await reader.readexactly(size)
-        if await reader.readexactly(2) != b"\r\n":
-            raise FetchError("bundle endpoint sent a malformed chunk")
-    while await _readline(reader, "trailer"):  # trailers are ignored
-        pass
-    return bytes(body)
-
-
 @dataclass(frozen=True)
 class _Response:
     status: int
@@ -259,18 +183,119 @@ class _Response:
     body: bytes
 
 
+class _Exchange:
+    """One request/response on an open stream, parsed by h11. Every h11 protocol error becomes a FetchError
+    naming what the peer got wrong; the reads are bounded by h11's incomplete-event limit (the response head,
+    chunk headers and trailers) and by `max_bytes` (the body)."""
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self._eof = False
+        self._head_seen = False
+
+    def request(self, target: _Target) -> bytes:
+        """The request's bytes, built before connecting: a URL h11 will not send never reaches the peer."""
+        try:
+            return self._h11.send(
+                h11.Request(
+                    method="GET",
+                    target=target.request_target,
+                    headers=[
+                        ("Host", target.host_header),
+                        ("Accept", "application/json"),
+                        ("User-Agent", "kubespiffe"),
+                        ("Connection", "close"),
+                    ],
+                )
+            ) + self._h11.send(h11.EndOfMessage())
+        except UnicodeEncodeError:
+            raise FetchError("bundle endpoint URL is not ASCII") from None
+        except h11.LocalProtocolError as exc:
+            raise FetchError(f"bundle endpoint URL cannot be sent in an HTTP request: {exc}") from None
+
+    async def _next(self, reader: asyncio.StreamReader) -> h11.Event:
+        while True:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise self._refusal(exc) from None
+            if event is not h11.NEED_DATA:
+                assert not isinstance(event, type)  # h11.PAUSED cannot occur: we send one request only
+                return event
+            data = await reader.read(_READ_CHUNK)
+            self._eof = not data
+            self._h11.receive_data(data)
+
+    def _refusal(self, exc: h11.RemoteProtocolError) -> FetchError:
+        part = "body" if self._head_seen else "response head"
+        if self._eof:
+            return FetchError(f"bundle endpoint closed the connection before the {part} was complete")
+        if exc.error_status_hint == 431:  # h11's max_incomplete_event_size
+            what = "header bytes" if not self._head_seen else "bytes in a chunk header or trailer"
+            return FetchError(f"bundle endpoint {self._where} sent too many {what}")
+        if exc.error_status_hint == 501:  # a Transfer-Encoding other than one "chunked"
+            return FetchError(f"bundle endpoint {self._where} used an unsupported transfer coding: {exc}")
+        if not self._head_seen:
+            return FetchError(
+                f"bundle endpoint {self._where} did not answer with a valid HTTP/1.x status line and "
+                f"headers: {exc}"
+            )
+        return FetchError(f"bundle endpoint {self._where} sent a malformed HTTP body: {exc}")
+
+    async def response_head(self, reader: asyncio.StreamReader) -> h11.Response:
+        """The final (non-1xx) response's head."""
+        for _ in range(MAX_INTERIM_RESPONSES + 1):
+            event = await self._next(reader)
+            if isinstance(event, h11.InformationalResponse):
+                continue
+            if not isinstance(event, h11.Response):  # ConnectionClosed: h11 saw EOF before any response
+                raise FetchError(
+                    "bundle endpoint closed the connection before the response head was complete"
+                )
+            self._head_seen = True
+            if event.http_version not in (b"1.0", b"1.1"):
+                raise FetchError(f"bundle endpoint {self._where} did not answer with an HTTP/1.x status line")
+            if len(event.headers) > MAX_HEADERS:
+                raise FetchError(f"bundle endpoint {self._where} sent more than {MAX_HEADERS} headers")
+            # h11 only bounds a head still incomplete after a read; this bounds a head that came in one.
+            if sum(len(name) + len(value) for name, value in event.headers) > MAX_HEADER_BYTES:
+                raise FetchError(f"bundle endpoint {self._where} sent too many header bytes")
+            return event
+        raise FetchError("bundle endpoint sent too many interim (1xx) responses")
+
+    async def body(self, reader: asyncio.StreamReader, head: h11.Response, max_bytes: int) -> bytes:
+        too_large = f"bundle endpoint response is larger than {max_bytes} bytes"
+        lengths = [value for name, value in head.headers if name == b"content-length"]
+        if lengths and int(lengths[0]) > max_bytes:  # h11 checked it is one decimal number
+            raise FetchError(too_large)
+        body = bytearray()
+        while True:
+            event = await self._next(reader)
+            if isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > max_bytes:
+                    raise FetchError(too_large)
+            elif isinstance(event, h11.EndOfMessage):  # trailers, if any, are ignored
+                return bytes(body)
+            else:
+                raise FetchError("bundle endpoint closed the connection before the body was complete")
+
+
+def _header(head: h11.Response, name: bytes) -> list[str]:
+    return [value.decode("latin-1") for key, value in head.headers if key == name]
+
+
 async def _get(
     endpoint: Endpoint, trust: Bundle | None, target: _Target, max_bytes: int, now: dt.datetime
 ) -> _Response:
     """One verified GET. The body is read only for a 200; the peer is checked before the request is sent."""
     where = f"{target.host}:{target.port}"
+    exchange = _Exchange(where)
+    request = exchange.request(target)
     try:
         reader, writer = await asyncio.open_connection(
-            target.host,
-            target.port,
-            ssl=_ssl_context(endpoint),
-            server_hostname=target.host,
-            limit=MAX_HEADER_BYTES,
+            target.host, target.port, ssl=_ssl_context(endpoint), server_hostname=target.host
         )
     except ssl.SSLCertVerificationError as exc:
         raise FetchError(
@@ -283,28 +308,21 @@ async def _get(
     try:
         if endpoint.profile == "https_spiffe":
             _check_spiffe_peer(endpoint, trust, writer.get_extra_info("ssl_object"), now)
-        request = (
-            f"GET {target.request_target} HTTP/1.1\r\n"
-            f"Host: {target.host_header}\r\n"
-            "Accept: application/json\r\n"
-            "User-Agent: kubespiffe\r\n"
-            "Connection: close\r\n\r\n"
-        )
-        writer.write(request.encode("ascii", errors="strict"))
+        writer.write(request)
         await writer.drain()
-        status, headers = await _read_head(reader)
-        if status in REDIRECT_STATUSES:
-            locations = headers.get("location", [])
+        head = await exchange.response_head(reader)
+        if head.status_code in REDIRECT_STATUSES:
+            locations = _header(head, b"location")
             if len(locations) != 1 or not locations[0]:
-                raise FetchError(f"bundle endpoint {where} redirected (HTTP {status}) without one Location")
-            return _Response(status, locations[0], b"")
-        if status != 200:
-            raise FetchError(f"bundle endpoint {target.url} answered HTTP {status}")
-        return _Response(status, None, await _read_body(reader, headers, max_bytes))
+                raise FetchError(
+                    f"bundle endpoint {where} redirected (HTTP {head.status_code}) without one Location"
+                )
+            return _Response(head.status_code, locations[0], b"")
+        if head.status_code != 200:
+            raise FetchError(f"bundle endpoint {target.url} answered HTTP {head.status_code}")
+        return _Response(head.status_code, None, await exchange.body(reader, head, max_bytes))
     except (ConnectionError, ssl.SSLError) as exc:
         raise FetchError(f"connection to bundle endpoint {where} failed: {exc}") from None
-    except UnicodeEncodeError:
-        raise FetchError("bundle endpoint URL is not ASCII") from None
     finally:
         writer.close()
         with contextlib.suppress(Exception):
