@@ -708,6 +708,11 @@ def test_review_warnings_are_bounded() -> None:
     long = make_pod(containers=[{"name": "x" * 10_000, "image": "i", "volumeMounts": [mount("/run/spiffe")]}])
     (warning,) = answer(admission(long))["warnings"]
     assert len(warning) <= 256
+    # The longest reason: a hostNetwork pod, with the longest Service and namespace names.
+    wide = InjectionSettings(image="i", namespace="n" * 63, service="s" * 63, port=65535)
+    host = make_pod(hostNetwork=True, dnsPolicy="D" * 1000)
+    (warning,) = review(admission(host), wide, ENABLED)["response"]["warnings"]
+    assert len(warning) == 256 and warning.startswith("kubespiffe: sidecar not injected: hostNetwork")
 
 
 @pytest.mark.parametrize(
