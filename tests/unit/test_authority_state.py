@@ -1,4 +1,8 @@
-"""The persisted authority document: key PEM helpers, the Secret data round trip, and refusing bad data."""
+"""The persisted authority state: key PEM helpers, the state document and its journal of slots, the Secret
+data round trip, and refusing bad data.
+
+CA certificates come from tests/unit/certs.py, so these tests do not depend on how kubespiffe makes CAs.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,9 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,8 +31,9 @@ from kubespiffe.authority.state import (
     StateError,
     new_slot,
 )
-from kubespiffe.authority.x509ca import X509Authority, create_self_signed_ca
+from kubespiffe.authority.x509ca import X509Authority
 from kubespiffe.spiffe.spiffeid import TrustDomain
+from tests.unit.certs import Issued, build, ec_key, make_ca, name
 
 TD = TrustDomain("example.org")
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -37,30 +41,21 @@ DAY = dt.timedelta(days=1)
 Document = dict[str, Any]
 
 
-def _ca(now: dt.datetime = T0) -> X509Authority:
-    return create_self_signed_ca(TD, KeyType.EC_P256, 30 * DAY, now)
+def _ca(now: dt.datetime = T0, key_type: KeyType = KeyType.EC_P256) -> X509Authority:
+    """A self-signed SPIFFE signing CA valid for 30 days from `now`."""
+    key = generate_key(key_type)
+    return X509Authority(
+        key, make_ca("example.org CA", key=key, not_before=now, not_after=now + 30 * DAY).cert
+    )
 
 
 def _intermediate_under(root: X509Authority) -> X509Authority:
     """An authority with a chain, as an upstream CA would hand in."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "intermediate")]))
-        .issuer_name(root.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(T0)
-        .not_valid_after(T0 + 20 * DAY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://example.org")]), False
-        )
-        .sign(root.key, hashes.SHA256())
-    )
+    key = ec_key()
+    issuer = Issued(root.certificate, root.key)
+    cert = make_ca(
+        "intermediate", issuer, key=key, path_length=0, not_before=T0, not_after=T0 + 20 * DAY
+    ).cert
     return X509Authority(key, cert, (root.certificate,))
 
 
@@ -73,6 +68,10 @@ def _journal() -> AuthorityState:
     state = first.prepare(second).activate(T0 + 2 * DAY).prepare(third)
     assert [s.state for s in state.slots] == ["retired", "active", "prepared"] and state.sequence == 3
     return state
+
+
+def _public_numbers(key: Any) -> Any:
+    return key.public_numbers()
 
 
 def _private_bytes(key: SigningKey) -> bytes:
@@ -118,6 +117,13 @@ def test_key_pem_round_trip(key_type: KeyType, kind: type, size: int) -> None:
     assert _private_bytes(key_from_pem(pem)) == _private_bytes(key)
 
 
+def test_key_values_are_distinct() -> None:
+    assert {k.value for k in KeyType} == {"ec-p256", "ec-p384", "rsa-2048", "rsa-3072"}
+    first = generate_key(KeyType.EC_P256)
+    second = generate_key(KeyType.EC_P256)
+    assert _public_numbers(first.public_key()) != _public_numbers(second.public_key())
+
+
 def test_default_key_type_is_p256() -> None:
     key = generate_key()
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
@@ -135,6 +141,7 @@ def _pem(key: Any, encryption: serialization.KeySerializationEncryption | None =
     ("make_pem", "message"),
     [
         (lambda: "", "not an unencrypted PKCS#8 PEM"),
+        (lambda: "garbage", "not an unencrypted PKCS#8 PEM"),
         (lambda: "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "not an unencrypted"),
         (
             lambda: _pem(
@@ -146,7 +153,7 @@ def _pem(key: Any, encryption: serialization.KeySerializationEncryption | None =
         (lambda: _pem(ec.generate_private_key(ec.SECP521R1())), "curve secp521r1 is not supported"),
         (lambda: _pem(rsa.generate_private_key(65537, 1024)), "at least 2048 bits"),  # noqa: S505
     ],
-    ids=["empty", "bad body", "encrypted", "ed25519", "p521", "rsa1024"],
+    ids=["empty", "garbage", "bad body", "encrypted", "ed25519", "p521", "rsa1024"],
 )
 def test_key_from_pem_refuses_what_we_never_write(make_pem: Callable[[], str], message: str) -> None:
     pem = make_pem()
@@ -156,6 +163,72 @@ def test_key_from_pem_refuses_what_we_never_write(make_pem: Callable[[], str], m
 
 
 # The document.
+
+
+def test_new_state() -> None:
+    authority = _ca()
+    state = AuthorityState.new(authority, KeyType.EC_P384, T0)
+    assert state.sequence == 1
+    assert state.active_x509() is authority
+    kid, key = state.active_jwt()
+    assert kid and isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+    assert state.trust_bundle() == [authority.certificate]
+    jwt = state.jwt_authorities()
+    assert list(jwt) == [kid]
+    assert _public_numbers(jwt[kid]) == _public_numbers(key.public_key())
+    assert state.active.state == "active" and state.active.since == T0
+    assert state.prepared is None
+
+
+def _state_for(jwt_key_type: KeyType = KeyType.EC_P256) -> AuthorityState:
+    return AuthorityState.new(_ca(), jwt_key_type, T0)
+
+
+def test_new_states_get_fresh_kids() -> None:
+    assert _state_for().active_jwt()[0] != _state_for().active_jwt()[0]
+
+
+def _assert_same_state(a: AuthorityState, b: AuthorityState) -> None:
+    assert b.sequence == a.sequence
+    assert len(b.slots) == len(a.slots)
+    for x, y in zip(a.slots, b.slots, strict=True):
+        assert (y.id, y.state, y.since, y.jwt_kid) == (x.id, x.state, x.since, x.jwt_kid)
+        assert y.authority.certificate == x.authority.certificate
+        assert y.authority.chain == x.authority.chain
+        assert _public_numbers(y.authority.key.public_key()) == _public_numbers(x.authority.key.public_key())
+        assert y.authority.key.private_numbers() == x.authority.key.private_numbers()
+        assert _public_numbers(y.jwt_key.public_key()) == _public_numbers(x.jwt_key.public_key())
+    assert b.trust_bundle() == a.trust_bundle()
+    assert {k: _public_numbers(v) for k, v in b.jwt_authorities().items()} == {
+        k: _public_numbers(v) for k, v in a.jwt_authorities().items()
+    }
+
+
+@pytest.mark.parametrize("jwt_key_type", list(KeyType))
+def test_state_round_trip_for_every_jwt_key_type(jwt_key_type: KeyType) -> None:
+    state = _state_for(jwt_key_type)
+    data = state.to_secret_data()
+    assert set(data) == {DOCUMENT_KEY, BUNDLE_KEY}
+    assert all(isinstance(v, str) for v in data.values())
+    again = AuthorityState.from_secret_data(data)
+    _assert_same_state(state, again)
+    assert x509.load_pem_x509_certificates(base64.b64decode(data[BUNDLE_KEY])) == state.trust_bundle()
+
+
+def test_state_round_trip_with_prepared_retired_and_chain() -> None:
+    upstream = _ca(key_type=KeyType.RSA_2048)
+    p384 = _ca(key_type=KeyType.EC_P384)
+    chained = X509Authority(p384.key, p384.certificate, (upstream.certificate,))
+    state = AuthorityState.new(_ca(), KeyType.EC_P256, T0)
+    state = state.prepare(new_slot(chained, KeyType.RSA_2048, "prepared", T0))
+    assert state.sequence == 2
+    _assert_same_state(state, AuthorityState.from_secret_data(state.to_secret_data()))
+    rotated = state.activate(T0 + dt.timedelta(hours=1))
+    assert [s.state for s in rotated.slots] == ["retired", "active"]
+    again = AuthorityState.from_secret_data(rotated.to_secret_data())
+    _assert_same_state(rotated, again)
+    assert again.active_x509().chain == (upstream.certificate,)
+    assert len(again.trust_bundle()) == 2
 
 
 @pytest.mark.parametrize("state", [AuthorityState.new(_ca(), now=T0), None], ids=["new", "journal"])
@@ -234,20 +307,9 @@ def _other_pem(field: str) -> Callable[[Document], Any]:
 
 
 def _leaf_pem() -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "leaf")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(T0)
-        .not_valid_after(T0 + DAY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(Encoding.PEM).decode()
+    """A self-signed certificate with basicConstraints cA=false and nothing else."""
+    leaf = build(name("leaf"), None, usage=None, eku=None, not_before=T0, not_after=T0 + DAY)
+    return leaf.cert_pem.decode()
 
 
 MALFORMED: list[tuple[str, Callable[[Document], Any], str]] = [
@@ -384,3 +446,92 @@ def test_a_state_with_a_chain_keeps_it_in_order() -> None:
     loaded = AuthorityState.from_secret_data(state.to_secret_data())
     assert loaded.active_x509().chain == (root.certificate,)
     assert loaded.active_x509().certificate == middle.certificate
+
+
+# Damage to a single-slot document (GOOD), as opposed to the three-slot journal above.
+
+GOOD = _state_for()
+OTHER = AuthorityState.new(_ca(), KeyType.EC_P256, T0)
+
+
+def _good_document(state: AuthorityState = GOOD) -> Document:
+    return _document(state.to_secret_data())
+
+
+def _with(change: Callable[[Document], Any]) -> dict[str, str]:
+    document = _good_document()
+    change(document)
+    return _data(document)
+
+
+def test_other_state_has_a_different_ca_key() -> None:
+    assert _public_numbers(OTHER.active_x509().key.public_key()) != _public_numbers(
+        GOOD.active_x509().key.public_key()
+    )
+
+
+def test_unchanged_document_is_accepted() -> None:
+    _assert_same_state(GOOD, AuthorityState.from_secret_data(_with(lambda d: None)))
+
+
+DAMAGED: list[Any] = [
+    pytest.param({BUNDLE_KEY: GOOD.to_secret_data()[BUNDLE_KEY]}, id="document-missing"),
+    pytest.param({DOCUMENT_KEY: "!!!not base64!!!"}, id="not-base64"),
+    pytest.param({DOCUMENT_KEY: base64.b64encode(b"not json").decode()}, id="not-json"),
+    pytest.param({DOCUMENT_KEY: base64.b64encode(b"\xff\xfe").decode()}, id="not-utf8"),
+    pytest.param({DOCUMENT_KEY: json.dumps(_good_document())}, id="json-not-base64-encoded"),
+    pytest.param(_data([1, 2]), id="json-array"),
+    pytest.param(_data(None), id="json-null"),
+    pytest.param(_with(_set(("version",), 2)), id="version-2"),
+    pytest.param(_with(_set(("version",), "1")), id="version-string"),
+    pytest.param(_with(_drop("version")), id="version-missing"),
+    pytest.param(_with(_drop("slots")), id="slots-missing"),
+    pytest.param(_with(_set(("slots",), 5)), id="slots-number"),
+    pytest.param(_with(_set(("slots",), [5])), id="slot-number"),
+    pytest.param(_with(_set(("slots",), [])), id="no-slots"),
+    pytest.param(_with(_drop("sequence")), id="sequence-missing"),
+    pytest.param(_with(_set(("sequence",), "many")), id="sequence-garbage"),
+    pytest.param(_with(_drop("slots", 0, "key")), id="slot-key-missing"),
+    pytest.param(_with(_drop("slots", 0, "certificate")), id="slot-certificate-missing"),
+    pytest.param(_with(_drop("slots", 0, "jwtKey")), id="slot-jwt-key-missing"),
+    pytest.param(_with(_drop("slots", 0, "jwtKid")), id="slot-jwt-kid-missing"),
+    pytest.param(_with(_drop("slots", 0, "state")), id="slot-state-missing"),
+    pytest.param(_with(_drop("slots", 0, "since")), id="slot-since-missing"),
+    pytest.param(_with(_drop("slots", 0, "id")), id="slot-id-missing"),
+    pytest.param(_with(_set(("slots", 0, "key"), "garbage")), id="key-garbage"),
+    pytest.param(_with(_set(("slots", 0, "certificate"), "garbage")), id="certificate-garbage"),
+    pytest.param(_with(_set(("slots", 0, "jwtKey"), "garbage")), id="jwt-key-garbage"),
+    pytest.param(_with(_set(("slots", 0, "chain"), ["garbage"])), id="chain-garbage"),
+    pytest.param(_with(_set(("slots", 0, "since"), "yesterday")), id="since-garbage"),
+    pytest.param(
+        _with(_set(("slots", 0, "key"), _good_document(OTHER)["slots"][0]["key"])), id="key-not-matching-cert"
+    ),
+    pytest.param(_with(_set(("slots", 0, "state"), "bogus")), id="unknown-state"),
+    pytest.param(_with(_set(("slots", 0, "state"), "Active")), id="state-wrong-case"),
+    pytest.param(_with(_set(("slots", 0, "state"), "retired")), id="no-active-slot"),
+    pytest.param(_with(_set(("slots", 0, "state"), "prepared")), id="only-prepared"),
+    pytest.param(
+        _with(lambda d: d["slots"].append(_good_document(OTHER)["slots"][0])),
+        id="two-active-slots",
+    ),
+    pytest.param(
+        _with(_set(("slots", 0, "key"), _pem(ed25519.Ed25519PrivateKey.generate()))),
+        id="ed25519-key",
+    ),
+]
+
+
+@pytest.mark.parametrize("data", DAMAGED)
+def test_damaged_single_slot_secret_data_is_refused(data: dict[str, str]) -> None:
+    with pytest.raises(StateError):
+        AuthorityState.from_secret_data(data)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("certificate", 1), ("key", 1), ("jwtKey", None), ("chain", [1])],
+    ids=["certificate-int", "key-int", "jwt-key-null", "chain-entry-int"],
+)
+def test_non_string_pem_fields_are_refused_with_state_error(field: str, value: Any) -> None:
+    with pytest.raises(StateError):
+        AuthorityState.from_secret_data(_with(_set(("slots", 0, field), value)))

@@ -2,19 +2,22 @@
 
 Issued certificates are checked twice: by kubespiffe.spiffe.x509svid (check_leaf, check_signing_ca,
 verify_chain) and by asserting the extensions directly, so a lenient verifier cannot hide a bad profile.
+CSRs come from tests/unit/certs.py; the CA under test is always made by kubespiffe.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import ipaddress
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, ObjectIdentifier
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,13 +32,15 @@ from kubespiffe.authority.x509ca import (
     sign_x509_svid,
 )
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
-from kubespiffe.spiffe.x509svid import check_leaf, check_signing_ca, verify_chain
+from kubespiffe.spiffe.x509svid import check_leaf, check_signing_ca, id_from_certificate, verify_chain
+from tests.unit.certs import csr_der, ec_key, make_ca, make_csr
 
 TD = TrustDomain("example.org")
 ID = SpiffeId.parse("spiffe://example.org/ns/default/sa/web")
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 CA_TTL = dt.timedelta(days=10)
 HOUR = dt.timedelta(hours=1)
+CSR_SUBJECT = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "csr")])
 
 LEAF_EXTENSIONS = {
     ExtensionOID.BASIC_CONSTRAINTS,
@@ -57,37 +62,39 @@ def _key(key_type: KeyType) -> SigningKey:
     return generate_key(key_type)
 
 
-def _csr(
-    key: SigningKey | dsa.DSAPrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey,
-    builder: x509.CertificateSigningRequestBuilder | None = None,
-) -> x509.CertificateSigningRequest:
-    builder = builder or x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
-    algorithm = (
-        None if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey) else hashes.SHA256()
-    )
-    return builder.sign(key, algorithm)
+def _sign(
+    csr: bytes,
+    *,
+    authority: X509Authority | None = None,
+    spiffe_id: SpiffeId = ID,
+    dns_names: list[str] | None = None,
+    ttl: dt.timedelta = HOUR,
+    now: dt.datetime = NOW,
+) -> x509.Certificate:
+    """Load a DER CSR the way the issuer API does, then sign it."""
+    return sign_x509_svid(authority or _ca(), load_csr(csr), spiffe_id, dns_names or [], ttl, now)
 
 
-def _der(csr: x509.CertificateSigningRequest) -> bytes:
-    return csr.public_bytes(Encoding.DER)
+def _spki(key: SigningKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
-def _ext(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> x509.Extension[x509.ExtensionType]:
+def _ext(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> x509.Extension[Any]:
     return cert.extensions.get_extension_for_class(kind)
 
 
 def _uris(cert: x509.Certificate) -> list[str]:
-    san: x509.SubjectAlternativeName = _ext(cert, x509.SubjectAlternativeName).value  # type: ignore[assignment]
+    san: x509.SubjectAlternativeName = _ext(cert, x509.SubjectAlternativeName).value
     return san.get_values_for_type(x509.UniformResourceIdentifier)
 
 
 def _dns(cert: x509.Certificate) -> list[str]:
-    san: x509.SubjectAlternativeName = _ext(cert, x509.SubjectAlternativeName).value  # type: ignore[assignment]
+    san: x509.SubjectAlternativeName = _ext(cert, x509.SubjectAlternativeName).value
     return san.get_values_for_type(x509.DNSName)
 
 
 def _ski(cert: x509.Certificate) -> bytes:
-    ski: x509.SubjectKeyIdentifier = _ext(cert, x509.SubjectKeyIdentifier).value  # type: ignore[assignment]
+    ski: x509.SubjectKeyIdentifier = _ext(cert, x509.SubjectKeyIdentifier).value
     return ski.digest
 
 
@@ -131,6 +138,7 @@ def test_ca_profile(key_type: KeyType) -> None:
     assert usage.critical
     assert usage.value == x509.KeyUsage(False, False, False, False, False, True, True, False, False)
     assert _uris(cert) == ["spiffe://example.org"] and _dns(cert) == []
+    assert id_from_certificate(cert) == TD.id
     assert _ski(cert) == x509.SubjectKeyIdentifier.from_public_key(ca.key.public_key()).digest
     assert cert.subject == cert.issuer
     assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "kubespiffe"
@@ -183,15 +191,7 @@ def test_ca_refuses_a_bad_ttl_or_a_naive_clock(ttl: dt.timedelta, now: dt.dateti
 
 # The leaf (B.1-B.5).
 
-LEAF_CASES = [
-    (KeyType.EC_P256, KeyType.EC_P256),
-    (KeyType.EC_P256, KeyType.EC_P384),
-    (KeyType.EC_P256, KeyType.RSA_2048),
-    (KeyType.EC_P256, KeyType.RSA_3072),
-    (KeyType.EC_P384, KeyType.EC_P256),
-    (KeyType.RSA_2048, KeyType.EC_P256),
-    (KeyType.RSA_3072, KeyType.RSA_2048),
-]
+LEAF_CASES = [(ca_type, csr_type) for ca_type in KeyType for csr_type in KeyType]  # every CA signs every key
 
 
 @pytest.mark.parametrize(
@@ -199,7 +199,7 @@ LEAF_CASES = [
 )
 def test_leaf_profile(ca_type: KeyType, csr_type: KeyType) -> None:
     ca, key = _ca(ca_type), _key(csr_type)
-    csr = load_csr(_der(_csr(key)))
+    csr = load_csr(csr_der(make_csr(key)))
     names = ["web.default.svc", "web.default.svc.cluster.local"]
     leaf = sign_x509_svid(ca, csr, ID, names, HOUR, NOW)
 
@@ -216,7 +216,7 @@ def test_leaf_profile(ca_type: KeyType, csr_type: KeyType) -> None:
     assert usage.critical
     assert usage.value == x509.KeyUsage(True, False, is_rsa, False, False, False, False, False, False)
     eku = _ext(leaf, x509.ExtendedKeyUsage).value
-    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]  # type: ignore[call-overload]
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     assert leaf.subject == x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "kubespiffe"),
@@ -224,7 +224,7 @@ def test_leaf_profile(ca_type: KeyType, csr_type: KeyType) -> None:
         ]
     )
     assert leaf.issuer == ca.certificate.subject
-    aki: x509.AuthorityKeyIdentifier = _ext(leaf, x509.AuthorityKeyIdentifier).value  # type: ignore[assignment]
+    aki: x509.AuthorityKeyIdentifier = _ext(leaf, x509.AuthorityKeyIdentifier).value
     assert aki.key_identifier == _ski(ca.certificate)
     assert _ski(leaf) == x509.SubjectKeyIdentifier.from_public_key(key.public_key()).digest
     assert {e.oid for e in leaf.extensions} == LEAF_EXTENSIONS
@@ -235,36 +235,53 @@ def test_leaf_profile(ca_type: KeyType, csr_type: KeyType) -> None:
 
 
 def test_leaves_get_distinct_serials() -> None:
-    csr = _csr(_key(KeyType.EC_P256))
+    csr = make_csr(_key(KeyType.EC_P256))
     serials = {sign_x509_svid(_ca(), csr, ID, [], HOUR, NOW).serial_number for _ in range(20)}
     assert len(serials) == 20
 
 
 def test_leaf_without_dns_names_has_organization_only() -> None:
-    leaf = sign_x509_svid(_ca(), _csr(_key(KeyType.EC_P256)), ID, [], HOUR, NOW)
+    leaf = sign_x509_svid(_ca(), make_csr(_key(KeyType.EC_P256)), ID, [], HOUR, NOW)
     assert leaf.subject == x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "kubespiffe")])
     assert _dns(leaf) == [] and check_leaf(leaf) == ID
+
+
+def test_leaf_without_dns_names_has_a_subject_and_only_the_uri() -> None:
+    leaf = _sign(csr_der(make_csr(_key(KeyType.EC_P256), CSR_SUBJECT)))
+    assert leaf.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    assert not leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    san = _ext(leaf, x509.SubjectAlternativeName).value
+    assert list(san) == [x509.UniformResourceIdentifier(str(ID))]
+    assert check_leaf(leaf) == ID
+
+
+def test_long_first_dns_name_is_not_used_as_common_name() -> None:
+    long_name = ("a" * 61) + ".svc"  # 65 characters: too long for a CN (ub-common-name is 64)
+    assert len(long_name) == 65
+    csr = csr_der(make_csr(_key(KeyType.EC_P256), CSR_SUBJECT))
+    leaf = _sign(csr, dns_names=[long_name, "short.svc"])
+    assert not leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    assert _dns(leaf) == [long_name, "short.svc"]
+    exact = "b" * 60 + ".svc"
+    assert len(exact) == 64
+    leaf = _sign(csr, dns_names=[exact])
+    assert leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == exact
 
 
 def test_hostile_csr_gets_a_plain_leaf_with_only_our_names() -> None:
     """A CSR asking for CA rights, other names, a spoofed subject and odd extensions gives only its key."""
     key = _key(KeyType.EC_P256)
-    builder = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "kubespiffe"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, "kubespiffe CA example.org"),
-                ]
-            )
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
-        .add_extension(
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "kubespiffe"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "kubespiffe CA example.org"),
+        ]
+    )
+    requested: list[tuple[x509.ExtensionType, bool]] = [
+        (x509.BasicConstraints(ca=True, path_length=None), True),
+        (x509.KeyUsage(True, False, False, False, False, True, True, False, False), True),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), False),
+        (
             x509.SubjectAlternativeName(
                 [
                     x509.DNSName("kubernetes.default.svc"),
@@ -272,28 +289,92 @@ def test_hostile_csr_gets_a_plain_leaf_with_only_our_names() -> None:
                     x509.RFC822Name("admin@example.org"),
                 ]
             ),
-            critical=False,
-        )
-        .add_extension(
-            x509.NameConstraints(permitted_subtrees=[x509.DNSName("evil.org")], excluded_subtrees=None), True
-        )
-    )
-    csr = load_csr(_der(_csr(key, builder)))
+            False,
+        ),
+        (x509.NameConstraints(permitted_subtrees=[x509.DNSName("evil.org")], excluded_subtrees=None), True),
+    ]
+    csr = load_csr(csr_der(make_csr(key, subject, requested)))
     leaf = sign_x509_svid(_ca(), csr, ID, ["web.default.svc"], HOUR, NOW)
 
     assert check_leaf(leaf) == ID
-    san: x509.SubjectAlternativeName = _ext(leaf, x509.SubjectAlternativeName).value  # type: ignore[assignment]
+    san: x509.SubjectAlternativeName = _ext(leaf, x509.SubjectAlternativeName).value
     assert list(san) == [x509.UniformResourceIdentifier(str(ID)), x509.DNSName("web.default.svc")]
     assert _ext(leaf, x509.BasicConstraints).value == x509.BasicConstraints(ca=False, path_length=None)
-    usage: x509.KeyUsage = _ext(leaf, x509.KeyUsage).value  # type: ignore[assignment]
+    usage: x509.KeyUsage = _ext(leaf, x509.KeyUsage).value
     assert not usage.key_cert_sign and not usage.crl_sign
-    assert list(_ext(leaf, x509.ExtendedKeyUsage).value) == [  # type: ignore[call-overload]
+    assert list(_ext(leaf, x509.ExtendedKeyUsage).value) == [
         ExtendedKeyUsageOID.SERVER_AUTH,
         ExtendedKeyUsageOID.CLIENT_AUTH,
     ]
     assert {e.oid for e in leaf.extensions} == LEAF_EXTENSIONS
     assert leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "web.default.svc"
     assert leaf.subject != csr.subject
+
+
+def test_csr_cannot_ask_for_ca_rights_names_or_subject() -> None:
+    spoofed = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "kubespiffe CA example.org"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Evil Corp"),
+        ]
+    )
+    requested: list[tuple[x509.ExtensionType, bool]] = [
+        (x509.BasicConstraints(ca=True, path_length=None), False),
+        (
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=True,
+                key_encipherment=True,
+                data_encipherment=True,
+                key_agreement=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            False,
+        ),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING, ExtendedKeyUsageOID.OCSP_SIGNING]), False),
+        (
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("evil.example.com"),
+                    x509.UniformResourceIdentifier("spiffe://example.org/ns/kube-system/sa/admin"),
+                    x509.UniformResourceIdentifier("spiffe://other.org/x"),
+                    x509.RFC822Name("root@example.org"),
+                    x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+                ]
+            ),
+            False,
+        ),
+    ]
+    csr = csr_der(make_csr(_key(KeyType.EC_P256), spoofed, requested))
+    leaf = _sign(csr, dns_names=["web.default.svc"])
+    assert check_leaf(leaf) == ID
+    assert _ext(leaf, x509.BasicConstraints).value.ca is False
+    usage = _ext(leaf, x509.KeyUsage).value
+    assert not usage.key_cert_sign and not usage.crl_sign and not usage.content_commitment
+    assert set(_ext(leaf, x509.ExtendedKeyUsage).value) == {
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+    }
+    san = _ext(leaf, x509.SubjectAlternativeName).value
+    assert list(san) == [x509.UniformResourceIdentifier(str(ID)), x509.DNSName("web.default.svc")]
+    assert leaf.subject != spoofed
+    assert "Evil Corp" not in leaf.subject.rfc4514_string()
+    assert "CA" not in leaf.subject.rfc4514_string()
+    csr_extension_oids = {e.oid for e in x509.load_der_x509_csr(csr).extensions}
+    leaf_oids = {e.oid for e in leaf.extensions}
+    assert leaf_oids == LEAF_EXTENSIONS
+    assert csr_extension_oids <= leaf_oids  # same kinds, our values (checked above)
+
+
+def test_csr_with_unknown_extension_does_not_leak_it() -> None:
+    oid = ObjectIdentifier("1.3.6.1.4.1.55555.3")
+    unknown = x509.UnrecognizedExtension(oid, b"\x05\x00")
+    leaf = _sign(csr_der(make_csr(_key(KeyType.EC_P256), CSR_SUBJECT, [(unknown, False)])))
+    with pytest.raises(x509.ExtensionNotFound):
+        leaf.extensions.get_extension_for_oid(oid)
 
 
 @settings(max_examples=40, deadline=None)
@@ -307,7 +388,7 @@ def test_hostile_csr_gets_a_plain_leaf_with_only_our_names() -> None:
     )
 )
 def test_dns_names_are_the_sans_in_order_and_the_first_short_one_is_the_common_name(names: list[str]) -> None:
-    leaf = sign_x509_svid(_ca(), _csr(_key(KeyType.EC_P256)), ID, names, HOUR, NOW)
+    leaf = sign_x509_svid(_ca(), make_csr(_key(KeyType.EC_P256)), ID, names, HOUR, NOW)
     assert _uris(leaf) == [str(ID)] and _dns(leaf) == names
     common_names = [a.value for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     assert common_names == (names[:1] if names and len(names[0]) <= 64 else [])
@@ -317,7 +398,7 @@ def test_dns_names_are_the_sans_in_order_and_the_first_short_one_is_the_common_n
 @pytest.mark.parametrize("name", ["", "two words.example", "bücher.example", "tab\t.example", "a" * 254])
 def test_names_that_are_not_dns_names_are_refused(name: str) -> None:
     with pytest.raises(ValueError, match="is not a DNS name"):
-        sign_x509_svid(_ca(), _csr(_key(KeyType.EC_P256)), ID, ["ok.example", name], HOUR, NOW)
+        sign_x509_svid(_ca(), make_csr(_key(KeyType.EC_P256)), ID, ["ok.example", name], HOUR, NOW)
 
 
 # Lifetime.
@@ -331,7 +412,7 @@ def test_names_that_are_not_dns_names_are_refused(name: str) -> None:
 def test_leaf_lifetime_is_clamped_to_the_ca(ttl: int, elapsed: int) -> None:
     """`elapsed` < 0 is a replica whose clock runs behind the one that created the CA."""
     ca, now = _ca(), NOW + dt.timedelta(seconds=elapsed)
-    leaf = sign_x509_svid(ca, _csr(_key(KeyType.EC_P256)), ID, [], dt.timedelta(seconds=ttl), now)
+    leaf = sign_x509_svid(ca, make_csr(_key(KeyType.EC_P256)), ID, [], dt.timedelta(seconds=ttl), now)
     assert leaf.not_valid_after_utc == min(
         now + dt.timedelta(seconds=ttl), ca.certificate.not_valid_after_utc
     )
@@ -340,15 +421,57 @@ def test_leaf_lifetime_is_clamped_to_the_ca(ttl: int, elapsed: int) -> None:
     assert verify_chain([leaf], {TD: [ca.certificate]}, now) == ID
 
 
+def test_ttl_clamped_to_the_ca_not_after() -> None:
+    authority = create_self_signed_ca(TD, KeyType.EC_P256, HOUR, NOW)
+    csr = csr_der(make_csr(_key(KeyType.EC_P256), CSR_SUBJECT))
+    long_lived = _sign(csr, authority=authority, ttl=2 * HOUR)
+    assert long_lived.not_valid_after_utc == authority.certificate.not_valid_after_utc
+    short = _sign(csr, authority=authority, ttl=dt.timedelta(minutes=10))
+    assert short.not_valid_after_utc == NOW + dt.timedelta(minutes=10)
+    later = _sign(csr, authority=authority, ttl=HOUR, now=NOW + dt.timedelta(minutes=30))
+    assert later.not_valid_after_utc == authority.certificate.not_valid_after_utc
+    anchors = {TD: [authority.certificate]}
+    for leaf, at in ((long_lived, NOW), (short, NOW), (later, NOW + dt.timedelta(minutes=30))):
+        assert verify_chain([leaf], anchors, at) == ID
+        assert verify_chain([leaf], anchors, leaf.not_valid_after_utc) == ID
+
+
+label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", fullmatch=True)
+dns_name = st.lists(label, min_size=1, max_size=4).map(".".join)
+PROPERTY_CA = create_self_signed_ca(TD, KeyType.EC_P256, dt.timedelta(hours=6), NOW)
+PROPERTY_CSR = csr_der(make_csr(_key(KeyType.EC_P256), CSR_SUBJECT))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(dns_name, max_size=5),
+    st.integers(min_value=1, max_value=12 * 3600),
+    st.integers(min_value=0, max_value=3 * 3600),
+)
+def test_leaf_names_and_lifetime_property(names: list[str], ttl_seconds: int, elapsed: int) -> None:
+    now = NOW + dt.timedelta(seconds=elapsed)
+    ttl = dt.timedelta(seconds=ttl_seconds)
+    leaf = _sign(PROPERTY_CSR, authority=PROPERTY_CA, dns_names=names, ttl=ttl, now=now)
+    assert _uris(leaf) == [str(ID)]
+    assert _dns(leaf) == names
+    common_names = [a.value for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    assert common_names == ([names[0]] if names and len(names[0]) <= 64 else [])
+    assert leaf.not_valid_after_utc == min(now + ttl, PROPERTY_CA.certificate.not_valid_after_utc)
+    assert leaf.not_valid_after_utc <= PROPERTY_CA.certificate.not_valid_after_utc
+    assert leaf.not_valid_before_utc == now - CLOCK_SKEW
+    assert check_leaf(leaf) == ID
+    assert verify_chain([leaf], {TD: [PROPERTY_CA.certificate]}, now) == ID
+
+
 def test_a_replica_whose_clock_is_behind_never_starts_a_leaf_before_its_ca() -> None:
     now = NOW - dt.timedelta(seconds=10)  # the CA was made 10 s "later" by another replica
-    leaf = sign_x509_svid(_ca(), _csr(_key(KeyType.EC_P256)), ID, [], HOUR, now)
+    leaf = sign_x509_svid(_ca(), make_csr(_key(KeyType.EC_P256)), ID, [], HOUR, now)
     assert leaf.not_valid_before_utc == _ca().certificate.not_valid_before_utc == NOW - CLOCK_SKEW
     assert leaf.not_valid_after_utc == now + HOUR
 
 
 def test_a_year_long_ttl_ends_with_the_ca() -> None:
-    leaf = sign_x509_svid(_ca(), _csr(_key(KeyType.EC_P256)), ID, [], dt.timedelta(days=365), NOW)
+    leaf = sign_x509_svid(_ca(), make_csr(_key(KeyType.EC_P256)), ID, [], dt.timedelta(days=365), NOW)
     assert leaf.not_valid_after_utc == _ca().certificate.not_valid_after_utc == NOW + CA_TTL
 
 
@@ -366,7 +489,7 @@ def test_leaf_refuses_a_bad_ttl_a_naive_clock_or_an_expired_ca(
     ttl: dt.timedelta, now: dt.datetime, message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
-        sign_x509_svid(_ca(), _csr(_key(KeyType.EC_P256)), ID, [], ttl, now)
+        sign_x509_svid(_ca(), make_csr(_key(KeyType.EC_P256)), ID, [], ttl, now)
 
 
 # Which IDs a CA may sign.
@@ -374,40 +497,32 @@ def test_leaf_refuses_a_bad_ttl_a_naive_clock_or_an_expired_ca(
 
 @pytest.mark.parametrize(
     "spiffe_id",
-    ["spiffe://other.org/ns/default/sa/web", "spiffe://example.org.evil/x", "spiffe://sub.example.org/x"],
+    [
+        "spiffe://other.org/ns/default/sa/web",
+        "spiffe://example.org.evil/x",
+        "spiffe://sub.example.org/x",
+        "spiffe://org/x",
+    ],
 )
 def test_ids_outside_the_ca_trust_domain_are_refused(spiffe_id: str) -> None:
     with pytest.raises(ValueError, match=r"outside the CA's trust domain example\.org$"):
-        sign_x509_svid(_ca(), _csr(_key(KeyType.EC_P256)), SpiffeId.parse(spiffe_id), [], HOUR, NOW)
+        sign_x509_svid(_ca(), make_csr(_key(KeyType.EC_P256)), SpiffeId.parse(spiffe_id), [], HOUR, NOW)
 
 
 def test_the_trust_domain_id_itself_is_refused() -> None:
     with pytest.raises(ValueError, match="needs a workload ID with a path"):
-        sign_x509_svid(_ca(), _csr(_key(KeyType.EC_P256)), TD.id, [], HOUR, NOW)
+        sign_x509_svid(_ca(), make_csr(_key(KeyType.EC_P256)), TD.id, [], HOUR, NOW)
 
 
 def _ca_with(names: list[x509.GeneralName] | None, ski: bytes | None = None) -> X509Authority:
     """A CA made by someone else (an upstream-style CA): optional SANs and an SKI of its own choosing."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "upstream")])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - HOUR)
-        .not_valid_after(NOW + CA_TTL)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
+    key = ec_key()
+    san = [] if names is None else [(x509.SubjectAlternativeName(names), False)]  # [] is an empty SAN
+    key_id = [] if ski is None else [(x509.SubjectKeyIdentifier(ski), False)]
+    ca = make_ca(
+        "upstream", key=key, names=[], not_before=NOW - HOUR, not_after=NOW + CA_TTL, extra=[*san, *key_id]
     )
-    if names is not None:
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    if ski is not None:
-        builder = builder.add_extension(x509.SubjectKeyIdentifier(ski), critical=False)
-    return X509Authority(key, builder.sign(key, hashes.SHA256()))
+    return X509Authority(key, ca.cert)
 
 
 @pytest.mark.parametrize(
@@ -427,38 +542,45 @@ def _ca_with(names: list[x509.GeneralName] | None, ski: bytes | None = None) -> 
 )
 def test_a_ca_without_one_trust_domain_id_signs_nothing(names: list[x509.GeneralName] | None) -> None:
     with pytest.raises(ValueError, match="no single spiffe://<trust domain> URI SAN"):
-        sign_x509_svid(_ca_with(names), _csr(_key(KeyType.EC_P256)), ID, [], HOUR, NOW)
+        sign_x509_svid(_ca_with(names), make_csr(_key(KeyType.EC_P256)), ID, [], HOUR, NOW)
 
 
 def test_aki_copies_the_ca_ski_even_when_it_is_not_the_key_hash() -> None:
     """Verifiers match AKI to SKI byte for byte; an upstream CA may derive its SKI another way."""
     ca = _ca_with([x509.UniformResourceIdentifier("spiffe://example.org")], ski=bytes(range(8)))
-    leaf = sign_x509_svid(ca, _csr(_key(KeyType.EC_P256)), ID, [], HOUR, NOW)
-    aki: x509.AuthorityKeyIdentifier = _ext(leaf, x509.AuthorityKeyIdentifier).value  # type: ignore[assignment]
+    leaf = sign_x509_svid(ca, make_csr(_key(KeyType.EC_P256)), ID, [], HOUR, NOW)
+    aki: x509.AuthorityKeyIdentifier = _ext(leaf, x509.AuthorityKeyIdentifier).value
     assert aki.key_identifier == bytes(range(8))
     assert verify_chain([leaf], {TD: [ca.certificate]}, NOW) == ID
 
 
 def test_aki_of_a_ca_without_ski_is_the_key_hash() -> None:
     ca = _ca_with([x509.UniformResourceIdentifier("spiffe://example.org")])
-    leaf = sign_x509_svid(ca, _csr(_key(KeyType.EC_P256)), ID, [], HOUR, NOW)
-    aki: x509.AuthorityKeyIdentifier = _ext(leaf, x509.AuthorityKeyIdentifier).value  # type: ignore[assignment]
+    leaf = sign_x509_svid(ca, make_csr(_key(KeyType.EC_P256)), ID, [], HOUR, NOW)
+    aki: x509.AuthorityKeyIdentifier = _ext(leaf, x509.AuthorityKeyIdentifier).value
     assert aki == x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key())
 
 
 def test_sign_refuses_a_csr_key_that_load_csr_would_refuse() -> None:
     """Callers that build their own CSR object (kubespiffed's serving SVID) get the same key policy."""
     with pytest.raises(ValueError, match="not supported"):
-        sign_x509_svid(_ca(), _csr(ed25519.Ed25519PrivateKey.generate()), ID, [], HOUR, NOW)
+        sign_x509_svid(_ca(), make_csr(ed25519.Ed25519PrivateKey.generate()), ID, [], HOUR, NOW)
 
 
 # Loading CSRs.
 
 
+def test_good_csr_is_loaded() -> None:
+    key = _key(KeyType.EC_P256)
+    csr = load_csr(csr_der(make_csr(key, CSR_SUBJECT)))
+    assert csr.is_signature_valid
+    assert csr.public_key() == key.public_key()
+
+
 def test_a_good_csr_loads_for_every_supported_key_type() -> None:
     for key_type in KeyType:
         key = _key(key_type)
-        assert load_csr(_der(_csr(key))).public_key() == key.public_key()
+        assert load_csr(csr_der(make_csr(key))).public_key() == key.public_key()
 
 
 @pytest.mark.parametrize(
@@ -467,12 +589,26 @@ def test_a_good_csr_loads_for_every_supported_key_type() -> None:
         (b"", "empty"),
         (b"\x00", "not a DER-encoded PKCS#10"),
         (b"not a csr at all", "not a DER-encoded PKCS#10"),
+        (b"garbage", "not a DER"),
         (b"\x30\x00", "not a DER-encoded PKCS#10"),
+        (b"\x30\x03\x02\x01\x01", "not a DER"),
         (b"\x30" * MAX_CSR_BYTES, "not a DER-encoded PKCS#10"),  # at the limit: parsed, not size-refused
         (b"\x30" * (MAX_CSR_BYTES + 1), f"larger than {MAX_CSR_BYTES} bytes"),
+        (b"\x00" * (MAX_CSR_BYTES + 1), "larger"),
         (b"\x00" * (10 * MAX_CSR_BYTES), f"larger than {MAX_CSR_BYTES} bytes"),
     ],
-    ids=["empty", "one byte", "text", "empty sequence", "garbage at the limit", "one over", "ten times"],
+    ids=[
+        "empty",
+        "one byte",
+        "text",
+        "garbage",
+        "empty sequence",
+        "wrong structure",
+        "garbage at the limit",
+        "one over",
+        "zeros one over",
+        "ten times",
+    ],
 )
 def test_garbage_is_refused(data: bytes, message: str) -> None:
     with pytest.raises(CsrError, match=message):
@@ -480,16 +616,53 @@ def test_garbage_is_refused(data: bytes, message: str) -> None:
 
 
 def test_pem_and_truncated_and_padded_csrs_are_refused() -> None:
-    csr = _csr(_key(KeyType.EC_P256))
-    der = _der(csr)
+    csr = make_csr(_key(KeyType.EC_P256))
+    der = csr_der(csr)
     for data in (csr.public_bytes(Encoding.PEM), der[:-1], der[: len(der) // 2], der + b"\x00"):
         with pytest.raises(CsrError, match="not a DER-encoded PKCS#10"):
             load_csr(data)
 
 
+def test_truncated_csr_is_refused() -> None:
+    der = csr_der(make_csr(_key(KeyType.EC_P256), CSR_SUBJECT))
+    for cut in (1, len(der) // 2, len(der) - 1):
+        with pytest.raises(CsrError):
+            load_csr(der[:cut])
+
+
+def _csr_of_size(size: int) -> bytes:
+    """A valid RSA-2048 CSR (fixed-length signature) padded by an extension to exactly `size` bytes."""
+    key = _key(KeyType.RSA_2048)
+    oid = ObjectIdentifier("1.3.6.1.4.1.55555.4")
+    pad = size - 600
+    for _ in range(10):
+        padding = x509.UnrecognizedExtension(oid, b"\x04" + b"\x00" * pad)
+        der = csr_der(make_csr(key, CSR_SUBJECT, [(padding, False)]))
+        if len(der) == size:
+            return der
+        pad += size - len(der)
+    raise AssertionError(f"could not build a CSR of exactly {size} bytes")
+
+
+def test_csr_size_limit_boundary() -> None:
+    at_limit = _csr_of_size(MAX_CSR_BYTES)
+    assert load_csr(at_limit).is_signature_valid
+    with pytest.raises(CsrError, match="larger"):
+        load_csr(_csr_of_size(MAX_CSR_BYTES + 1))
+
+
+def test_csr_with_a_flipped_last_byte_is_refused() -> None:
+    for key_type in (KeyType.EC_P256, KeyType.RSA_2048):
+        der = bytearray(csr_der(make_csr(_key(key_type), CSR_SUBJECT)))
+        der[-1] ^= 0x01
+        x509.load_der_x509_csr(bytes(der))  # still well-formed DER
+        with pytest.raises(CsrError, match="signature"):
+            load_csr(bytes(der))
+
+
 @pytest.mark.parametrize("key_type", [KeyType.EC_P256, KeyType.RSA_2048])
 def test_flipped_signature_byte_is_refused(key_type: KeyType) -> None:
-    der = bytearray(_der(_csr(_key(key_type))))
+    der = bytearray(csr_der(make_csr(_key(key_type))))
     der[-5] ^= 0x01  # inside the signature BIT STRING, which ends the CSR
     with pytest.raises(CsrError, match="signature does not verify"):
         load_csr(bytes(der))
@@ -498,7 +671,7 @@ def test_flipped_signature_byte_is_refused(key_type: KeyType) -> None:
 def test_csr_signed_by_another_key_than_its_own_is_refused() -> None:
     """Proof of possession: the request carries key B but is signed with key A."""
     mine, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    tbs = _csr(mine).tbs_certrequest_bytes
+    tbs = make_csr(mine).tbs_certrequest_bytes
     honest = _assemble(tbs, ECDSA_SHA256, mine.sign(tbs, ec.ECDSA(hashes.SHA256())))
     assert load_csr(honest).public_key() == mine.public_key()  # the DER assembly itself is sound
     forged = _assemble(tbs, ECDSA_SHA256, other.sign(tbs, ec.ECDSA(hashes.SHA256())))
@@ -506,9 +679,22 @@ def test_csr_signed_by_another_key_than_its_own_is_refused() -> None:
         load_csr(forged)
 
 
+def test_csr_whose_public_key_was_swapped_is_refused() -> None:
+    """Swap the public key in a CSR for another key of the same size: the signature no longer matches."""
+    signer, other = _key(KeyType.EC_P256), ec_key()
+    der = csr_der(make_csr(signer, CSR_SUBJECT))
+    assert der.count(_spki(signer)) == 1 and len(_spki(signer)) == len(_spki(other))
+    swapped = der.replace(_spki(signer), _spki(other))
+    parsed = x509.load_der_x509_csr(swapped)
+    assert parsed.public_key() == other.public_key()
+    assert not parsed.is_signature_valid
+    with pytest.raises(CsrError, match="signature"):
+        load_csr(swapped)
+
+
 def test_csr_with_a_signature_algorithm_for_another_key_type_is_refused() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    tbs = _csr(key).tbs_certrequest_bytes
+    tbs = make_csr(key).tbs_certrequest_bytes
     with pytest.raises(CsrError, match="signature does not verify"):
         load_csr(_assemble(tbs, RSA_SHA256, key.sign(tbs, ec.ECDSA(hashes.SHA256()))))
 
@@ -524,13 +710,14 @@ def test_csr_with_a_signature_algorithm_for_another_key_type_is_refused() -> Non
         (lambda: ec.generate_private_key(ec.SECP224R1()), "curve secp224r1 is not supported"),
         (lambda: rsa.generate_private_key(65537, 1024), "at least 2048 bits"),  # noqa: S505 (weak on purpose)
         (lambda: rsa.generate_private_key(65537, 2047), "at least 2048 bits"),  # noqa: S505 (weak on purpose)
+        (lambda: rsa.generate_private_key(65537, 1536), "2048"),  # noqa: S505 (weak on purpose)
     ],
-    ids=["dsa", "ed25519", "ed448", "p521", "secp256k1", "p224", "rsa1024", "rsa2047"],
+    ids=["dsa", "ed25519", "ed448", "p521", "secp256k1", "p224", "rsa1024", "rsa2047", "rsa1536"],
 )
 def test_unsupported_csr_keys_are_refused(make: object, message: str) -> None:
     key = make()  # type: ignore[operator]
     with pytest.raises(CsrError, match=message):
-        load_csr(_der(_csr(key)))
+        load_csr(csr_der(make_csr(key)))
 
 
 def test_rsa_keys_above_8192_bits_are_refused_before_any_signature_check() -> None:
@@ -544,7 +731,7 @@ def test_rsa_keys_above_8192_bits_are_refused_before_any_signature_check() -> No
 
 
 def _ec_csr_der() -> bytes:
-    return _der(_csr(_key(KeyType.EC_P256)))
+    return csr_der(make_csr(_key(KeyType.EC_P256)))
 
 
 def test_csr_with_an_unknown_key_algorithm_is_refused() -> None:
@@ -592,7 +779,7 @@ def test_a_damaged_csr_is_a_csr_error_or_a_valid_csr(
     base: KeyType, edits: list[tuple[int, int, str]]
 ) -> None:
     """No damage makes load_csr raise anything but CsrError, nor accept a CSR whose signature is bad."""
-    der = bytearray(_der(_csr(_key(base))))
+    der = bytearray(csr_der(make_csr(_key(base))))
     for position, value, kind in edits:
         at = position % len(der)
         if kind == "s":
