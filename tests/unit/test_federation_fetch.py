@@ -18,34 +18,18 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kubespiffe.federation.fetch import Endpoint, FetchError, choose, fetch_bundle, next_refresh
 from kubespiffe.spiffe.bundle import Bundle, bundle_to_json
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
+from tests.unit.certs import Issued, make_ca, make_leaf
 
 TD = TrustDomain("b.test")
 ENDPOINT_ID = SpiffeId.parse("spiffe://b.test/kubespiffe/kubespiffed")
 SLOW = b"<slow>"
 
 # ---------------------------------------------------------------- PKI
-
-
-@dataclass(frozen=True)
-class Issued:
-    cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-
-    @property
-    def cert_pem(self) -> bytes:
-        return self.cert.public_bytes(Encoding.PEM)
-
-    @property
-    def key_pem(self) -> bytes:
-        return self.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
 
 
 def _issue(
@@ -57,48 +41,15 @@ def _issue(
     dns: Sequence[str] = (),
     ips: Sequence[str] = (),
 ) -> Issued:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = dt.datetime.now(dt.UTC)
-    signer_key = issuer.key if issuer else key
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.cert.subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=not ca,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=ca,
-                crl_sign=ca,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_key.public_key()), critical=False
-        )
-    )
+    """A CA or leaf for a real TLS handshake: valid around the wall clock, with SKI and AKI."""
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)] if uri else []
     names += [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    if not ca:
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-            critical=False,
-        )
-    return Issued(builder.sign(signer_key, hashes.SHA256()), key)
+    now = dt.datetime.now(dt.UTC)
+    start, end = now - dt.timedelta(hours=1), now + dt.timedelta(hours=1)
+    if ca:
+        return make_ca(cn, issuer, names=names, not_before=start, not_after=end, key_identifiers=True)
+    assert issuer is not None
+    return make_leaf(issuer, names=names, not_before=start, not_after=end, key_identifiers=True)
 
 
 @dataclass(frozen=True)
