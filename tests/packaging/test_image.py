@@ -1,0 +1,146 @@
+"""deploy/Dockerfile builds, and the image runs as its own non-root user on a read-only root filesystem.
+
+No node is needed: the image's rootfs is mounted through buildah, bound read-only in a private mount
+namespace with a tmpfs on /tmp (what a pod with readOnlyRootFilesystem and an emptyDir gets), and the
+commands run there under chroot with the image's configured user and environment.
+Root only (debootstrap, buildah, mounts); elsewhere every test here is skipped and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kubespiffe.devenv import image
+from kubespiffe.devenv.build import repo_root
+
+pytestmark = [
+    pytest.mark.packaging,
+    pytest.mark.skipif(image.missing_requirements() is not None, reason=str(image.missing_requirements())),
+]
+
+
+@dataclass(frozen=True)
+class Rootfs:
+    path: Path
+    user: str
+    env: list[str]
+
+    def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """Run argv in the image: read-only root, tmpfs /tmp, the image's user and environment only."""
+        inner = " && ".join(
+            [
+                f"mount --bind {self.path} {self.path}",
+                f"mount -o remount,bind,ro {self.path}",
+                f"mount -t tmpfs -o size=16m,mode=1777 tmpfs {self.path}/tmp",
+                shlex.join(
+                    [
+                        "chroot",
+                        f"--userspec={self.user}",
+                        str(self.path),
+                        "/usr/bin/env",
+                        "-i",
+                        *self.env,
+                        *argv,
+                    ]
+                ),
+            ]
+        )
+        return subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", inner],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+
+
+@pytest.fixture(scope="session")
+def snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The image's inputs copied once, so every test here sees one tree even while the checkout changes."""
+    source, copy = repo_root(), tmp_path_factory.mktemp("image-inputs")
+    for name in ("pyproject.toml", "constraints.txt", "README.md", "deploy/Dockerfile"):
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / name, copy / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copytree(source / "src", copy / "src", ignore=ignore)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def built(snapshot: Path) -> image.ImageRef:
+    return image.build_image(snapshot)
+
+
+@pytest.fixture(scope="session")
+def rootfs(built: image.ImageRef) -> Iterator[Rootfs]:
+    config = json.loads(image.buildah("inspect", "--type", "image", built.name))["OCIv1"]["config"]
+    container = image.buildah("from", "--pull-never", built.name)
+    try:
+        yield Rootfs(Path(image.buildah("mount", container)), config.get("User", ""), config.get("Env", []))
+    finally:
+        image.buildah("rm", container)
+
+
+def test_image_user_is_not_root(rootfs: Rootfs) -> None:
+    assert rootfs.user == "65532:65532"
+    result = rootfs.run("sh", "-c", "id -u; id -g")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["65532", "65532"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("kubespiffe", "--help"),
+        ("kubespiffed", "--help"),
+        ("python3", "-c", "import kubespiffe.agent.main, kubespiffe.server.main"),
+    ],
+)
+def test_commands_run_on_a_read_only_root(rootfs: Rootfs, argv: tuple[str, ...]) -> None:
+    result = rootfs.run(*argv)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_root_really_is_read_only(rootfs: Rootfs) -> None:
+    """The harness itself can fail: a write outside /tmp is refused, one into /tmp works."""
+    assert rootfs.run("sh", "-c", "echo x > /opt/kubespiffe/probe").returncode != 0
+    assert rootfs.run("sh", "-c", "echo x > /tmp/probe").returncode == 0
+
+
+def test_bytecode_is_precompiled(rootfs: Rootfs) -> None:
+    """With PYTHONDONTWRITEBYTECODE and a read-only root, a missing .pyc is recompiled at every start."""
+    env = dict(item.split("=", 1) for item in rootfs.env)
+    assert env.get("PYTHONDONTWRITEBYTECODE") == "1"
+    result = rootfs.run(
+        "python3",
+        "-c",
+        "import importlib.util as u, kubespiffe.agent.main as m, os; "
+        "print(os.path.exists(u.cache_from_source(m.__file__)))",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
+    assert not rootfs.path.joinpath("opt/kubespiffe/bin/pip").exists()
+
+
+def test_archive_is_a_tagged_docker_archive(built: image.ImageRef, tmp_path: Path) -> None:
+    """The format the node helper imports with `ctr -n k8s.io images import`."""
+    archive = image.export_archive(built, tmp_path / "image.tar")
+    with tarfile.open(archive) as tar:
+        manifest = tar.extractfile("manifest.json")
+        assert manifest is not None
+        (entry,) = json.load(manifest)
+    assert entry["RepoTags"] == [built.name]
+    assert built.name.startswith(f"{image.IMAGE_REPOSITORY}:")
+
+
+def test_unchanged_inputs_reuse_the_image(built: image.ImageRef, snapshot: Path) -> None:
+    assert image.build_image(snapshot) == built
