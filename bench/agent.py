@@ -35,7 +35,7 @@ async def first_svid_in_process(config: AgentConfig) -> float:
     agent = Agent(config)
     start = time.perf_counter()
     task = asyncio.create_task(agent.run())
-    await agent.state.changed(0)
+    await agent.state.wait_newer(0)
     elapsed = time.perf_counter() - start
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)

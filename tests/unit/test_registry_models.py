@@ -10,13 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kubespiffe.constants import JWT_TTL_MAX, JWT_TTL_MIN, X509_TTL_MAX, X509_TTL_MIN
 from kubespiffe.registry.models import (
     CLUSTER_KIND,
-    JWT_TTL_MAX,
-    JWT_TTL_MIN,
     NAMESPACED_KIND,
-    X509_TTL_MAX,
-    X509_TTL_MIN,
     LabelRequirement,
     LabelSelector,
     Registration,

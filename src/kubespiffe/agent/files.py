@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from kubespiffe.agent.issuer_client import X509SVID
 from kubespiffe.spiffe.bundle import certificates_to_pem
+from kubespiffe.spiffe.x509svid import X509Svid
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -33,17 +32,16 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def write_x509_svids(
-    directory: Path, svids: Sequence[X509SVID], bundle: Sequence[x509.Certificate]
+    directory: Path, svids: Sequence[X509Svid], bundle: Sequence[x509.Certificate]
 ) -> list[Path]:
     """svid.N.pem (leaf first, then chain), svid.N.key (PKCS#8 PEM, 0600), bundle.N.pem for each identity."""
     directory.mkdir(parents=True, exist_ok=True)
     bundle_pem = certificates_to_pem(list(bundle))
     written: list[Path] = []
     for index, svid in enumerate(svids):
-        key_pem = svid.private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
         files = {
-            directory / f"svid.{index}.pem": (certificates_to_pem(list(svid.chain)), 0o644),
-            directory / f"svid.{index}.key": (key_pem, 0o600),
+            directory / f"svid.{index}.pem": (svid.chain_pem(), 0o644),
+            directory / f"svid.{index}.key": (svid.key_pem(), 0o600),
             directory / f"bundle.{index}.pem": (bundle_pem, 0o644),
         }
         for path, (data, mode) in files.items():

@@ -22,56 +22,51 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from kubespiffe.constants import SERVER_ID_PATH, SERVER_NAME
+from kubespiffe.errors import KubespiffeError
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
-from kubespiffe.spiffe.bundle import Bundle, certificates_to_pem, parse_bundle_json
+from kubespiffe.spiffe.bundle import BundleSet, certificates_to_pem, parse_bundle_json
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
-from kubespiffe.spiffe.x509svid import X509SvidError, id_from_certificate
+from kubespiffe.spiffe.x509svid import X509Svid, X509SvidError, id_from_certificate
 
-SERVER_ID_PATH = "/kubespiffe/kubespiffed"
-DEFAULT_SERVER_NAME = "kubespiffed"
+DEFAULT_SERVER_NAME = SERVER_NAME
 
 
-class FetchError(Exception):
-    """A failure the CLI reports with one sentence and a distinct exit code."""
+class IssuerError(KubespiffeError):
+    """kubespiffed said no or could not be asked: one sentence, and the CLI's distinct exit code."""
 
     exit_code = 1
 
 
-class NoIdentity(FetchError):
+class NoIdentity(IssuerError):
+    """The pod has no identity, or not the one asked for (gRPC PERMISSION_DENIED)."""
+
     exit_code = 3
 
 
-class TokenRefused(FetchError):
+class TokenRefused(IssuerError):
+    """kubespiffed refused the pod's token (UNAUTHENTICATED)."""
+
     exit_code = 4
 
 
-class ServerUnreachable(FetchError):
+class ServerUnreachable(IssuerError):
     exit_code = 5
 
 
-class ServerIdentityWrong(FetchError):
+class ServerIdentityWrong(IssuerError):
+    """Whoever answered does not hold kubespiffed's SPIFFE ID under the pod's trust bundle."""
+
     exit_code = 6
 
 
-class RequestFailed(FetchError):
+class RequestFailed(IssuerError):
     exit_code = 7
 
 
 @dataclass(frozen=True)
-class X509SVID:
-    spiffe_id: SpiffeId
-    chain: tuple[x509.Certificate, ...]
-    private_key: ec.EllipticCurvePrivateKey
-    hint: str
-
-    @property
-    def expires_at(self) -> dt.datetime:
-        return self.chain[0].not_valid_after_utc
-
-
-@dataclass(frozen=True)
 class X509Result:
-    svids: tuple[X509SVID, ...]
+    svids: tuple[X509Svid, ...]
     bundle: tuple[x509.Certificate, ...]
 
 
@@ -203,7 +198,7 @@ class IssuerClient:
         except grpc.aio.AioRpcError as exc:
             raise self._failed(exc) from None
         svids = tuple(
-            X509SVID(
+            X509Svid(
                 spiffe_id=SpiffeId.parse(svid.spiffe_id),
                 chain=tuple(x509.load_der_x509_certificate(c) for c in svid.cert_chain),
                 private_key=key,
@@ -230,20 +225,22 @@ class IssuerClient:
             for s in response.svids
         ]
 
-    async def watch_bundles(self, token: str) -> AsyncIterator[list[Bundle]]:
-        """Every message of the WatchBundles stream, parsed: own trust domain first."""
+    async def watch_bundles(self, token: str) -> AsyncIterator[BundleSet]:
+        """Every message of the WatchBundles stream, parsed (the first bundle is the pod's own)."""
         stub = await self._stub()
         stream = stub.WatchBundles(issuer_pb2.WatchBundlesRequest(), metadata=self._metadata(token))
         try:
             async for message in stream:
-                yield [
-                    parse_bundle_json(TrustDomain.parse(b.trust_domain), b.spiffe_bundle)
-                    for b in message.bundles
-                ]
+                yield BundleSet.from_bundles(
+                    [
+                        parse_bundle_json(TrustDomain.parse(b.trust_domain), b.spiffe_bundle)
+                        for b in message.bundles
+                    ]
+                )
         except grpc.aio.AioRpcError as exc:
             raise self._failed(exc) from None
 
-    def _failed(self, exc: grpc.aio.AioRpcError) -> FetchError:
+    def _failed(self, exc: grpc.aio.AioRpcError) -> IssuerError:
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
             self._drop()
         return _translate(exc, self.address)
@@ -267,7 +264,7 @@ async def fetch_x509(
         await client.close()
 
 
-def _translate(exc: grpc.aio.AioRpcError, address: str) -> FetchError:
+def _translate(exc: grpc.aio.AioRpcError, address: str) -> IssuerError:
     code, detail = exc.code(), exc.details() or ""
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return NoIdentity(f"no identity for this pod: {detail}")

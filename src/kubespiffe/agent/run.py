@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -26,8 +26,9 @@ from grpc_reflection.v1alpha import reflection
 
 from kubespiffe.agent.files import write_atomic, write_x509_svids
 from kubespiffe.agent.issuer_client import (
-    FetchError,
+    JWTSVID,
     IssuerClient,
+    IssuerError,
     NoIdentity,
     ServerIdentityWrong,
     ServerUnreachable,
@@ -35,10 +36,12 @@ from kubespiffe.agent.issuer_client import (
     X509Result,
     trust_domain_of,
 )
-from kubespiffe.agent.state import AgentState, HeldX509SVID, Snapshot
-from kubespiffe.agent.workloadapi import IssuedJwt, NoIdentityError, WorkloadAPI
+from kubespiffe.agent.state import AgentState, Snapshot
+from kubespiffe.agent.workloadapi import WorkloadAPI
 from kubespiffe.proto import workload_pb2, workload_pb2_grpc
-from kubespiffe.spiffe.bundle import Bundle, parse_pem_certificates
+from kubespiffe.spiffe.bundle import Bundle, BundleSet, parse_pem_certificates
+from kubespiffe.spiffe.x509svid import half_life
+from kubespiffe.versioned import Versioned
 
 log = logging.getLogger("kubespiffe.agent")
 
@@ -64,14 +67,14 @@ class AgentConfig:
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.state = AgentState()
+        self.state: AgentState = Versioned(None)
         bootstrap = parse_pem_certificates(config.bundle_file.read_bytes())
         self._client = IssuerClient(config.server, bootstrap, server_name=config.server_name)
         self._trust_domain = trust_domain_of(bootstrap)
         self._x509: X509Result | None = None
-        self._bundles: list[Bundle] = []
+        self._bundles: BundleSet | None = None
         self._denied: str | None = None
-        self._jwt_cache: dict[tuple[str, tuple[str, ...]], tuple[list[IssuedJwt], dt.datetime]] = {}
+        self._jwt_cache: dict[tuple[str, tuple[str, ...]], tuple[list[JWTSVID], dt.datetime]] = {}
         self.ready = asyncio.Event()
         self.health = health_aio.HealthServicer()
 
@@ -81,18 +84,13 @@ class Agent:
     async def _publish(self) -> None:
         if self._x509 is None and self._denied is None:
             return
-        trust_domain = self._trust_domain
-        x509_bundles = {b.trust_domain: tuple(b.x509_authorities) for b in self._bundles}
-        if not x509_bundles.get(trust_domain) and self._x509 is not None:
-            x509_bundles[trust_domain] = self._x509.bundle
+        bundles = self._bundles or BundleSet(Bundle(self._trust_domain))
+        if not bundles.own.x509_authorities and self._x509 is not None:
+            # Until WatchBundles delivers, the bundle that came with the SVIDs is the trust domain's.
+            bundles = bundles.with_own(replace(bundles.own, x509_authorities=self._x509.bundle))
         snapshot = Snapshot(
-            trust_domain=trust_domain,
-            svids=tuple(
-                HeldX509SVID(s.spiffe_id, s.chain, s.private_key, s.hint)
-                for s in (self._x509.svids if self._x509 else ())
-            ),
-            x509_bundles=x509_bundles,
-            jwt_bundles={b.trust_domain: dict(b.jwt_authorities) for b in self._bundles},
+            bundles=bundles,
+            svids=self._x509.svids if self._x509 else (),
             denied=self._denied,
         )
         await self.state.publish(snapshot)
@@ -116,7 +114,7 @@ class Agent:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
-            except (ServerUnreachable, ServerIdentityWrong, FetchError, OSError) as exc:
+            except (IssuerError, OSError) as exc:
                 log.warning("cannot renew X.509-SVIDs (%s); retrying in %.1fs", exc, backoff)
                 await self.health.set(UPSTREAM, _NOT_SERVING)
                 await self._expire()
@@ -135,12 +133,8 @@ class Agent:
                 ",".join(str(s.spiffe_id) for s in result.svids),
                 result.svids[0].expires_at.isoformat(),
             )
-            leaves = [s.chain[0] for s in result.svids]
-            await asyncio.sleep(
-                _half_life(
-                    min(c.not_valid_after_utc for c in leaves), min(c.not_valid_before_utc for c in leaves)
-                )
-            )
+            renew_at = min(s.renew_at for s in result.svids)
+            await asyncio.sleep(max(1.0, (renew_at - dt.datetime.now(dt.UTC)).total_seconds()))
 
     async def _deny(self, reason: str) -> None:
         if self._denied != reason:
@@ -171,16 +165,14 @@ class Agent:
                     backoff = _BACKOFF_MIN
                     await self.health.set(UPSTREAM, _SERVING)
                     self._bundles = bundles
-                    own = bundles[0] if bundles else None
-                    if own is not None:
-                        self._trust_domain = own.trust_domain
-                        self._client.set_trust(list(own.x509_authorities))
-                    log.info("bundles updated: %s", ", ".join(str(b.trust_domain) for b in bundles))
+                    self._trust_domain = bundles.trust_domain
+                    self._client.set_trust(list(bundles.own.x509_authorities))
+                    log.info("bundles updated: %s", ", ".join(str(b.trust_domain) for b in bundles.bundles()))
                     await self._publish()
             except NoIdentity as exc:
                 # kubespiffed re-checks the pod's entitlement on the stream: losing it ends the stream.
                 await self._deny(str(exc))
-            except (FetchError, OSError) as exc:
+            except (IssuerError, OSError) as exc:
                 log.warning("bundle stream ended (%s); reconnecting in %.1fs", exc, backoff)
                 await self.health.set(UPSTREAM, _NOT_SERVING)
             await asyncio.sleep(backoff)
@@ -188,23 +180,17 @@ class Agent:
 
     # --- JWT -----------------------------------------------------------------------------------------
 
-    async def mint_jwt(self, audience: Sequence[str], spiffe_id: str) -> Sequence[IssuedJwt]:
+    async def mint_jwt(self, audience: Sequence[str], spiffe_id: str) -> Sequence[JWTSVID]:
+        """JWT-SVIDs from the cache until half-life, else from kubespiffed (its errors pass through)."""
         key = (spiffe_id, tuple(sorted(audience)))
         cached = self._jwt_cache.get(key)
         now = dt.datetime.now(dt.UTC)
         if cached and now < cached[1]:
             return cached[0]
-        try:
-            svids = await self._client.mint_jwt(self._token(), list(audience), spiffe_id)
-        except NoIdentity as exc:
-            raise NoIdentityError(str(exc)) from None
-        except (ServerUnreachable, ServerIdentityWrong) as exc:
-            raise ConnectionError(str(exc)) from None
-        issued = [IssuedJwt(str(s.spiffe_id), s.token, s.hint) for s in svids]
+        svids = await self._client.mint_jwt(self._token(), list(audience), spiffe_id)
         if svids:
-            renew_at = now + (min(s.expires_at for s in svids) - now) / 2
-            self._jwt_cache[key] = (issued, renew_at)
-        return issued
+            self._jwt_cache[key] = (svids, half_life(now, min(s.expires_at for s in svids)))
+        return svids
 
     async def _jwt_file_loop(self) -> None:
         assert self.config.write_dir is not None and self.config.jwt_audience
@@ -214,7 +200,7 @@ class Agent:
                 svids = await self.mint_jwt([self.config.jwt_audience], "")
                 write_atomic(self.config.write_dir / "jwt.0.token", svids[0].token.encode(), 0o600)
                 await asyncio.sleep(30)
-            except (NoIdentityError, ConnectionError) as exc:
+            except (NoIdentity, ServerUnreachable, ServerIdentityWrong) as exc:
                 log.warning("cannot refresh the JWT-SVID file: %s", exc)
                 await asyncio.sleep(5)
 
@@ -253,8 +239,3 @@ class Agent:
         finally:
             await server.stop(grace=2)
             await self._client.close()
-
-
-def _half_life(not_after: dt.datetime, not_before: dt.datetime) -> float:
-    renew_at = not_before + (not_after - not_before) / 2
-    return max(1.0, (renew_at - dt.datetime.now(dt.UTC)).total_seconds())

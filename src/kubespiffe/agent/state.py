@@ -2,68 +2,49 @@
 
 Every change (renewal, bundle update, loss of identity) publishes a new snapshot and wakes the open
 Workload API streams, which then send the complete current state, as the spec requires.
+
+    state: AgentState = Versioned(None)
+    await state.publish(Snapshot(bundles, svids))
+    version, snapshot = await state.wait_newer(seen)   # None only before the first publish
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
-
-
-@dataclass(frozen=True)
-class HeldX509SVID:
-    spiffe_id: SpiffeId
-    chain: tuple[x509.Certificate, ...]
-    private_key: PrivateKeyTypes
-    hint: str
+from kubespiffe.spiffe.bundle import BundleSet
+from kubespiffe.spiffe.spiffeid import TrustDomain
+from kubespiffe.spiffe.x509svid import X509Svid
+from kubespiffe.versioned import Versioned
 
 
 @dataclass(frozen=True)
 class Snapshot:
     """The pod's identities and the bundles it trusts. `denied` means: the pod has no identity (any more)."""
 
-    trust_domain: TrustDomain
-    svids: tuple[HeldX509SVID, ...] = ()
-    x509_bundles: Mapping[TrustDomain, tuple[x509.Certificate, ...]] = field(default_factory=dict)
-    jwt_bundles: Mapping[TrustDomain, Mapping[str, PublicKeyTypes]] = field(default_factory=dict)
+    bundles: BundleSet
+    svids: tuple[X509Svid, ...] = ()
     denied: str | None = None
 
     @property
+    def trust_domain(self) -> TrustDomain:
+        return self.bundles.trust_domain
+
+    @property
+    def x509_bundles(self) -> Mapping[TrustDomain, tuple[x509.Certificate, ...]]:
+        return {b.trust_domain: tuple(b.x509_authorities) for b in self.bundles.bundles()}
+
+    @property
+    def jwt_bundles(self) -> Mapping[TrustDomain, Mapping[str, PublicKeyTypes]]:
+        return {b.trust_domain: b.jwt_authorities for b in self.bundles.bundles()}
+
+    @property
     def federated_x509(self) -> dict[TrustDomain, tuple[x509.Certificate, ...]]:
-        return {td: certs for td, certs in self.x509_bundles.items() if td != self.trust_domain}
+        return {td: tuple(b.x509_authorities) for td, b in self.bundles.federated.items()}
 
 
-class AgentState:
-    """Holds the newest snapshot; `changed(version)` waits for a newer one."""
-
-    def __init__(self) -> None:
-        self._snapshot: Snapshot | None = None
-        self._version = 0
-        self._condition = asyncio.Condition()
-
-    @property
-    def current(self) -> Snapshot | None:
-        return self._snapshot
-
-    @property
-    def version(self) -> int:
-        return self._version
-
-    async def publish(self, snapshot: Snapshot) -> None:
-        async with self._condition:
-            self._snapshot = snapshot
-            self._version += 1
-            self._condition.notify_all()
-
-    async def changed(self, seen: int) -> tuple[int, Snapshot]:
-        """Wait until a snapshot newer than version `seen` exists; return it with its version."""
-        async with self._condition:
-            await self._condition.wait_for(lambda: self._version > seen and self._snapshot is not None)
-            assert self._snapshot is not None
-            return self._version, self._snapshot
+AgentState = Versioned[Snapshot | None]

@@ -12,12 +12,11 @@ import datetime as dt
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 import grpc
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from google.protobuf import struct_pb2
 
+from kubespiffe.agent.issuer_client import JWTSVID, NoIdentity, ServerIdentityWrong, ServerUnreachable
 from kubespiffe.agent.state import AgentState, Snapshot
 from kubespiffe.proto import workload_pb2, workload_pb2_grpc
 from kubespiffe.spiffe.bundle import certificates_to_der, jwks_json
@@ -29,18 +28,8 @@ log = logging.getLogger("kubespiffe.agent")
 HEADER = "workload.spiffe.io"
 
 
-@dataclass(frozen=True)
-class IssuedJwt:
-    spiffe_id: str
-    token: str
-    hint: str
-
-
-JwtMinter = Callable[[Sequence[str], str], Awaitable[Sequence[IssuedJwt]]]
-
-
-class NoIdentityError(Exception):
-    """The pod has no (such) identity: PermissionDenied."""
+# Mints JWT-SVIDs for (audience, spiffe_id or "" for all); raises the issuer client's errors.
+JwtMinter = Callable[[Sequence[str], str], Awaitable[Sequence[JWTSVID]]]
 
 
 def bundle_key(trust_domain: TrustDomain) -> str:
@@ -54,7 +43,7 @@ async def _require_header(context: grpc.aio.ServicerContext) -> None:  # type: i
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"security header missing from request: {HEADER}")
 
 
-class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):  # type: ignore[misc]
+class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
     def __init__(self, state: AgentState, mint_jwt: JwtMinter) -> None:
         self._state = state
         self._mint_jwt = mint_jwt
@@ -63,7 +52,9 @@ class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):  # type: ignore[
         """The first snapshot as soon as there is one, then every newer one; aborts when identity is lost."""
         seen = 0
         while True:
-            seen, snapshot = await self._state.changed(seen)
+            seen, snapshot = await self._state.wait_newer(seen)
+            if snapshot is None:
+                continue
             if snapshot.denied:
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, snapshot.denied)
             yield snapshot
@@ -124,12 +115,14 @@ class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):  # type: ignore[
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, snapshot.denied)
         try:
             issued = await self._mint_jwt(audience, request.spiffe_id)
-        except NoIdentityError as exc:
+        except NoIdentity as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        except ConnectionError as exc:
+        except (ServerUnreachable, ServerIdentityWrong) as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         return workload_pb2.JWTSVIDResponse(
-            svids=[workload_pb2.JWTSVID(spiffe_id=s.spiffe_id, svid=s.token, hint=s.hint) for s in issued]
+            svids=[
+                workload_pb2.JWTSVID(spiffe_id=str(s.spiffe_id), svid=s.token, hint=s.hint) for s in issued
+            ]
         )
 
     async def ValidateJWTSVID(
@@ -162,10 +155,8 @@ def x509_svid_response(snapshot: Snapshot) -> workload_pb2.X509SVIDResponse:
         svids=[
             workload_pb2.X509SVID(
                 spiffe_id=str(svid.spiffe_id),
-                x509_svid=certificates_to_der(list(svid.chain)),
-                x509_svid_key=svid.private_key.private_bytes(
-                    Encoding.DER, PrivateFormat.PKCS8, NoEncryption()
-                ),
+                x509_svid=svid.chain_der(),
+                x509_svid_key=svid.key_der(),
                 bundle=own,
                 hint=svid.hint,
             )

@@ -1,4 +1,8 @@
-"""Check that the pod a token is bound to still exists, is the same pod (UID), and has not finished.
+"""Attest a caller: verify its pod-bound token, then check that the pod still exists, is the same pod
+(UID), and has not finished.
+
+    attestor = PodAttestor(TokenVerifier(...), client, registry.pods)
+    pod = await attestor.attest(token)    # AttestedPod, or TokenRejected saying why not
 
 The watch cache answers in steady state; a miss (a pod created a moment ago, not yet seen by the watch) or
 a UID mismatch (the cache may lag a delete+recreate) is settled by one direct GET, so a brand-new pod is
@@ -7,20 +11,41 @@ served at once and a deleted pod's token is refused.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Pod
 
-from kubespiffe.attestation.token import PodClaims, TokenRejected
+from kubespiffe.attestation.token import PodClaims, TokenRejected, TokenVerifier
 from kubespiffe.kube.watchcache import WatchCache
 
 _FINISHED = frozenset({"Succeeded", "Failed"})
 
 
-class PodBinding:
-    def __init__(self, client: AsyncClient, pods: WatchCache[Pod]) -> None:
+@dataclass(frozen=True)
+class AttestedPod:
+    """A caller that proved it is this pod: the token's claims and the live Pod object."""
+
+    claims: PodClaims
+    pod: Pod
+
+    @property
+    def who(self) -> str:
+        """For log lines: which pod, never the token."""
+        return f"pod={self.claims.pod_name} namespace={self.claims.namespace}"
+
+
+class PodAttestor:
+    def __init__(self, verifier: TokenVerifier, client: AsyncClient, pods: WatchCache[Pod]) -> None:
+        self._verifier = verifier
         self._client = client
         self._pods = pods
+
+    async def attest(self, token: str) -> AttestedPod:
+        """The pod the token speaks for, or TokenRejected saying why the token does not attest one."""
+        claims = await self._verifier.verify(token)
+        return AttestedPod(claims, await self.resolve(claims))
 
     async def resolve(self, claims: PodClaims) -> Pod:
         """The live Pod object the claims are bound to, or TokenRejected saying why not."""

@@ -21,6 +21,8 @@ from typing import Any
 
 import jwt
 
+from kubespiffe.errors import KubespiffeError
+
 log = logging.getLogger(__name__)
 
 # Asymmetric algorithms only: a ServiceAccount token is never HMAC-signed and never unsigned.
@@ -30,7 +32,7 @@ _JWKS_MIN_REFRESH_SECONDS = 10.0
 _CACHE_SIZE = 10_000
 
 
-class TokenRejected(Exception):
+class TokenRejected(KubespiffeError):
     """The token does not prove a pod identity; str(exc) is a sentence safe to log and return."""
 
 

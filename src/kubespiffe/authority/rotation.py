@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kubespiffe.authority.state import AuthorityState, Slot
+from kubespiffe.spiffe.x509svid import half_life
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class RotationPolicy:
 def prepare_due(slot: Slot, policy: RotationPolicy, now: dt.datetime) -> bool:
     """At half the CA's life, or earlier when the grace period would not fit in what is left."""
     start, end = slot.authority.certificate.not_valid_before_utc, slot.not_after
-    return now >= min(start + (end - start) / 2, end - 2 * policy.publish_ahead)
+    return now >= min(half_life(start, end), end - 2 * policy.publish_ahead)
 
 
 def safe_to_drop(slot: Slot, policy: RotationPolicy, now: dt.datetime) -> bool:

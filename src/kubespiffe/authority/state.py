@@ -23,7 +23,7 @@ import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -33,6 +33,7 @@ from cryptography.x509 import Certificate
 
 from kubespiffe.authority.keys import KeyType, SigningKey, generate_key, key_from_pem, key_to_pem
 from kubespiffe.authority.x509ca import X509Authority
+from kubespiffe.errors import InvalidInput
 from kubespiffe.spiffe.x509svid import check_signing_ca
 
 FORMAT_VERSION = 1
@@ -42,8 +43,15 @@ KeyState = Literal["prepared", "active", "retired"]
 _STATES = ("prepared", "active", "retired")
 
 
-class StateError(ValueError):
+class StateError(InvalidInput):
     """The Secret does not hold a usable authority document."""
+
+
+class JwtSigningKey(NamedTuple):
+    """The key JWT-SVIDs are signed with now, and the `kid` their header names."""
+
+    kid: str
+    key: SigningKey
 
 
 def new_kid() -> str:
@@ -97,8 +105,8 @@ class AuthorityState:
     def active_x509(self) -> X509Authority:
         return self.active.authority
 
-    def active_jwt(self) -> tuple[str, SigningKey]:
-        return self.active.jwt_kid, self.active.jwt_key
+    def active_jwt(self) -> JwtSigningKey:
+        return JwtSigningKey(self.active.jwt_kid, self.active.jwt_key)
 
     def trust_bundle(self) -> list[Certificate]:
         """Every published X.509 authority: prepared (ahead of use), active, and retired (until safe)."""

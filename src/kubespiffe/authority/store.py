@@ -16,15 +16,14 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
 
 from kubespiffe.authority.state import AuthorityState
+from kubespiffe.constants import ROTATE_ANNOTATION
+from kubespiffe.errors import KubespiffeError
 
 LABELS = {"app.kubernetes.io/name": "kubespiffe", "app.kubernetes.io/component": "authority"}
 
 
-class StaleStateError(Exception):
+class StaleStateError(KubespiffeError):
     """Someone else wrote the Secret since it was read; re-read and retry."""
-
-
-ROTATE_ANNOTATION = "kubespiffe.io/rotate-requested"
 
 
 @dataclass(frozen=True)

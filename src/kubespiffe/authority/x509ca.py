@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kubespiffe.authority.keys import KeyType, SigningKey, check_public_key, generate_key
+from kubespiffe.errors import InvalidInput
 from kubespiffe.spiffe.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 
 CLOCK_SKEW = dt.timedelta(seconds=30)
@@ -36,7 +37,7 @@ MAX_DNS_NAME = 253
 _ORG = "kubespiffe"
 
 
-class CsrError(ValueError):
+class CsrError(InvalidInput):
     """A CSR that cannot be signed; the message is one sentence for the caller."""
 
 

@@ -17,6 +17,7 @@ from lightkube.resources.core_v1 import Secret
 from lightkube.types import PatchType
 
 from kubespiffe.authority import store
+from kubespiffe.constants import ROTATE_ANNOTATION
 from kubespiffe.federation.fetch import Endpoint, FetchError, fetch_bundle
 from kubespiffe.kube.client import load_config, make_client
 from kubespiffe.spiffe.bundle import (
@@ -60,7 +61,7 @@ def ca_show(args: argparse.Namespace) -> int:
 async def _annotate(args: argparse.Namespace) -> None:
     client = make_client(load_config(args.kubeconfig), field_manager="kubespiffe-cli")
     try:
-        annotation = {store.ROTATE_ANNOTATION: dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        annotation = {ROTATE_ANNOTATION: dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
         await client.patch(
             Secret,
             args.secret,

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from kubespiffe.agent.files import write_x509_svids
-from kubespiffe.agent.issuer_client import DEFAULT_SERVER_NAME, FetchError, IssuerClient
+from kubespiffe.agent.issuer_client import DEFAULT_SERVER_NAME, IssuerClient, IssuerError
 from kubespiffe.spiffe.bundle import BundleError, parse_pem_certificates
 from kubespiffe.spiffe.jwtsvid import JwtSvidError, validate
 from kubespiffe.spiffe.spiffeid import SpiffeId, SpiffeIdError
@@ -46,7 +46,7 @@ async def _direct(args: argparse.Namespace) -> int:
     try:
         if args.command == "validate":
             bundles = await anext(aiter(client.watch_bundles(token)))
-            keys = {b.trust_domain: b.jwt_authorities for b in bundles}
+            keys = {b.trust_domain: b.jwt_authorities for b in bundles.bundles()}
             result = validate(args.token, args.audience, keys, dt.datetime.now(dt.UTC))
             print(json.dumps({"spiffe_id": str(result.spiffe_id), "claims": dict(result.claims)}, indent=2))
         elif args.kind == "x509":
@@ -75,7 +75,7 @@ def cmd_fetch_or_validate(args: argparse.Namespace) -> int:
         return run(args)
     try:
         return asyncio.run(_direct(args))
-    except FetchError as exc:
+    except IssuerError as exc:
         return _fail(str(exc), exc.exit_code)
     except JwtSvidError as exc:
         return _fail(f"invalid JWT-SVID: {exc}", EXIT_INVALID)

@@ -17,9 +17,12 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kubespiffe.agent.files import write_atomic
+from kubespiffe.agent.files import write_x509_svids
+from kubespiffe.errors import KubespiffeError
 from kubespiffe.proto import workload_pb2, workload_pb2_grpc
-from kubespiffe.spiffe.bundle import certificates_to_pem, parse_der_certificates
+from kubespiffe.spiffe.bundle import parse_der_certificates
+from kubespiffe.spiffe.spiffeid import SpiffeId
+from kubespiffe.spiffe.x509svid import X509Svid
 
 HEADER = (("workload.spiffe.io", "true"),)
 ENV_SOCKET = "SPIFFE_ENDPOINT_SOCKET"
@@ -30,7 +33,9 @@ EXIT_REFUSED = 7
 EXIT_INVALID = 8
 
 
-class WorkloadError(Exception):
+class WorkloadError(KubespiffeError):
+    """A Workload API call from the CLI failed; `exit_code` says how (see the CLI's exit codes)."""
+
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
@@ -73,26 +78,17 @@ def fetch_x509(target: str, write: Path | None, timeout: float) -> list[str]:
             stream.cancel()
         except grpc.RpcError as exc:
             raise _error(exc) from None
-    lines = []
-    for index, svid in enumerate(response.svids):
-        chain = parse_der_certificates(svid.x509_svid)
-        if write:
-            write.mkdir(parents=True, exist_ok=True)
-            write_atomic(write / f"svid.{index}.pem", certificates_to_pem(chain))
-            key_pem = (
-                b"-----BEGIN PRIVATE KEY-----\n"
-                + base64.encodebytes(svid.x509_svid_key)
-                + b"-----END PRIVATE KEY-----\n"
-            )
-            write_atomic(write / f"svid.{index}.key", key_pem, 0o600)
-            write_atomic(
-                write / f"bundle.{index}.pem", certificates_to_pem(parse_der_certificates(svid.bundle))
-            )
-        expires = chain[0].not_valid_after_utc.isoformat()
-        lines.append(
-            f"{index}\t{svid.spiffe_id}\texpires {expires}" + (f"\thint {svid.hint}" if svid.hint else "")
-        )
-    return lines
+    svids = [
+        X509Svid.from_der(SpiffeId.parse(s.spiffe_id), s.x509_svid, s.x509_svid_key, s.hint)
+        for s in response.svids
+    ]
+    if write and svids:
+        write_x509_svids(write, svids, parse_der_certificates(response.svids[0].bundle))
+    return [
+        f"{index}\t{svid.spiffe_id}\texpires {svid.expires_at.isoformat()}"
+        + (f"\thint {svid.hint}" if svid.hint else "")
+        for index, svid in enumerate(svids)
+    ]
 
 
 def _unary(target: str, rpc: str, request: Any, timeout: float) -> Any:

@@ -9,8 +9,7 @@ from typing import Any
 from lightkube import AsyncClient, KubeConfig
 from lightkube.generic_resource import create_global_resource, create_namespaced_resource
 
-GROUP = "kubespiffe.io"
-VERSION = "v1alpha1"
+from kubespiffe.constants import GROUP, VERSION
 
 WorkloadRegistration = create_namespaced_resource(
     GROUP, VERSION, "WorkloadRegistration", "workloadregistrations"

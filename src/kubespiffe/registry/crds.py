@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from kubespiffe import constants
 from kubespiffe.registry import federation as fed
 from kubespiffe.registry import models as m
 from kubespiffe.registry import template as t
@@ -213,9 +214,9 @@ def _spec_property(name: str, description: str, default: Any) -> Schema:
     if name == "dns_name_templates":
         return _dns_name_templates(description)
     if name == "x509_svid_ttl":
-        return _ttl(description, "x509SVIDTTL", m.X509_TTL_MIN, m.X509_TTL_MAX)
+        return _ttl(description, "x509SVIDTTL", constants.X509_TTL_MIN, constants.X509_TTL_MAX)
     if name == "jwt_svid_ttl":
-        return _ttl(description, "jwtSVIDTTL", m.JWT_TTL_MIN, m.JWT_TTL_MAX)
+        return _ttl(description, "jwtSVIDTTL", constants.JWT_TTL_MIN, constants.JWT_TTL_MAX)
     if name == "federates_with":
         domain = _string("A trust domain name.", MAX_TRUST_DOMAIN_BYTES, pattern=m.TRUST_DOMAIN_NAME_RE)
         return _set_of(description, domain, m.MAX_FEDERATES_WITH)
@@ -341,9 +342,12 @@ def _document(
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{m.GROUP}", "labels": {"app.kubernetes.io/part-of": "kubespiffe"}},
+        "metadata": {
+            "name": f"{plural}.{constants.GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "kubespiffe"},
+        },
         "spec": {
-            "group": m.GROUP,
+            "group": constants.GROUP,
             "scope": scope,
             "names": {
                 "kind": kind,
@@ -355,7 +359,7 @@ def _document(
             },
             "versions": [
                 {
-                    "name": m.VERSION,
+                    "name": constants.VERSION,
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
@@ -576,7 +580,7 @@ def render_federation() -> str:
 
 
 def filename(kind: m.Kind | str) -> str:
-    return f"{kind.lower()}s.{m.GROUP}.yaml"
+    return f"{kind.lower()}s.{constants.GROUP}.yaml"
 
 
 def write(outdir: Path) -> list[Path]:

@@ -18,7 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from kubespiffe.registry.models import API_VERSION, TRUST_DOMAIN_NAME_RE
+from kubespiffe.constants import API_VERSION
+from kubespiffe.errors import InvalidInput
+from kubespiffe.registry.models import TRUST_DOMAIN_NAME_RE
 from kubespiffe.spiffe.bundle import Bundle, bundle_to_json
 from kubespiffe.spiffe.spiffeid import MAX_ID_BYTES, SpiffeId, SpiffeIdError, TrustDomain
 
@@ -51,7 +53,7 @@ FETCH_FAILED: Final = "FetchFailed"
 BOOTSTRAPPED: Final = "Bootstrapped"
 
 
-class FederationSpecError(ValueError):
+class FederationSpecError(InvalidInput):
     """The object breaks a rule; the message says which (and names the field)."""
 
 

@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple
 
+from kubespiffe.constants import API_VERSION, JWT_TTL_MAX, JWT_TTL_MIN, X509_TTL_MAX, X509_TTL_MIN
+from kubespiffe.errors import InvalidInput
 from kubespiffe.registry.template import (
     DEFAULT_SPIFFE_ID_TEMPLATE,
     DNS_SUBDOMAIN_MAX,
@@ -29,9 +31,6 @@ from kubespiffe.registry.template import (
 )
 from kubespiffe.spiffe.spiffeid import SpiffeIdError, TrustDomain
 
-GROUP: Final = "kubespiffe.io"
-VERSION: Final = "v1alpha1"
-API_VERSION: Final = f"{GROUP}/{VERSION}"
 NAMESPACED_KIND: Final = "WorkloadRegistration"
 CLUSTER_KIND: Final = "ClusterWorkloadRegistration"
 Kind = Literal["WorkloadRegistration", "ClusterWorkloadRegistration"]
@@ -40,10 +39,6 @@ Kind = Literal["WorkloadRegistration", "ClusterWorkloadRegistration"]
 # numbers. The digit counts keep every match far below CEL's duration range, so duration() cannot overflow.
 DURATION_RE: Final = "^([0-9]{1,5}h)?([0-9]{1,7}m)?([0-9]{1,9}s)?$"
 DURATION_MAX_LENGTH: Final = 24
-X509_TTL_MIN: Final = timedelta(minutes=1)
-X509_TTL_MAX: Final = timedelta(days=30)
-JWT_TTL_MIN: Final = timedelta(seconds=30)
-JWT_TTL_MAX: Final = timedelta(hours=24)
 
 MAX_SERVICE_ACCOUNT_NAMES: Final = 64
 MAX_DNS_NAME_TEMPLATES: Final = 32
@@ -57,7 +52,7 @@ OPERATORS: Final = ("In", "NotIn", "Exists", "DoesNotExist")
 Operator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
 
 
-class RegistrationError(ValueError):
+class RegistrationError(InvalidInput):
     """An object admission would have refused. `reason` is the Ready condition reason it leads to."""
 
     def __init__(self, message: str, reason: str = "InvalidSpec") -> None:

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from kubespiffe.errors import InvalidInput
 from kubespiffe.spiffe.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 
 # Kubernetes name syntax (apimachinery validation): a DNS-1123 label is at most 63 characters, a subdomain
@@ -69,7 +70,7 @@ DNS_SHAPE_RE = f"^{_DNS_ATOM}([.]{_DNS_ATOM})*$"
 """Lower-case letters, digits, '-' and placeholders, in dot-separated non-empty labels."""
 
 
-class TemplateError(ValueError):
+class TemplateError(InvalidInput):
     """A template that cannot be parsed, or cannot be rendered for a given pod; the message says why."""
 
 

@@ -16,6 +16,7 @@ ID and DNS name, so a bug in either half cannot by itself hand out a foreign ide
 
 from __future__ import annotations
 
+from kubespiffe.errors import InvalidInput
 from kubespiffe.registry.models import NAMESPACED_KIND, Registration
 from kubespiffe.registry.template import NAMESPACE, TRUST_DOMAIN, Part, Placeholder, Template
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
@@ -23,7 +24,7 @@ from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 RESERVED_SEGMENT = "kubespiffe"
 
 
-class TenancyError(ValueError):
+class TenancyError(InvalidInput):
     """A registration or rendered identity that breaks the tenancy rule; `reason` names the rule."""
 
     def __init__(self, message: str, reason: str) -> None:

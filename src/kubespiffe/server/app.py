@@ -1,4 +1,12 @@
-"""kubespiffed, wired: authority from its Secret, watch caches, token verification, issuer API, health."""
+"""kubespiffed, wired: each startup step is one function below, run in order by `serve`.
+
+1. `load_authority`: the CA and JWT keys from their Secret (created once, by whichever replica wins).
+2. `attestor`: token verification against the cluster's OIDC keys, TokenReview as the fallback.
+3. `issuer_server`: the issuer API (gRPC over TLS with kubespiffed's own SVID).
+4. `http_endpoints`: health, readiness and metrics; the SPIFFE bundle endpoint.
+5. `run_until_stopped`: the background loops (registry, leader election, authority, federation, bundle
+   ConfigMaps), readiness once the caches are synced, and a clean stop on SIGTERM/SIGINT.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,8 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -18,64 +28,105 @@ from lightkube.resources.authentication_v1 import TokenReview
 from lightkube.resources.core_v1 import Secret
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from kubespiffe.attestation.pod import PodBinding
+from kubespiffe.attestation.pod import PodAttestor
 from kubespiffe.attestation.token import JwksCache, TokenVerifier
+from kubespiffe.authority.live import LiveAuthority
 from kubespiffe.authority.rotation import RotationPolicy
 from kubespiffe.authority.state import AuthorityState
 from kubespiffe.authority.store import load_or_create
 from kubespiffe.authority.x509ca import create_self_signed_ca
+from kubespiffe.constants import JWT_TTL_MAX, X509_TTL_MAX
+from kubespiffe.federation.handler import bundle_endpoint
+from kubespiffe.federation.watch import Federation
 from kubespiffe.kube.client import get_raw_json, load_config, make_client
 from kubespiffe.kube.leader import LeaderElector
 from kubespiffe.proto import issuer_pb2_grpc
-from kubespiffe.registry.models import JWT_TTL_MAX, X509_TTL_MAX
+from kubespiffe.registry.live import Registry
 from kubespiffe.server import https
-from kubespiffe.server.authority import LiveAuthority
 from kubespiffe.server.bundle_configmaps import BundleConfigMaps
 from kubespiffe.server.config import ServerConfig
-from kubespiffe.server.federation import Federation
 from kubespiffe.server.https import StaticTls, TlsSource
 from kubespiffe.server.issuer import IssuerService
-from kubespiffe.server.registrations import Registry
 from kubespiffe.server.tls import ServingIdentity
-from kubespiffe.spiffe.bundle import bundle_to_json
 
 log = logging.getLogger("kubespiffed")
-
-
-async def _token_review(client: AsyncClient, token: str, audience: str) -> dict[str, Any]:
-    review = await client.create(TokenReview(spec=TokenReviewSpec(token=token, audiences=[audience])))
-    status: dict[str, Any] = review.status.to_dict() if review.status else {}
-    return status
-
-
-async def _discover_issuer(client: AsyncClient) -> str:
-    document = await get_raw_json(client, "/.well-known/openid-configuration")
-    issuer: str = document["issuer"]
-    return issuer
 
 
 async def run(config: ServerConfig) -> None:
     client = make_client(load_config(config.kubeconfig))
     try:
-        await _serve(config, client)
+        await serve(config, client)
     finally:
         await client.close()
 
 
-async def _bundle_endpoint_tls(
-    client: AsyncClient, config: ServerConfig, identity: ServingIdentity
-) -> TlsSource:
-    """https_spiffe (kubespiffed's own SVID) unless an operator names a TLS Secret for https_web."""
-    if not config.bundle_endpoint_web_secret:
-        return identity
-    secret = await client.get(Secret, config.bundle_endpoint_web_secret, namespace=config.namespace)
-    data = secret.data or {}
-    if "tls.crt" not in data or "tls.key" not in data:
-        raise SystemExit(f"Secret {config.bundle_endpoint_web_secret} has no tls.crt/tls.key")
-    return StaticTls(base64.b64decode(data["tls.crt"]), base64.b64decode(data["tls.key"]))
+async def serve(config: ServerConfig, client: AsyncClient) -> None:
+    leader = LeaderElector(
+        # One leader per authority: the Lease is named after the authority Secret.
+        client,
+        config.namespace,
+        f"{config.authority_secret}-leader",
+        f"{socket.gethostname()}-{os.getpid()}",
+    )
+    authority = await load_authority(config, client, leader)
+    identity = ServingIdentity(authority.active_x509(), config.server_id, config.server_dns_names)
+    authority.on_activate(identity.set_authority)
+    registry = Registry(client, config.trust_domain, frozenset(config.server_dns_names))
+    attestor, token_issuer = await pod_attestor(config, client, registry)
+    server = issuer_server(
+        config,
+        identity,
+        IssuerService(
+            attestor=attestor,
+            registry=registry,
+            signer=authority,
+            trust=authority.trust,
+            x509_ttl=config.x509_svid_ttl,
+            jwt_ttl=config.jwt_svid_ttl,
+            jwt_issuer=config.jwt_issuer,
+        ),
+    )
+    ready = asyncio.Event()
+    endpoints = await http_endpoints(config, client, identity, authority, ready)
+    federation = Federation(
+        client,
+        config.trust_domain,
+        authority.trust,
+        leader,
+        config.federation_min_refresh.total_seconds(),
+        config.federation_max_refresh.total_seconds(),
+    )
+    loops: list[Callable[[], Any]] = [registry.run, leader.run, authority.run, federation.run]
+    if config.bundle_configmap:
+        configmaps = BundleConfigMaps(
+            client, authority.trust, registry.namespaces, leader, config.bundle_configmap
+        )
+        loops.append(configmaps.run)
+
+    async def until_ready() -> None:
+        await registry.wait_synced()
+        await federation.cache.synced.wait()
+        await server.start()
+        ready.set()
+        log.info(
+            "kubespiffed ready trust_domain=%s issuer_api=%s:%d health=%s:%d bundle_endpoint=%s "
+            "token_issuer=%s audience=%s",
+            config.trust_domain,
+            config.listen_host,
+            config.port,
+            config.listen_host,
+            config.health_port,
+            f"{config.listen_host}:{config.bundle_endpoint_port}" if config.bundle_endpoint_port else "off",
+            token_issuer,
+            config.audience,
+        )
+
+    await run_until_stopped(loops, until_ready, Shutdown(server, endpoints))
 
 
-async def _serve(config: ServerConfig, client: AsyncClient) -> None:
+async def load_authority(config: ServerConfig, client: AsyncClient, leader: LeaderElector) -> LiveAuthority:
+    """The authority Secret's keys; the first replica to start creates them (optimistic concurrency)."""
+
     def new_state() -> AuthorityState:
         log.info("creating a new self-signed CA and JWT signing key for %s", config.trust_domain)
         now = dt.datetime.now(dt.UTC)
@@ -83,9 +134,6 @@ async def _serve(config: ServerConfig, client: AsyncClient) -> None:
         return AuthorityState.new(ca, config.jwt_key_type, now)
 
     stored = await load_or_create(client, config.namespace, config.authority_secret, new_state)
-    # One leader per authority: the Lease is named after the authority Secret.
-    lease = f"{config.authority_secret}-leader"
-    leader = LeaderElector(client, config.namespace, lease, f"{socket.gethostname()}-{os.getpid()}")
     authority = LiveAuthority(
         client,
         namespace=config.namespace,
@@ -98,110 +146,119 @@ async def _serve(config: ServerConfig, client: AsyncClient) -> None:
         policy=RotationPolicy(config.bundle_refresh_hint, X509_TTL_MAX, JWT_TTL_MAX),
         leader=leader,
     )
-    active = authority.active_x509()
     log.info(
         "authority loaded trust_domain=%s ca_expires=%s jwt_kid=%s sequence=%d secret=%s/%s",
         config.trust_domain,
-        active.certificate.not_valid_after_utc.isoformat(),
-        authority.active_jwt()[0],
+        authority.active_x509().certificate.not_valid_after_utc.isoformat(),
+        authority.active_jwt().kid,
         authority.state.sequence,
         config.namespace,
         config.authority_secret,
     )
-    issuer = config.token_issuer or await _discover_issuer(client)
+    return authority
+
+
+async def pod_attestor(
+    config: ServerConfig, client: AsyncClient, registry: Registry
+) -> tuple[PodAttestor, str]:
+    """Token verification for the cluster's issuer (from the API server's discovery unless configured)."""
+
+    async def review(token: str, audience: str) -> dict[str, Any]:
+        result = await client.create(TokenReview(spec=TokenReviewSpec(token=token, audiences=[audience])))
+        status: dict[str, Any] = result.status.to_dict() if result.status else {}
+        return status
+
+    issuer = config.token_issuer
+    if not issuer:
+        discovery = await get_raw_json(client, "/.well-known/openid-configuration")
+        issuer = str(discovery["issuer"])
     verifier = TokenVerifier(
         issuer=issuer,
         audience=config.audience,
         jwks=JwksCache(lambda: get_raw_json(client, "/openid/v1/jwks")),
-        review=lambda token, audience: _token_review(client, token, audience),
+        review=review,
     )
-    registry = Registry(client, config.trust_domain, frozenset(config.server_dns_names))
-    identity = ServingIdentity(active, config.server_id, config.server_dns_names)
-    authority.follow(identity)
-    service = IssuerService(
-        verifier=verifier,
-        binding=PodBinding(client, registry.pods),
-        registry=registry,
-        authority=authority.active_x509,
-        jwt_signer=authority.active_jwt,
-        trust=authority.trust,
-        x509_ttl=config.x509_svid_ttl,
-        jwt_ttl=config.jwt_svid_ttl,
-        jwt_issuer=config.jwt_issuer,
-    )
+    return PodAttestor(verifier, client, registry.pods), issuer
+
+
+def issuer_server(config: ServerConfig, identity: ServingIdentity, service: IssuerService) -> grpc.aio.Server:
     server = grpc.aio.server()
     issuer_pb2_grpc.add_IssuerServicer_to_server(service, server)
     server.add_secure_port(f"{config.listen_host}:{config.port}", identity.grpc_credentials())
+    return server
 
-    synced = asyncio.Event()
+
+async def http_endpoints(
+    config: ServerConfig,
+    client: AsyncClient,
+    identity: ServingIdentity,
+    authority: LiveAuthority,
+    ready: asyncio.Event,
+) -> list[https.HttpsServer]:
+    """Health/readiness/metrics on the health port; the bundle endpoint on its own port unless off."""
+
+    def readyz() -> https.Response:
+        return (200, b"ok\n", "text/plain") if ready.is_set() else (503, b"not ready\n", "text/plain")
+
     health = await https.serve(
         config.listen_host,
         config.health_port,
         identity,
         {
             "/healthz": lambda: (200, b"ok\n", "text/plain"),
-            "/readyz": lambda: (
-                (200, b"ok\n", "text/plain") if synced.is_set() else (503, b"not ready\n", "text/plain")
-            ),
+            "/readyz": readyz,
             "/metrics": lambda: (200, generate_latest(), CONTENT_TYPE_LATEST),
         },
     )
     endpoints = [health]
     if config.bundle_endpoint_port:
-        bundle_tls = await _bundle_endpoint_tls(client, config, identity)
+        tls = await bundle_endpoint_tls(client, config, identity)
+        route = bundle_endpoint(authority.trust)
         endpoints.append(
-            await https.serve(
-                config.listen_host,
-                config.bundle_endpoint_port,
-                bundle_tls,
-                {"/": lambda: (200, bundle_to_json(authority.trust.own), "application/json")},
-            )
+            await https.serve(config.listen_host, config.bundle_endpoint_port, tls, {"/": route})
         )
-    federation = Federation(
-        client,
-        config.trust_domain,
-        authority.trust,
-        leader,
-        config.federation_min_refresh.total_seconds(),
-        config.federation_max_refresh.total_seconds(),
-    )
+    return endpoints
+
+
+async def bundle_endpoint_tls(
+    client: AsyncClient, config: ServerConfig, identity: ServingIdentity
+) -> TlsSource:
+    """https_spiffe (kubespiffed's own SVID) unless an operator names a TLS Secret for https_web."""
+    if not config.bundle_endpoint_web_secret:
+        return identity
+    secret = await client.get(Secret, config.bundle_endpoint_web_secret, namespace=config.namespace)
+    data = secret.data or {}
+    if "tls.crt" not in data or "tls.key" not in data:
+        raise SystemExit(f"Secret {config.bundle_endpoint_web_secret} has no tls.crt/tls.key")
+    return StaticTls(base64.b64decode(data["tls.crt"]), base64.b64decode(data["tls.key"]))
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """What to stop, in order, once a signal arrives: the issuer API (in-flight calls get 5 s), then HTTP."""
+
+    server: grpc.aio.Server
+    endpoints: list[https.HttpsServer]
+
+    async def __call__(self) -> None:
+        log.info("shutting down")
+        await self.server.stop(grace=5)
+        for endpoint in self.endpoints:
+            await endpoint.wait_closed()
+
+
+async def run_until_stopped(
+    loops: list[Callable[[], Any]], until_ready: Callable[[], Any], shutdown: Shutdown
+) -> None:
+    """Run the background loops, become ready, then wait for SIGTERM/SIGINT and stop cleanly."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-
     async with asyncio.TaskGroup() as group:
-        background = [
-            group.create_task(registry.run()),
-            group.create_task(leader.run()),
-            group.create_task(authority.run()),
-            group.create_task(federation.run()),
-        ]
-        if config.bundle_configmap:
-            configmaps = BundleConfigMaps(
-                client, authority.trust, registry.namespaces, leader, config.bundle_configmap
-            )
-            background.append(group.create_task(configmaps.run()))
-        await registry.wait_synced()
-        await federation.cache.synced.wait()
-        await server.start()
-        synced.set()
-        log.info(
-            "kubespiffed ready trust_domain=%s issuer_api=%s:%d health=%s:%d bundle_endpoint=%s "
-            "token_issuer=%s audience=%s",
-            config.trust_domain,
-            config.listen_host,
-            config.port,
-            config.listen_host,
-            config.health_port,
-            f"{config.listen_host}:{config.bundle_endpoint_port}" if config.bundle_endpoint_port else "off",
-            issuer,
-            config.audience,
-        )
+        background = [group.create_task(run()) for run in loops]
+        await until_ready()
         await stop.wait()
-        log.info("shutting down")
-        await server.stop(grace=5)
-        for endpoint in endpoints:
-            endpoint.close()
+        await shutdown()
         for task in background:
             task.cancel()

@@ -19,8 +19,8 @@ from lightkube.types import PatchType
 
 from kubespiffe.kube.leader import LeaderElector
 from kubespiffe.kube.watchcache import WatchCache
-from kubespiffe.server.trust import TrustStore
-from kubespiffe.spiffe.bundle import bundle_to_json, certificates_to_pem
+from kubespiffe.spiffe.bundle import BundleSet, bundle_to_json, certificates_to_pem
+from kubespiffe.versioned import Versioned
 
 log = logging.getLogger("kubespiffed.bundles")
 
@@ -31,7 +31,7 @@ class BundleConfigMaps:
     def __init__(
         self,
         client: AsyncClient,
-        trust: TrustStore,
+        trust: Versioned[BundleSet],
         namespaces: WatchCache[Namespace],
         leader: LeaderElector,
         name: str,
@@ -44,7 +44,7 @@ class BundleConfigMaps:
         self._published: dict[str, int] = {}  # namespace -> trust version written there
 
     def _data(self) -> dict[str, str]:
-        own = self._trust.own
+        own = self._trust.current.own
         return {
             "ca.crt": certificates_to_pem(list(own.x509_authorities)).decode(),
             "bundle.spiffe.json": bundle_to_json(own).decode(),

@@ -1,43 +1,96 @@
-"""kubespiffed's settings: flags with environment-variable defaults, so a Deployment can use either."""
+"""kubespiffed's settings: flags with environment-variable defaults, so a Deployment can use either.
+
+Each field of `ServerConfig` declares its own flag: name, help, and for durations and ports the bounds
+it must stay within, so a setting and its limits are read (and changed) in one place. `parse_args`
+builds the command line from those declarations; every flag also reads `KUBESPIFFED_<FLAG>`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import enum
 import os
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from kubespiffe.authority.keys import KeyType
+from kubespiffe.constants import (
+    AUDIENCE,
+    AUTHORITY_SECRET,
+    BUNDLE_CONFIGMAP,
+    JWT_TTL_MAX,
+    JWT_TTL_MIN,
+    SERVER_ID_PATH,
+    SERVER_NAME,
+    X509_TTL_MAX,
+    X509_TTL_MIN,
+)
 from kubespiffe.registry.models import format_duration, parse_duration
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 
-SERVER_ID_PATH = "/kubespiffe/kubespiffed"
+_SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def setting(
+    default: Any, help: str = "", *, low: Any = None, high: Any = None, required: bool = False
+) -> Any:
+    """A field that is also a flag: `low`/`high` bound durations and ports (inclusive)."""
+    return field(default=default, metadata={"help": help, "low": low, "high": high, "required": required})
+
+
+def _hours(n: float) -> dt.timedelta:
+    return dt.timedelta(hours=n)
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    trust_domain: TrustDomain
-    namespace: str
-    kubeconfig: str | None = None
-    listen_host: str = "0.0.0.0"  # noqa: S104 (in a pod, the Service reaches the pod IP)
-    port: int = 8443
-    health_port: int = 8444
-    audience: str = "kubespiffe"
-    token_issuer: str | None = None
-    authority_secret: str = "kubespiffe-authority"  # noqa: S105 (a Secret name)
-    ca_key_type: KeyType = KeyType.EC_P256
-    ca_ttl: dt.timedelta = dt.timedelta(days=365)
-    x509_svid_ttl: dt.timedelta = dt.timedelta(hours=1)
-    jwt_svid_ttl: dt.timedelta = dt.timedelta(minutes=5)
-    jwt_key_type: KeyType = KeyType.EC_P256
-    jwt_issuer: str | None = None
-    service_name: str = "kubespiffed"
-    bundle_endpoint_port: int = 8445
-    bundle_refresh_hint: dt.timedelta = dt.timedelta(minutes=5)
-    bundle_endpoint_web_secret: str | None = None
-    federation_min_refresh: dt.timedelta = dt.timedelta(seconds=30)
-    bundle_configmap: str = "kubespiffe-bundle"
-    federation_max_refresh: dt.timedelta = dt.timedelta(hours=1)
+    trust_domain: TrustDomain = setting(None, "the trust domain kubespiffed issues for", required=True)
+    namespace: str = setting("", "namespace kubespiffed runs in; its authority Secret lives there")
+    kubeconfig: str | None = setting(None, "default: in-cluster config")
+    listen_host: str = setting("0.0.0.0", "address every port listens on")  # noqa: S104 (Service -> pod IP)
+    port: int = setting(8443, "issuer API (gRPC over TLS)", low=1, high=65535)
+    health_port: int = setting(8444, "health, readiness and metrics (HTTPS)", low=1, high=65535)
+    audience: str = setting(AUDIENCE, "audience pods' projected tokens must carry")
+    token_issuer: str | None = setting(None, "default: from the API server's OIDC discovery")
+    authority_secret: str = setting(AUTHORITY_SECRET, "Secret holding the CA and JWT keys")
+    ca_key_type: KeyType = setting(KeyType.EC_P256, "key type of the self-signed CA")
+    ca_ttl: dt.timedelta = setting(_hours(8760), "CA lifetime", low=_hours(1), high=_hours(87600))
+    x509_svid_ttl: dt.timedelta = setting(
+        _hours(1), "default X.509-SVID TTL", low=X509_TTL_MIN, high=X509_TTL_MAX
+    )
+    jwt_svid_ttl: dt.timedelta = setting(
+        dt.timedelta(minutes=5), "default JWT-SVID TTL", low=JWT_TTL_MIN, high=JWT_TTL_MAX
+    )
+    jwt_key_type: KeyType = setting(
+        KeyType.EC_P256, "ec-p256 signs ES256; rsa-2048 signs RS256 (for clouds that accept only RSA)"
+    )
+    jwt_issuer: str | None = setting(None, "`iss` claim of JWT-SVIDs (optional)")
+    service_name: str = setting(SERVER_NAME, "kubespiffed's Service (its DNS names go in its certificate)")
+    bundle_endpoint_port: int = setting(
+        8445, "SPIFFE bundle endpoint (HTTPS); 0 turns it off", low=0, high=65535
+    )
+    bundle_refresh_hint: dt.timedelta = setting(
+        dt.timedelta(minutes=5), "spiffe_refresh_hint published", low=dt.timedelta(seconds=1), high=_hours(24)
+    )
+    bundle_endpoint_web_secret: str | None = setting(
+        None,
+        "serve the https_web profile with this kubernetes.io/tls Secret (tls.crt, tls.key) in the "
+        "namespace; default: the https_spiffe profile with kubespiffed's own SVID",
+    )
+    federation_min_refresh: dt.timedelta = setting(
+        dt.timedelta(seconds=30),
+        "poll federated bundle endpoints no more often than this, whatever their refresh hint",
+        low=dt.timedelta(seconds=1),
+        high=_hours(1),
+    )
+    bundle_configmap: str = setting(
+        BUNDLE_CONFIGMAP, "publish the trust bundle as this ConfigMap in every namespace ('' turns it off)"
+    )
+    federation_max_refresh: dt.timedelta = setting(
+        _hours(1), "and at least this often", low=dt.timedelta(seconds=1), high=_hours(24)
+    )
 
     @property
     def server_id(self) -> SpiffeId:
@@ -50,141 +103,85 @@ class ServerConfig:
         return (svc, f"{svc}.{ns}", f"{svc}.{ns}.svc", f"{svc}.{ns}.svc.cluster.local")
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"KUBESPIFFED_{name}", default)
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(f"KUBESPIFFED_{name.upper()}")
+
+
+def _text(value: Any) -> str | None:
+    """A default as the command line would spell it."""
+    if value is None:
+        return None
+    if isinstance(value, dt.timedelta):
+        return format_duration(value)
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    return str(value)
+
+
+def _convert(kind: Any, text: str) -> Any:
+    """Flag text to the field's type; a ValueError here becomes a usage error."""
+    if kind is TrustDomain:
+        return TrustDomain.parse(text)
+    if kind is dt.timedelta:
+        return parse_duration(text)
+    if kind is int:
+        return int(text)
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return kind(text)
+    return text
+
+
+def _check_bounds(value: Any, low: Any, high: Any) -> None:
+    if low is None or value is None or low <= value <= high:
+        return
+    lo, hi = (format_duration(b) if isinstance(b, dt.timedelta) else b for b in (low, high))
+    raise ValueError(f"must be between {lo} and {hi}")
 
 
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
     parser = argparse.ArgumentParser(
         prog="kubespiffed",
-        description="Issue SPIFFE X.509-SVIDs to pods that prove themselves with pod-bound tokens.",
+        description="Issue X.509- and JWT-SVIDs to pods that prove who they are with pod-bound tokens.",
         epilog="Every flag also reads KUBESPIFFED_<FLAG> (upper case, '-' as '_').",
     )
-    parser.add_argument("--trust-domain", default=_env("TRUST_DOMAIN"), required=not _env("TRUST_DOMAIN"))
-    parser.add_argument(
-        "--namespace",
-        default=_env("NAMESPACE") or _service_account_namespace() or "kubespiffe-system",
-        help="namespace kubespiffed runs in; its authority Secret lives there",
-    )
-    parser.add_argument("--kubeconfig", default=_env("KUBECONFIG"), help="default: in-cluster config")
-    parser.add_argument("--listen-host", default=_env("LISTEN_HOST", "0.0.0.0"))  # noqa: S104
-    parser.add_argument("--port", type=int, default=_env("PORT", "8443"))
-    parser.add_argument("--health-port", type=int, default=_env("HEALTH_PORT", "8444"))
-    parser.add_argument("--audience", default=_env("AUDIENCE", "kubespiffe"))
-    parser.add_argument(
-        "--token-issuer", default=_env("TOKEN_ISSUER"), help="default: from the API server's OIDC discovery"
-    )
-    parser.add_argument("--authority-secret", default=_env("AUTHORITY_SECRET", "kubespiffe-authority"))
-    parser.add_argument(
-        "--ca-key-type",
-        choices=[k.value for k in KeyType],
-        default=_env("CA_KEY_TYPE", KeyType.EC_P256.value),
-    )
-    parser.add_argument("--ca-ttl", default=_env("CA_TTL", "8760h"))
-    parser.add_argument("--x509-svid-ttl", default=_env("X509_SVID_TTL", "1h"), help="default X.509-SVID TTL")
-    parser.add_argument("--jwt-svid-ttl", default=_env("JWT_SVID_TTL", "5m"), help="default JWT-SVID TTL")
-    parser.add_argument(
-        "--jwt-key-type",
-        choices=[k.value for k in KeyType],
-        default=_env("JWT_KEY_TYPE", KeyType.EC_P256.value),
-        help="ec-p256 signs ES256; rsa-2048 signs RS256 (for clouds that accept only RSA)",
-    )
-    parser.add_argument(
-        "--jwt-issuer", default=_env("JWT_ISSUER"), help="`iss` claim of JWT-SVIDs (optional)"
-    )
-    parser.add_argument("--service-name", default=_env("SERVICE_NAME", "kubespiffed"))
-    parser.add_argument(
-        "--bundle-endpoint-port",
-        type=int,
-        default=_env("BUNDLE_ENDPOINT_PORT", "8445"),
-        help="SPIFFE bundle endpoint (HTTPS); 0 turns it off",
-    )
-    parser.add_argument(
-        "--bundle-refresh-hint",
-        default=_env("BUNDLE_REFRESH_HINT", "5m"),
-        help="spiffe_refresh_hint published",
-    )
-    parser.add_argument(
-        "--bundle-endpoint-web-secret",
-        default=_env("BUNDLE_ENDPOINT_WEB_SECRET"),
-        help="serve the https_web profile with this kubernetes.io/tls Secret (tls.crt, tls.key) in the "
-        "namespace; default: the https_spiffe profile with kubespiffed's own SVID",
-    )
-    parser.add_argument(
-        "--federation-min-refresh",
-        default=_env("FEDERATION_MIN_REFRESH", "30s"),
-        help="poll federated bundle endpoints no more often than this, whatever their refresh hint",
-    )
-    parser.add_argument(
-        "--federation-max-refresh",
-        default=_env("FEDERATION_MAX_REFRESH", "1h"),
-        help="and at least this often",
-    )
-    parser.add_argument(
-        "--bundle-configmap",
-        default=_env("BUNDLE_CONFIGMAP", "kubespiffe-bundle"),
-        help="publish the trust bundle as this ConfigMap in every namespace ('' turns it off)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        return ServerConfig(
-            trust_domain=TrustDomain.parse(args.trust_domain),
-            namespace=args.namespace,
-            kubeconfig=args.kubeconfig,
-            listen_host=args.listen_host,
-            port=args.port,
-            health_port=args.health_port,
-            audience=args.audience,
-            token_issuer=args.token_issuer,
-            authority_secret=args.authority_secret,
-            ca_key_type=KeyType(args.ca_key_type),
-            ca_ttl=_bounded("--ca-ttl", args.ca_ttl, dt.timedelta(hours=1), dt.timedelta(days=3650)),
-            x509_svid_ttl=_bounded(
-                "--x509-svid-ttl", args.x509_svid_ttl, dt.timedelta(minutes=1), dt.timedelta(days=30)
-            ),
-            jwt_svid_ttl=_bounded(
-                "--jwt-svid-ttl", args.jwt_svid_ttl, dt.timedelta(seconds=30), dt.timedelta(hours=24)
-            ),
-            jwt_key_type=KeyType(args.jwt_key_type),
-            jwt_issuer=args.jwt_issuer,
-            service_name=args.service_name,
-            bundle_endpoint_port=args.bundle_endpoint_port,
-            bundle_refresh_hint=_bounded(
-                "--bundle-refresh-hint",
-                args.bundle_refresh_hint,
-                dt.timedelta(seconds=1),
-                dt.timedelta(days=1),
-            ),
-            bundle_endpoint_web_secret=args.bundle_endpoint_web_secret,
-            bundle_configmap=args.bundle_configmap,
-            federation_min_refresh=_bounded(
-                "--federation-min-refresh",
-                args.federation_min_refresh,
-                dt.timedelta(seconds=1),
-                dt.timedelta(hours=1),
-            ),
-            federation_max_refresh=_bounded(
-                "--federation-max-refresh",
-                args.federation_max_refresh,
-                dt.timedelta(seconds=1),
-                dt.timedelta(days=1),
-            ),
+    hints = typing.get_type_hints(ServerConfig)
+    kinds: dict[str, Any] = {}
+    for f in fields(ServerConfig):
+        kind = hints[f.name]
+        kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)  # X | None -> X
+        kinds[f.name] = kind
+        env = _env(f.name)
+        default = env if env is not None else _text(f.default)
+        if f.name == "namespace" and not default:
+            default = _service_account_namespace() or "kubespiffe-system"
+        choices = [k.value for k in kind] if isinstance(kind, type) and issubclass(kind, enum.Enum) else None
+        parser.add_argument(
+            _flag(f.name),
+            default=default,
+            required=f.metadata["required"] and default is None,
+            choices=choices,
+            help=f.metadata["help"],
         )
-    except ValueError as exc:
-        parser.error(str(exc))
-
-
-def _bounded(flag: str, text: str, lowest: dt.timedelta, highest: dt.timedelta) -> dt.timedelta:
-    value = parse_duration(text)
-    if not lowest <= value <= highest:
-        raise ValueError(f"{flag} must be between {format_duration(lowest)} and {format_duration(highest)}")
-    return value
+    args = vars(parser.parse_args(argv))
+    values: dict[str, Any] = {}
+    for f in fields(ServerConfig):
+        text = args[f.name]
+        try:
+            value = None if text is None else _convert(kinds[f.name], text)
+            _check_bounds(value, f.metadata["low"], f.metadata["high"])
+        except ValueError as exc:
+            parser.error(f"{_flag(f.name)} {text!r}: {exc}")
+        values[f.name] = value
+    return ServerConfig(**values)
 
 
 def _service_account_namespace() -> str | None:
-    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
     try:
-        with open(path) as f:
+        with open(_SA_NAMESPACE) as f:
             return f.read().strip() or None
     except OSError:
         return None

@@ -9,25 +9,25 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 from prometheus_client import Counter, Histogram
 
-from kubespiffe.attestation.pod import PodBinding
-from kubespiffe.attestation.token import TokenRejected, TokenVerifier
+from kubespiffe.attestation.pod import AttestedPod, PodAttestor
+from kubespiffe.attestation.token import TokenRejected
+from kubespiffe.authority.state import JwtSigningKey
 from kubespiffe.authority.x509ca import CsrError, X509Authority, load_csr, sign_x509_svid
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
+from kubespiffe.registry.live import Registry
 from kubespiffe.registry.match import Identity
-from kubespiffe.server.registrations import Registry
-from kubespiffe.server.trust import TrustStore
 from kubespiffe.spiffe import jwtsvid
-from kubespiffe.spiffe.bundle import bundle_to_json
+from kubespiffe.spiffe.bundle import BundleSet, bundle_to_json
 from kubespiffe.spiffe.spiffeid import SpiffeId, SpiffeIdError
+from kubespiffe.versioned import Versioned
 
 log = logging.getLogger("kubespiffed.issuer")
 
@@ -41,7 +41,15 @@ LATENCY = Histogram(
 )
 
 Context = grpc.aio.ServicerContext[Any, Any]
-JwtSigner = Callable[[], tuple[str, PrivateKeyTypes]]
+
+
+class Signer(Protocol):
+    """What signs right now; asked on every call, so a rotation takes effect on the next one."""
+
+    def active_x509(self) -> X509Authority: ...
+
+    def active_jwt(self) -> JwtSigningKey: ...
+
 
 # How often an open WatchBundles stream re-checks that its pod still has an identity.
 ENTITLEMENT_RECHECK_SECONDS = 5.0
@@ -64,21 +72,17 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
     def __init__(
         self,
         *,
-        verifier: TokenVerifier,
-        binding: PodBinding,
+        attestor: PodAttestor,
         registry: Registry,
-        authority: Callable[[], X509Authority],
-        jwt_signer: JwtSigner,
-        trust: TrustStore,
+        signer: Signer,
+        trust: Versioned[BundleSet],
         x509_ttl: dt.timedelta,
         jwt_ttl: dt.timedelta,
         jwt_issuer: str | None = None,
     ) -> None:
-        self._verifier = verifier
-        self._binding = binding
+        self._attestor = attestor
         self._registry = registry
-        self._authority = authority
-        self._jwt_signer = jwt_signer
+        self._signer = signer
         self._trust = trust
         self._x509_ttl = x509_ttl
         self._jwt_ttl = jwt_ttl
@@ -87,15 +91,14 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
     async def _attest(self, rpc: str, context: Context, spiffe_id: str = "") -> Caller:
         """Verify the token and the pod, then the identities it is granted (only `spiffe_id` if given)."""
         try:
-            claims = await self._verifier.verify(bearer_token(context))
-            pod = await self._binding.resolve(claims)
+            attested = await self._attestor.attest(bearer_token(context))
         except TokenRejected as exc:
             DECISIONS.labels(rpc, "token_rejected").inc()
             log.warning("rejected reason=%r", str(exc))
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"token refused: {exc}")
             raise
-        who = f"pod={claims.pod_name} namespace={claims.namespace}"
-        result = self._registry.identities(pod)
+        who = attested.who
+        result = self._registry.identities(attested.pod)
         for skipped, reason in result.skipped:
             log.info("registration skipped %s registration=%s reason=%r", who, skipped, reason)
         identities = result.identities
@@ -130,10 +133,10 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"csr: {exc}")
                 raise
             now = dt.datetime.now(dt.UTC)
-            authority = self._authority()
+            authority = self._signer.active_x509()
             chain_der = [c.public_bytes(Encoding.DER) for c in authority.chain]
             response = issuer_pb2.MintX509SVIDResponse(
-                bundle=[c.public_bytes(Encoding.DER) for c in self._trust.own.x509_authorities]
+                bundle=[c.public_bytes(Encoding.DER) for c in self._trust.current.own.x509_authorities]
             )
             for identity in caller.identities:
                 leaf = sign_x509_svid(
@@ -171,7 +174,7 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
                 DECISIONS.labels("jwt", "invalid_argument").inc()
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
             caller = await self._attest("jwt", context, request.spiffe_id)
-            kid, key = self._jwt_signer()
+            kid, key = self._signer.active_jwt()
             now = dt.datetime.now(dt.UTC)
             response = issuer_pb2.MintJWTSVIDResponse()
             for identity in caller.identities:
@@ -210,27 +213,26 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
             message = issuer_pb2.BundlesResponse(
                 bundles=[
                     issuer_pb2.TrustBundle(trust_domain=str(b.trust_domain), spiffe_bundle=bundle_to_json(b))
-                    for b in self._trust.bundles_for(federates)
+                    for b in self._trust.current.for_federation(federates).bundles()
                 ]
             )
             encoded = message.SerializeToString()
             if encoded != sent:
                 yield message
                 sent = encoded
-            version = await self._trust.wait_newer(version, ENTITLEMENT_RECHECK_SECONDS)
+            version, _ = await self._trust.wait_newer(version, ENTITLEMENT_RECHECK_SECONDS)
             caller = await self._recheck(context, token)
 
     async def _recheck(self, context: Context, token: str) -> Caller:
         """The stream's pod may have lost its identity (or gained federation) since it connected."""
         try:
-            claims = await self._verifier.verify(token)
-            pod = await self._binding.resolve(claims)
+            attested: AttestedPod = await self._attestor.attest(token)
         except TokenRejected as exc:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"token no longer valid, reconnect: {exc}")
             raise
-        identities = self._registry.identities(pod).identities
+        identities = self._registry.identities(attested.pod).identities
         if not identities:
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, "no registration matches this pod any more"
             )
-        return Caller(f"pod={claims.pod_name} namespace={claims.namespace}", identities)
+        return Caller(attested.who, identities)

@@ -14,12 +14,12 @@ import threading
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from kubespiffe.authority.keys import KeyType, generate_key
 from kubespiffe.authority.x509ca import X509Authority, sign_x509_svid
 from kubespiffe.server.https import server_context
 from kubespiffe.spiffe.spiffeid import SpiffeId
+from kubespiffe.spiffe.x509svid import X509Svid
 
 SERVER_SVID_TTL = dt.timedelta(hours=24)
 
@@ -38,11 +38,7 @@ class ServingIdentity:
         csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
         now = dt.datetime.now(dt.UTC)
         leaf = sign_x509_svid(self.authority, csr, self.spiffe_id, self.dns_names, SERVER_SVID_TTL, now)
-        self.certificate = leaf
-        self.chain_pem = b"".join(c.public_bytes(Encoding.PEM) for c in (leaf, *self.authority.chain))
-        self.key_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-        lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
-        self._renew_at = leaf.not_valid_before_utc + lifetime / 2
+        self.svid = X509Svid(self.spiffe_id, (leaf, *self.authority.chain), key)
         self.generation += 1
 
     def set_authority(self, authority: X509Authority) -> None:
@@ -54,7 +50,7 @@ class ServingIdentity:
     def refresh(self) -> int:
         """Renew at half-life; returns the generation (it grows with every new certificate)."""
         with self._lock:
-            if dt.datetime.now(dt.UTC) >= self._renew_at:
+            if dt.datetime.now(dt.UTC) >= self.svid.renew_at:
                 self._issue()
             return self.generation
 
@@ -65,9 +61,9 @@ class ServingIdentity:
             if self.refresh() == served["generation"]:
                 return None
             served["generation"] = self.generation
-            return grpc.ssl_server_certificate_configuration([(self.key_pem, self.chain_pem)])
+            return grpc.ssl_server_certificate_configuration([(self.svid.key_pem(), self.svid.chain_pem())])
 
-        initial = grpc.ssl_server_certificate_configuration([(self.key_pem, self.chain_pem)])
+        initial = grpc.ssl_server_certificate_configuration([(self.svid.key_pem(), self.svid.chain_pem())])
         return grpc.dynamic_ssl_server_credentials(
             initial,
             fetch,  # type: ignore[arg-type]  # grpc accepts None for "unchanged"; its stubs say otherwise
@@ -76,4 +72,4 @@ class ServingIdentity:
 
     def ssl_context(self) -> ssl.SSLContext:
         """A server context for the HTTPS endpoints with the current certificate."""
-        return server_context(self.chain_pem, self.key_pem)
+        return server_context(self.svid.chain_pem(), self.svid.key_pem())

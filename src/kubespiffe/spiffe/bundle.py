@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.exceptions import PyJWTError
 
+from kubespiffe.errors import InvalidInput
 from kubespiffe.spiffe.spiffeid import TrustDomain
 
 MAX_BUNDLE_BYTES = 1 << 20
@@ -31,7 +32,7 @@ _PUBLIC_MEMBERS = ("kty", "crv", "x", "y", "n", "e")
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----([^-]*)-----END \1-----")
 
 
-class BundleError(ValueError):
+class BundleError(InvalidInput):
     """A malformed bundle document or certificate list; the message says what is wrong."""
 
 
@@ -45,6 +46,52 @@ class Bundle:
     jwt_authorities: Mapping[str, PublicKeyTypes] = field(default_factory=dict)
     sequence: int | None = None
     refresh_hint: int | None = None
+
+
+@dataclass(frozen=True)
+class BundleSet:
+    """The bundles one party trusts: its own trust domain's, and the federated ones by trust domain.
+
+    Like go-spiffe's `spiffebundle.Set`, one value answers every "which authorities for this trust
+    domain" question; kubespiffed and the agent both hold one, replaced whole on every change, so a
+    reader never sees half an update.
+    """
+
+    own: Bundle
+    federated: Mapping[TrustDomain, Bundle] = field(default_factory=dict)
+
+    @property
+    def trust_domain(self) -> TrustDomain:
+        return self.own.trust_domain
+
+    def get(self, trust_domain: TrustDomain) -> Bundle | None:
+        if trust_domain == self.own.trust_domain:
+            return self.own
+        return self.federated.get(trust_domain)
+
+    def bundles(self) -> tuple[Bundle, ...]:
+        """Own bundle first, then the federated ones in trust-domain order."""
+        return (self.own, *(self.federated[td] for td in sorted(self.federated)))
+
+    def for_federation(self, federates_with: set[TrustDomain]) -> BundleSet:
+        """Own bundle plus those of `federates_with` that exist: what one workload may be handed."""
+        return BundleSet(
+            self.own,
+            {td: b for td, b in self.federated.items() if td in federates_with and td != self.trust_domain},
+        )
+
+    def with_own(self, own: Bundle) -> BundleSet:
+        return BundleSet(own, self.federated)
+
+    def with_federated(self, federated: Mapping[TrustDomain, Bundle]) -> BundleSet:
+        return BundleSet(self.own, {td: b for td, b in federated.items() if td != self.own.trust_domain})
+
+    @classmethod
+    def from_bundles(cls, bundles: Sequence[Bundle]) -> BundleSet:
+        """The first bundle is one's own (the order the issuer API's WatchBundles uses)."""
+        if not bundles:
+            raise BundleError("a bundle set needs at least its own trust domain's bundle")
+        return cls(bundles[0]).with_federated({b.trust_domain: b for b in bundles[1:]})
 
 
 def parse_pem_certificates(data: bytes) -> list[x509.Certificate]:

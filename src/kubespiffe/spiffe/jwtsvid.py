@@ -17,6 +17,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
+from kubespiffe.errors import InvalidInput
 from kubespiffe.spiffe.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 
 ALLOWED_ALGORITHMS = frozenset(
@@ -26,7 +27,7 @@ ALLOWED_HEADER = frozenset({"alg", "kid", "typ"})
 MAX_TOKEN_BYTES = 64 * 1024
 
 
-class JwtSvidError(ValueError):
+class JwtSvidError(InvalidInput):
     """Not a valid JWT-SVID for this audience; the message names the rule."""
 
 

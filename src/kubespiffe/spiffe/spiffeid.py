@@ -9,6 +9,8 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 
+from kubespiffe.errors import InvalidInput
+
 SCHEME = "spiffe"
 MAX_ID_BYTES = 2048
 MAX_TRUST_DOMAIN_BYTES = 255
@@ -17,7 +19,7 @@ _TD_CHARS = frozenset(string.ascii_lowercase + string.digits + ".-_")
 _SEGMENT_CHARS = frozenset(string.ascii_letters + string.digits + ".-_")
 
 
-class SpiffeIdError(ValueError):
+class SpiffeIdError(InvalidInput):
     """A string that is not a valid SPIFFE ID, trust domain or path; the message says which rule broke."""
 
 

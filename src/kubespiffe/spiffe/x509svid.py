@@ -12,13 +12,23 @@ import datetime as dt
 import functools
 import ipaddress
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_der_private_key,
+)
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
+from kubespiffe.errors import InvalidInput
+from kubespiffe.spiffe.bundle import parse_der_certificates
 from kubespiffe.spiffe.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 
 MAX_CHAIN = 8
@@ -44,8 +54,68 @@ _TLS_PURPOSES = frozenset({ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.
 _E = TypeVar("_E", bound=x509.ExtensionType)
 
 
-class X509SvidError(ValueError):
+class X509SvidError(InvalidInput):
     """The certificate or chain breaks an X.509-SVID rule; the message names it."""
+
+
+def half_life(not_before: dt.datetime, not_after: dt.datetime) -> dt.datetime:
+    """When to renew anything with this validity: half-way through it.
+
+    One rule for every credential kubespiffe renews (workload X.509- and JWT-SVIDs, kubespiffed's own
+    SVID, the CA's rotation): half the lifetime leaves the other half to ride out an outage.
+    """
+    return not_before + (not_after - not_before) / 2
+
+
+@dataclass(frozen=True)
+class X509Svid:
+    """An X.509-SVID as its holder keeps it: the SPIFFE ID, the chain (leaf first, then intermediates
+    up to but excluding the root), the private key, and the Workload API hint.
+
+    The one in-memory form for files mode, the Workload API and kubespiffed's own TLS; each output asks
+    for the encoding it needs (PEM for files and TLS libraries, DER on the Workload API wire).
+    """
+
+    spiffe_id: SpiffeId
+    chain: tuple[x509.Certificate, ...]
+    private_key: PrivateKeyTypes
+    hint: str = ""
+
+    @classmethod
+    def from_der(cls, spiffe_id: SpiffeId, chain_der: bytes, key_der: bytes, hint: str = "") -> X509Svid:
+        """From the Workload API's wire form: concatenated DER certificates and a PKCS#8 DER key."""
+        chain = tuple(parse_der_certificates(chain_der))
+        if not chain:
+            raise X509SvidError("the X.509-SVID has no certificates")
+        try:
+            key = load_der_private_key(key_der, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise X509SvidError("the X.509-SVID's key is not an unencrypted PKCS#8 DER key") from None
+        return cls(spiffe_id, chain, key, hint)
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+    @property
+    def expires_at(self) -> dt.datetime:
+        return self.leaf.not_valid_after_utc
+
+    @property
+    def renew_at(self) -> dt.datetime:
+        return half_life(self.leaf.not_valid_before_utc, self.leaf.not_valid_after_utc)
+
+    def chain_pem(self) -> bytes:
+        return b"".join(c.public_bytes(Encoding.PEM) for c in self.chain)
+
+    def chain_der(self) -> bytes:
+        return b"".join(c.public_bytes(Encoding.DER) for c in self.chain)
+
+    def key_pem(self) -> bytes:
+        return self.private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+
+    def key_der(self) -> bytes:
+        return self.private_key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
 
 
 def _describe(cert: x509.Certificate) -> str:

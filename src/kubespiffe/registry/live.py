@@ -1,5 +1,10 @@
 """The live view of registrations: watch caches, parsed models, and the status each one reports.
 
+    registry = Registry(client, trust_domain, reserved_dns_names=frozenset(kubespiffed_dns_names))
+    await registry.run()                      # in a task: list+watch pods, namespaces, registrations
+    await registry.wait_synced()
+    result = registry.identities(pod)         # MatchResult: identities granted, registrations skipped
+
 Objects are parsed once per change (in the watch listener), not per issuance. Status is written by a
 single worker fed from a queue, so a burst of events never blocks the watch and a registration's status
 is only written when it actually changes.
@@ -13,13 +18,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from lightkube import AsyncClient
-from lightkube.core.exceptions import ApiError
-from lightkube.models.core_v1 import EventSource, ObjectReference
-from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Event, Namespace, Pod
+from lightkube.models.core_v1 import ObjectReference
+from lightkube.resources.core_v1 import Namespace, Pod
 from lightkube.types import PatchType
 
 from kubespiffe.kube.client import ClusterWorkloadRegistration, WorkloadRegistration
+from kubespiffe.kube.events import record_warning
 from kubespiffe.kube.watchcache import WatchCache
 from kubespiffe.registry.match import MatchResult, identities_for
 from kubespiffe.registry.models import Registration, RegistrationError
@@ -127,26 +131,14 @@ class Registry:
 
     async def _event(self, raw: Mapping[str, Any], reason: str, message: str) -> None:
         meta = raw["metadata"]
-        namespace = meta.get("namespace") or "default"
-        try:
-            await self._client.create(
-                Event(
-                    metadata=ObjectMeta(generateName=f"{meta['name']}.", namespace=namespace),
-                    involvedObject=ObjectReference(
-                        apiVersion=raw["apiVersion"],
-                        kind=raw["kind"],
-                        name=meta["name"],
-                        namespace=meta.get("namespace"),
-                        uid=meta.get("uid"),
-                    ),
-                    reason=reason,
-                    message=message,
-                    type="Warning",
-                    source=EventSource(component="kubespiffed"),
-                )
-            )
-        except ApiError as exc:
-            log.warning("could not record event for %s: %s", meta["name"], exc)
+        involved = ObjectReference(
+            apiVersion=raw["apiVersion"],
+            kind=raw["kind"],
+            name=meta["name"],
+            namespace=meta.get("namespace"),
+            uid=meta.get("uid"),
+        )
+        await record_warning(self._client, involved, reason, message)
 
 
 def pod_facts(pod: Pod) -> PodFacts:

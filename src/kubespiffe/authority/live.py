@@ -1,8 +1,14 @@
 """The authority as every replica sees it: the Secret's state, followed by polling, rotated by the leader.
 
+    authority = LiveAuthority(client, namespace=..., secret=..., stored=await store.load_or_create(...), ...)
+    authority.on_activate(serving_identity.set_authority)  # called with each newly active CA
+    authority.active_x509(); authority.active_jwt()  # what signs now
+    authority.trust   # Versioned[BundleSet]: the bundles, as they change
+    await authority.run()  # follow the Secret; rotate when this replica leads
+
 Every replica re-reads the Secret every `poll` seconds and applies what changed: a new published key
-set goes to the TrustStore (and from there to WatchBundles streams and the bundle endpoint), a new
-active slot goes to the signers and to kubespiffed's own serving SVID. Only the Lease holder writes.
+set goes to `trust` (and from there to WatchBundles streams and the bundle endpoint), a new active slot
+goes to the signers and to the `on_activate` callbacks. Only the Lease holder writes.
 """
 
 from __future__ import annotations
@@ -15,15 +21,15 @@ from collections.abc import Callable
 from lightkube import AsyncClient
 
 from kubespiffe.authority import store
-from kubespiffe.authority.keys import KeyType, SigningKey
+from kubespiffe.authority.keys import KeyType
 from kubespiffe.authority.rotation import RotationPolicy, plan
-from kubespiffe.authority.state import AuthorityState, Slot, new_slot
+from kubespiffe.authority.state import AuthorityState, JwtSigningKey, Slot, new_slot
 from kubespiffe.authority.x509ca import X509Authority, create_self_signed_ca
+from kubespiffe.constants import ROTATE_ANNOTATION
 from kubespiffe.kube.leader import LeaderElector
-from kubespiffe.server.tls import ServingIdentity
-from kubespiffe.server.trust import TrustStore
-from kubespiffe.spiffe.bundle import Bundle
+from kubespiffe.spiffe.bundle import Bundle, BundleSet
 from kubespiffe.spiffe.spiffeid import TrustDomain
+from kubespiffe.versioned import Versioned
 
 log = logging.getLogger("kubespiffed.authority")
 
@@ -55,7 +61,7 @@ class LiveAuthority:
         self.policy = policy
         self._leader = leader
         self._poll = poll
-        self.trust = TrustStore(self.bundle())
+        self.trust: Versioned[BundleSet] = Versioned(BundleSet(self.bundle()))
         self._on_active: list[Callable[[X509Authority], None]] = []
 
     @property
@@ -65,7 +71,7 @@ class LiveAuthority:
     def active_x509(self) -> X509Authority:
         return self.state.active_x509()
 
-    def active_jwt(self) -> tuple[str, SigningKey]:
+    def active_jwt(self) -> JwtSigningKey:
         return self.state.active_jwt()
 
     def bundle(self) -> Bundle:
@@ -77,9 +83,9 @@ class LiveAuthority:
             refresh_hint=int(self.policy.refresh_hint.total_seconds()),
         )
 
-    def follow(self, identity: ServingIdentity) -> None:
-        """Re-issue kubespiffed's serving SVID whenever the active CA changes (never before activation)."""
-        self._on_active.append(identity.set_authority)
+    def on_activate(self, callback: Callable[[X509Authority], None]) -> None:
+        """Call `callback` with each newly active CA (never a prepared one: it must not sign yet)."""
+        self._on_active.append(callback)
 
     def _new_slot(self) -> Slot:
         now = dt.datetime.now(dt.UTC)
@@ -91,7 +97,8 @@ class LiveAuthority:
         self.stored = stored
         after = stored.state
         if after.sequence != before.sequence or after.active.id != before.active.id:
-            await self.trust.publish(own=self.bundle())
+            own = self.bundle()
+            await self.trust.update(lambda current: current.with_own(own))
         if after.active.id != before.active.id:
             log.info("signing with slot %s (jwt kid %s)", after.active.id, after.active.jwt_kid)
             for callback in self._on_active:
@@ -112,7 +119,7 @@ class LiveAuthority:
             if planned is not stored.state:
                 annotations = dict(stored.annotations)
                 if planned.prepared is not None and stored.state.prepared is None:
-                    annotations.pop(store.ROTATE_ANNOTATION, None)
+                    annotations.pop(ROTATE_ANNOTATION, None)
                 try:
                     stored = await store.update(
                         self._client,

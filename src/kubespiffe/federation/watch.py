@@ -1,6 +1,10 @@
 """Federated trust domains: every replica serves foreign bundles from FederatedTrustDomain status; the
 Lease holder fetches them from the peers' bundle endpoints and writes that status.
 
+    federation = Federation(client, own_trust_domain, trust, leader, min_refresh=30, max_refresh=3600)
+    await federation.run()   # in a task: watch FederatedTrustDomains, publish their bundles into `trust`,
+                             # and (while leading) refresh each one when due
+
 Serving from status means a restart (or a new replica) keeps the last good bundle without fetching, and
 all replicas hand workloads the same bundle. A failed fetch never replaces the last good bundle: it only
 sets Ready=False with the reason, and an Event.
@@ -15,25 +19,26 @@ from typing import Any
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
-from lightkube.models.core_v1 import EventSource, ObjectReference
-from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Event
+from lightkube.models.core_v1 import ObjectReference
 from lightkube.types import PatchType
 
+from kubespiffe.constants import API_VERSION
 from kubespiffe.federation.fetch import Endpoint, FetchError, choose, fetch_bundle, next_refresh
 from kubespiffe.kube.client import FederatedTrustDomain as FederatedTrustDomainResource
+from kubespiffe.kube.events import record_warning
 from kubespiffe.kube.leader import LeaderElector
 from kubespiffe.kube.watchcache import WatchCache
 from kubespiffe.registry.federation import FederatedTrustDomain, FederationSpecError, federation_status
-from kubespiffe.server.trust import TrustStore
 from kubespiffe.spiffe.bundle import (
     Bundle,
     BundleError,
+    BundleSet,
     bundle_to_json,
     parse_bundle_json,
     parse_pem_certificates,
 )
 from kubespiffe.spiffe.spiffeid import TrustDomain
+from kubespiffe.versioned import Versioned
 
 log = logging.getLogger("kubespiffed.federation")
 
@@ -63,7 +68,7 @@ class Federation:
         self,
         client: AsyncClient,
         own: TrustDomain,
-        trust: TrustStore,
+        trust: Versioned[BundleSet],
         leader: LeaderElector,
         min_refresh: float,
         max_refresh: float,
@@ -108,7 +113,9 @@ class Federation:
                 obj.metadata.name,
             )
         # Listeners are synchronous; keep a reference so the publish task is not garbage-collected.
-        task = asyncio.get_running_loop().create_task(self._trust.publish(federated=bundles))
+        task = asyncio.get_running_loop().create_task(
+            self._trust.update(lambda current: current.with_federated(bundles))
+        )
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
 
@@ -176,21 +183,7 @@ class Federation:
             log.warning("could not update status of FederatedTrustDomain %s: %s", ftd.name, exc)
 
     async def _event(self, ftd: FederatedTrustDomain, reason: str, message: str) -> None:
-        try:
-            await self._client.create(
-                Event(
-                    metadata=ObjectMeta(generateName=f"{ftd.name}.", namespace="default"),
-                    involvedObject=ObjectReference(
-                        apiVersion="kubespiffe.io/v1alpha1",
-                        kind="FederatedTrustDomain",
-                        name=ftd.name,
-                        uid=ftd.uid,
-                    ),
-                    reason=reason,
-                    message=message[:1000],
-                    type="Warning",
-                    source=EventSource(component="kubespiffed"),
-                )
-            )
-        except ApiError as exc:
-            log.warning("could not record event for %s: %s", ftd.name, exc)
+        involved = ObjectReference(
+            apiVersion=API_VERSION, kind="FederatedTrustDomain", name=ftd.name, uid=ftd.uid
+        )
+        await record_warning(self._client, involved, reason, message)
