@@ -41,7 +41,7 @@ DAY = dt.timedelta(days=1)
 Document = dict[str, Any]
 
 
-def _ca(now: dt.datetime = T0, key_type: KeyType = KeyType.EC_P256) -> X509Authority:
+def _authority(now: dt.datetime = T0, key_type: KeyType = KeyType.EC_P256) -> X509Authority:
     """A self-signed SPIFFE signing CA valid for 30 days from `now`."""
     key = generate_key(key_type)
     return X509Authority(
@@ -62,9 +62,9 @@ def _intermediate_under(root: X509Authority) -> X509Authority:
 @functools.cache
 def _journal() -> AuthorityState:
     """retired (with a chain) -> active -> prepared, built through the real transitions: sequence 3."""
-    first = AuthorityState.new(_intermediate_under(_ca()), KeyType.EC_P256, now=T0)
-    second = new_slot(_ca(T0 + DAY), KeyType.RSA_2048, "prepared", T0 + DAY)
-    third = new_slot(_ca(T0 + 3 * DAY), KeyType.EC_P384, "prepared", T0 + 3 * DAY)
+    first = AuthorityState.new(_intermediate_under(_authority()), KeyType.EC_P256, now=T0)
+    second = new_slot(_authority(T0 + DAY), KeyType.RSA_2048, "prepared", T0 + DAY)
+    third = new_slot(_authority(T0 + 3 * DAY), KeyType.EC_P384, "prepared", T0 + 3 * DAY)
     state = first.prepare(second).activate(T0 + 2 * DAY).prepare(third)
     assert [s.state for s in state.slots] == ["retired", "active", "prepared"] and state.sequence == 3
     return state
@@ -166,7 +166,7 @@ def test_key_from_pem_refuses_what_we_never_write(make_pem: Callable[[], str], m
 
 
 def test_new_state() -> None:
-    authority = _ca()
+    authority = _authority()
     state = AuthorityState.new(authority, KeyType.EC_P384, T0)
     assert state.sequence == 1
     assert state.active_x509() is authority
@@ -181,7 +181,7 @@ def test_new_state() -> None:
 
 
 def _state_for(jwt_key_type: KeyType = KeyType.EC_P256) -> AuthorityState:
-    return AuthorityState.new(_ca(), jwt_key_type, T0)
+    return AuthorityState.new(_authority(), jwt_key_type, T0)
 
 
 def test_new_states_get_fresh_kids() -> None:
@@ -216,10 +216,10 @@ def test_state_round_trip_for_every_jwt_key_type(jwt_key_type: KeyType) -> None:
 
 
 def test_state_round_trip_with_prepared_retired_and_chain() -> None:
-    upstream = _ca(key_type=KeyType.RSA_2048)
-    p384 = _ca(key_type=KeyType.EC_P384)
+    upstream = _authority(key_type=KeyType.RSA_2048)
+    p384 = _authority(key_type=KeyType.EC_P384)
     chained = X509Authority(p384.key, p384.certificate, (upstream.certificate,))
-    state = AuthorityState.new(_ca(), KeyType.EC_P256, T0)
+    state = AuthorityState.new(_authority(), KeyType.EC_P256, T0)
     state = state.prepare(new_slot(chained, KeyType.RSA_2048, "prepared", T0))
     assert state.sequence == 2
     _assert_same_state(state, AuthorityState.from_secret_data(state.to_secret_data()))
@@ -231,7 +231,7 @@ def test_state_round_trip_with_prepared_retired_and_chain() -> None:
     assert len(again.trust_bundle()) == 2
 
 
-@pytest.mark.parametrize("state", [AuthorityState.new(_ca(), now=T0), None], ids=["new", "journal"])
+@pytest.mark.parametrize("state", [AuthorityState.new(_authority(), now=T0), None], ids=["new", "journal"])
 def test_round_trip_keeps_every_slot(state: AuthorityState | None) -> None:
     state = state or _journal()
     data = state.to_secret_data()
@@ -262,7 +262,7 @@ def test_active_x509_and_trust_bundle() -> None:
     retired, active, prepared = state.slots
     assert state.active_x509() is active.authority
     assert state.trust_bundle() == [s.authority.certificate for s in (retired, active, prepared)]
-    single = AuthorityState.new(_ca(), now=T0)
+    single = AuthorityState.new(_authority(), now=T0)
     assert single.trust_bundle() == [single.active_x509().certificate]
 
 
@@ -440,7 +440,7 @@ def test_any_damaged_field_is_a_state_error_or_a_loadable_state(
 
 
 def test_a_state_with_a_chain_keeps_it_in_order() -> None:
-    root = _ca()
+    root = _authority()
     middle = _intermediate_under(root)
     state = AuthorityState((replace(_journal().slots[1], authority=middle),), 1)
     loaded = AuthorityState.from_secret_data(state.to_secret_data())
@@ -451,7 +451,7 @@ def test_a_state_with_a_chain_keeps_it_in_order() -> None:
 # Damage to a single-slot document (GOOD), as opposed to the three-slot journal above.
 
 GOOD = _state_for()
-OTHER = AuthorityState.new(_ca(), KeyType.EC_P256, T0)
+OTHER = AuthorityState.new(_authority(), KeyType.EC_P256, T0)
 
 
 def _good_document(state: AuthorityState = GOOD) -> Document:

@@ -53,7 +53,8 @@ LEAF_EXTENSIONS = {
 
 
 @functools.cache
-def _ca(key_type: KeyType = KeyType.EC_P256) -> X509Authority:
+def _ca_under_test(key_type: KeyType = KeyType.EC_P256) -> X509Authority:
+    """The CA kubespiffe makes, one per key type (not a fixture: it is what these tests judge)."""
     return create_self_signed_ca(TD, key_type, CA_TTL, NOW)
 
 
@@ -72,7 +73,7 @@ def _sign(
     now: dt.datetime = NOW,
 ) -> x509.Certificate:
     """Load a DER CSR the way the issuer API does, then sign it."""
-    return sign_x509_svid(authority or _ca(), load_csr(csr), spiffe_id, dns_names or [], ttl, now)
+    return sign_x509_svid(authority or _ca_under_test(), load_csr(csr), spiffe_id, dns_names or [], ttl, now)
 
 
 def _spki(key: SigningKey) -> bytes:
@@ -129,7 +130,7 @@ def _tbs_for(spki_der: bytes) -> bytes:
 
 @pytest.mark.parametrize("key_type", list(KeyType))
 def test_ca_profile(key_type: KeyType) -> None:
-    ca = _ca(key_type)
+    ca = _ca_under_test(key_type)
     cert = ca.certificate
     check_signing_ca(cert)
     constraints = _ext(cert, x509.BasicConstraints)
@@ -198,7 +199,7 @@ LEAF_CASES = [(ca_type, csr_type) for ca_type in KeyType for csr_type in KeyType
     ("ca_type", "csr_type"), LEAF_CASES, ids=[f"{a.value}-signs-{b.value}" for a, b in LEAF_CASES]
 )
 def test_leaf_profile(ca_type: KeyType, csr_type: KeyType) -> None:
-    ca, key = _ca(ca_type), _key(csr_type)
+    ca, key = _ca_under_test(ca_type), _key(csr_type)
     csr = load_csr(csr_der(make_csr(key)))
     names = ["web.default.svc", "web.default.svc.cluster.local"]
     leaf = sign_x509_svid(ca, csr, ID, names, HOUR, NOW)
@@ -236,12 +237,12 @@ def test_leaf_profile(ca_type: KeyType, csr_type: KeyType) -> None:
 
 def test_leaves_get_distinct_serials() -> None:
     csr = make_csr(_key(KeyType.EC_P256))
-    serials = {sign_x509_svid(_ca(), csr, ID, [], HOUR, NOW).serial_number for _ in range(20)}
+    serials = {sign_x509_svid(_ca_under_test(), csr, ID, [], HOUR, NOW).serial_number for _ in range(20)}
     assert len(serials) == 20
 
 
 def test_leaf_without_dns_names_has_organization_only() -> None:
-    leaf = sign_x509_svid(_ca(), make_csr(_key(KeyType.EC_P256)), ID, [], HOUR, NOW)
+    leaf = sign_x509_svid(_ca_under_test(), make_csr(_key(KeyType.EC_P256)), ID, [], HOUR, NOW)
     assert leaf.subject == x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "kubespiffe")])
     assert _dns(leaf) == [] and check_leaf(leaf) == ID
 
@@ -294,7 +295,7 @@ def test_hostile_csr_gets_a_plain_leaf_with_only_our_names() -> None:
         (x509.NameConstraints(permitted_subtrees=[x509.DNSName("evil.org")], excluded_subtrees=None), True),
     ]
     csr = load_csr(csr_der(make_csr(key, subject, requested)))
-    leaf = sign_x509_svid(_ca(), csr, ID, ["web.default.svc"], HOUR, NOW)
+    leaf = sign_x509_svid(_ca_under_test(), csr, ID, ["web.default.svc"], HOUR, NOW)
 
     assert check_leaf(leaf) == ID
     san: x509.SubjectAlternativeName = _ext(leaf, x509.SubjectAlternativeName).value
@@ -388,7 +389,7 @@ def test_csr_with_unknown_extension_does_not_leak_it() -> None:
     )
 )
 def test_dns_names_are_the_sans_in_order_and_the_first_short_one_is_the_common_name(names: list[str]) -> None:
-    leaf = sign_x509_svid(_ca(), make_csr(_key(KeyType.EC_P256)), ID, names, HOUR, NOW)
+    leaf = sign_x509_svid(_ca_under_test(), make_csr(_key(KeyType.EC_P256)), ID, names, HOUR, NOW)
     assert _uris(leaf) == [str(ID)] and _dns(leaf) == names
     common_names = [a.value for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     assert common_names == (names[:1] if names and len(names[0]) <= 64 else [])
@@ -398,7 +399,7 @@ def test_dns_names_are_the_sans_in_order_and_the_first_short_one_is_the_common_n
 @pytest.mark.parametrize("name", ["", "two words.example", "bücher.example", "tab\t.example", "a" * 254])
 def test_names_that_are_not_dns_names_are_refused(name: str) -> None:
     with pytest.raises(ValueError, match="is not a DNS name"):
-        sign_x509_svid(_ca(), make_csr(_key(KeyType.EC_P256)), ID, ["ok.example", name], HOUR, NOW)
+        sign_x509_svid(_ca_under_test(), make_csr(_key(KeyType.EC_P256)), ID, ["ok.example", name], HOUR, NOW)
 
 
 # Lifetime.
@@ -411,7 +412,7 @@ def test_names_that_are_not_dns_names_are_refused(name: str) -> None:
 )
 def test_leaf_lifetime_is_clamped_to_the_ca(ttl: int, elapsed: int) -> None:
     """`elapsed` < 0 is a replica whose clock runs behind the one that created the CA."""
-    ca, now = _ca(), NOW + dt.timedelta(seconds=elapsed)
+    ca, now = _ca_under_test(), NOW + dt.timedelta(seconds=elapsed)
     leaf = sign_x509_svid(ca, make_csr(_key(KeyType.EC_P256)), ID, [], dt.timedelta(seconds=ttl), now)
     assert leaf.not_valid_after_utc == min(
         now + dt.timedelta(seconds=ttl), ca.certificate.not_valid_after_utc
@@ -465,14 +466,16 @@ def test_leaf_names_and_lifetime_property(names: list[str], ttl_seconds: int, el
 
 def test_a_replica_whose_clock_is_behind_never_starts_a_leaf_before_its_ca() -> None:
     now = NOW - dt.timedelta(seconds=10)  # the CA was made 10 s "later" by another replica
-    leaf = sign_x509_svid(_ca(), make_csr(_key(KeyType.EC_P256)), ID, [], HOUR, now)
-    assert leaf.not_valid_before_utc == _ca().certificate.not_valid_before_utc == NOW - CLOCK_SKEW
+    leaf = sign_x509_svid(_ca_under_test(), make_csr(_key(KeyType.EC_P256)), ID, [], HOUR, now)
+    assert leaf.not_valid_before_utc == _ca_under_test().certificate.not_valid_before_utc == NOW - CLOCK_SKEW
     assert leaf.not_valid_after_utc == now + HOUR
 
 
 def test_a_year_long_ttl_ends_with_the_ca() -> None:
-    leaf = sign_x509_svid(_ca(), make_csr(_key(KeyType.EC_P256)), ID, [], dt.timedelta(days=365), NOW)
-    assert leaf.not_valid_after_utc == _ca().certificate.not_valid_after_utc == NOW + CA_TTL
+    leaf = sign_x509_svid(
+        _ca_under_test(), make_csr(_key(KeyType.EC_P256)), ID, [], dt.timedelta(days=365), NOW
+    )
+    assert leaf.not_valid_after_utc == _ca_under_test().certificate.not_valid_after_utc == NOW + CA_TTL
 
 
 @pytest.mark.parametrize(
@@ -489,7 +492,7 @@ def test_leaf_refuses_a_bad_ttl_a_naive_clock_or_an_expired_ca(
     ttl: dt.timedelta, now: dt.datetime, message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
-        sign_x509_svid(_ca(), make_csr(_key(KeyType.EC_P256)), ID, [], ttl, now)
+        sign_x509_svid(_ca_under_test(), make_csr(_key(KeyType.EC_P256)), ID, [], ttl, now)
 
 
 # Which IDs a CA may sign.
@@ -506,12 +509,14 @@ def test_leaf_refuses_a_bad_ttl_a_naive_clock_or_an_expired_ca(
 )
 def test_ids_outside_the_ca_trust_domain_are_refused(spiffe_id: str) -> None:
     with pytest.raises(ValueError, match=r"outside the CA's trust domain example\.org$"):
-        sign_x509_svid(_ca(), make_csr(_key(KeyType.EC_P256)), SpiffeId.parse(spiffe_id), [], HOUR, NOW)
+        sign_x509_svid(
+            _ca_under_test(), make_csr(_key(KeyType.EC_P256)), SpiffeId.parse(spiffe_id), [], HOUR, NOW
+        )
 
 
 def test_the_trust_domain_id_itself_is_refused() -> None:
     with pytest.raises(ValueError, match="needs a workload ID with a path"):
-        sign_x509_svid(_ca(), make_csr(_key(KeyType.EC_P256)), TD.id, [], HOUR, NOW)
+        sign_x509_svid(_ca_under_test(), make_csr(_key(KeyType.EC_P256)), TD.id, [], HOUR, NOW)
 
 
 def _ca_with(names: list[x509.GeneralName] | None, ski: bytes | None = None) -> X509Authority:
@@ -564,7 +569,7 @@ def test_aki_of_a_ca_without_ski_is_the_key_hash() -> None:
 def test_sign_refuses_a_csr_key_that_load_csr_would_refuse() -> None:
     """Callers that build their own CSR object (kubespiffed's serving SVID) get the same key policy."""
     with pytest.raises(ValueError, match="not supported"):
-        sign_x509_svid(_ca(), make_csr(ed25519.Ed25519PrivateKey.generate()), ID, [], HOUR, NOW)
+        sign_x509_svid(_ca_under_test(), make_csr(ed25519.Ed25519PrivateKey.generate()), ID, [], HOUR, NOW)
 
 
 # Loading CSRs.
