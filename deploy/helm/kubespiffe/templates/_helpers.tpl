@@ -58,8 +58,8 @@ not compare durations, so the bounds are checked here, before kubespiffed would 
 {{- end -}}
 
 {{/*
-kubespiffed's flags. Each one exists in src/kubespiffe/server/config.py, except the webhook and agent
-flags under injection.enabled and --pod-certificate-signer, which the webhook and the signer add.
+kubespiffed's flags. Each one exists in src/kubespiffe/server/config.py (a test parses them with it),
+except --pod-certificate-signer, which the PodCertificateRequest signer adds.
 */}}
 {{- define "kubespiffe.args" -}}
 {{- $v := .Values -}}
@@ -90,6 +90,12 @@ flags under injection.enabled and --pod-certificate-signer, which the webhook an
   (printf "--federation-min-refresh=%s" (include "kubespiffe.duration" (list "federation.minRefresh" $v.federation.minRefresh 1 3600 "1s and 1h")))
   (printf "--federation-max-refresh=%s" (include "kubespiffe.duration" (list "federation.maxRefresh" $v.federation.maxRefresh 1 86400 "1s and 24h")))) -}}
 {{- if $v.injection.enabled -}}
+{{- if not $v.bundleConfigMap -}}
+{{- fail "injection.enabled needs bundleConfigMap: the injected agent mounts it as its bootstrap trust bundle" -}}
+{{- end -}}
+{{- if ne (int $v.service.port) 443 -}}
+{{- $args = append $args (printf "--agent-server=%s.%s.svc:%d" (include "kubespiffe.name" .) .Release.Namespace (int $v.service.port)) -}}
+{{- end -}}
 {{- $args = concat $args (list
   (printf "--webhook-port=%d" (int $v.injection.port))
   (printf "--webhook-configuration=%s" (include "kubespiffe.webhookName" .))
