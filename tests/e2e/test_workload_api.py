@@ -15,6 +15,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_private_key
+from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from lightkube import AsyncClient
 from spiffe import JwtSource, WorkloadApiClient, X509Source
@@ -224,7 +225,20 @@ def test_server_reflection_lists_the_workload_api(web: AgentProcess) -> None:
             iter([reflection_pb2.ServerReflectionRequest(list_services="")])
         )
         services = {s.name for s in next(iter(responses)).list_services_response.service}
+        described = next(
+            iter(
+                stub.ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="SpiffeWorkloadAPI")])
+                )
+            )
+        )
     assert "SpiffeWorkloadAPI" in services
+    # What grpcurl does next: describe the service (its descriptors live in our own pool).
+    assert not described.HasField("error_response"), described.error_response.error_message
+    files = [
+        FileDescriptorProto.FromString(f) for f in described.file_descriptor_response.file_descriptor_proto
+    ]
+    assert any(svc.name == "SpiffeWorkloadAPI" for f in files for svc in f.service)
 
 
 async def test_pod_without_identity_gets_permission_denied(start_agent: AgentFactory) -> None:

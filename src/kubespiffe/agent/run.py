@@ -38,7 +38,7 @@ from kubespiffe.agent.issuer_client import (
 )
 from kubespiffe.agent.state import AgentState, Snapshot
 from kubespiffe.agent.workloadapi import WorkloadAPI
-from kubespiffe.proto import workload_pb2, workload_pb2_grpc
+from kubespiffe.proto import workload_pb2, workload_pb2_grpc, workload_pool
 from kubespiffe.spiffe.bundle import Bundle, BundleSet, parse_pem_certificates
 from kubespiffe.spiffe.x509svid import half_life
 from kubespiffe.versioned import Versioned
@@ -219,7 +219,8 @@ class Agent:
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         )
-        reflection.enable_server_reflection(service_names, server)
+        # Our Workload API descriptors live in their own pool (see proto/workload_pool.py).
+        reflection.enable_server_reflection(service_names, server, pool=workload_pool.POOL)
         socket = self.config.socket
         socket.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):

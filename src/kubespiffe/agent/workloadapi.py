@@ -1,8 +1,9 @@
 """The SPIFFE Workload API (`SpiffeWorkloadAPI`, no proto package) served inside the pod.
 
 It serves one pod only, so every caller on the socket is that pod: there is no caller attestation here.
-The generated messages and servicer come from py-spiffe (`spiffe._proto`), the one compiled copy of
-workload.proto in the process. Streams send the complete current state first and after every change;
+The generated messages and servicer are kubespiffe's own (`kubespiffe.proto.workload_pb2`, compiled from
+the spec's workload.proto into a private descriptor pool so py-spiffe's copy can live in the same
+process). Streams send the complete current state first and after every change;
 PermissionDenied ends them when the pod loses its identity.
 """
 

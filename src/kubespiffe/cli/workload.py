@@ -75,7 +75,7 @@ def fetch_x509(target: str, write: Path | None, timeout: float) -> list[str]:
         try:
             stream = stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=timeout)
             response = next(iter(stream))
-            stream.cancel()
+            stream.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves Call.cancel untyped
         except grpc.RpcError as exc:
             raise _error(exc) from None
     svids = [
