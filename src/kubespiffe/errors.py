@@ -11,7 +11,8 @@
     │   ├── RegistrationError              registry.models     a (Cluster)WorkloadRegistration's spec
     │   ├── TemplateError                  registry.template   a SPIFFE ID or DNS name template
     │   ├── TenancyError                   registry.tenancy    an ID outside what its registration may grant
-    │   └── FederationSpecError            registry.federation a FederatedTrustDomain's spec
+    │   ├── FederationSpecError            registry.federation a FederatedTrustDomain's spec
+    │   └── MalformedReview                injection.review    an AdmissionReview kubespiffed cannot answer
     ├── TokenRejected                    attestation.token   a caller's token or its pod does not attest
     ├── StaleStateError                  authority.store     another replica wrote the authority Secret first
     ├── BundleFetchError                 federation.fetch    a peer's bundle endpoint failed or lied

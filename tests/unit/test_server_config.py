@@ -44,6 +44,13 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         ["--trust-domain", "td", "--ca-key-type", "dsa"],
         ["--trust-domain", "td", "--port", "http"],
         ["--trust-domain", "td", "--federation-min-refresh", "0s"],
+        ["--trust-domain", "td", "--port", "70000"],
+        ["--trust-domain", "td", "--webhook-port", "8446"],  # no --agent-image
+        ["--trust-domain", "td", "--webhook-port", "8446", "--agent-image", "has space"],
+        ["--trust-domain", "td", "--webhook-port", "8446", "--agent-image", "i", "--agent-resources", "{"],
+        ["--trust-domain", "td", "--webhook-port", "8446", "--agent-image", "i", "--agent-resources", "[]"],
+        ["--trust-domain", "td", "--webhook-port", "8446", "--agent-image", "i", "--agent-server", "no-port"],
+        ["--trust-domain", "td", "--webhook-port", "8446", "--agent-image", "i", "--agent-image-pull-policy", "x"],
     ],
 )
 def test_bad_flags_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -51,3 +58,21 @@ def test_bad_flags_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixtu
         parse_args(argv)
     assert exited.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_injection_settings_from_flags() -> None:
+    config = parse_args(
+        [
+            "--trust-domain=td",
+            "--namespace=ks",
+            "--webhook-port=8446",
+            "--agent-image=registry.example/kubespiffe:1",
+            "--agent-server=10.96.0.20:443",
+            '--agent-resources={"limits": {"memory": "96Mi"}}',
+        ]
+    )
+    settings = config.injection()
+    assert settings.image == "registry.example/kubespiffe:1" and settings.namespace == "ks"
+    assert settings.server == "10.96.0.20:443" and settings.server_name == "kubespiffed"
+    assert settings.resources == {"limits": {"memory": "96Mi"}}
+    assert parse_args(["--trust-domain=td"]).webhook_port == 0  # off unless asked

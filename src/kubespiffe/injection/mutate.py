@@ -201,7 +201,8 @@ class _Mutation:
         if _object(spec.get("os"), "spec.os").get("name") == "windows":
             raise _Unpatchable("Windows pods cannot run the agent (Unix socket, Linux security context)")
         dns = spec.get("dnsPolicy")
-        if spec.get("hostNetwork") is True and dns not in ("ClusterFirstWithHostNet", "None"):
+        resolves = self.settings.server_address is not None or dns in ("ClusterFirstWithHostNet", "None")
+        if spec.get("hostNetwork") is True and not resolves:
             raise _Unpatchable(
                 f"hostNetwork pod with dnsPolicy {_shown(dns or 'ClusterFirst')} cannot resolve "
                 f"{self.settings.server}; set dnsPolicy: ClusterFirstWithHostNet"

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from kubespiffe.errors import InvalidInput
 from kubespiffe.injection.mutate import Decision, Patch, Refused, is_injected, mutate, select
 from kubespiffe.injection.settings import InjectionSettings
 
@@ -28,7 +29,7 @@ MAX_WARNING_CHARS: Final = 256
 _POD_KIND: Final = {"group": "", "version": "v1", "kind": "Pod"}
 
 
-class MalformedReview(ValueError):
+class MalformedReview(InvalidInput):
     """The body is not an AdmissionReview request that can be answered (no uid to answer to)."""
 
 

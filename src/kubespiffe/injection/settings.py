@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from kubespiffe import __version__
+from kubespiffe.constants import AUDIENCE, BUNDLE_CONFIGMAP, SERVER_NAME
 
 # Namespace label `enabled` turns injection on for the namespace; pod label `disabled` opts a pod out.
 INJECT_LABEL: Final = "kubespiffe.io/inject"
@@ -43,6 +44,7 @@ DEFAULT_RESOURCES: Final[Mapping[str, Mapping[str, str]]] = {
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _CONFIGMAP_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+_ADDRESS = re.compile(r"[A-Za-z0-9.-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}")
 _PULL_POLICIES = frozenset({"Always", "IfNotPresent", "Never"})
 # The kubelet refuses projected token lifetimes outside these bounds.
 TOKEN_EXPIRATION_MIN: Final = 600
@@ -64,16 +66,19 @@ class InjectionSettings:
     image: str
     namespace: str
     image_pull_policy: str = "IfNotPresent"
-    service: str = "kubespiffed"
+    service: str = SERVER_NAME
     port: int = 443
-    server_name: str = "kubespiffed"
-    audience: str = "kubespiffe"
+    server_name: str = SERVER_NAME
+    audience: str = AUDIENCE
     token_expiration_seconds: int = 600
-    bundle_configmap: str = "kubespiffe-bundle"
+    bundle_configmap: str = BUNDLE_CONFIGMAP
     bundle_key: str = "ca.crt"
     socket_path: str = "/run/spiffe/agent.sock"
     resources: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: DEFAULT_RESOURCES)
     version: str = __version__
+    # HOST:PORT the agent dials instead of the Service's cluster DNS name (clusters without DNS for
+    # pods, or a fixed ClusterIP); the TLS name checked stays `server_name`.
+    server_address: str | None = None
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -91,6 +96,8 @@ class InjectionSettings:
                 found.append(f"{what} {value!r} is not a DNS label")
         if isinstance(self.port, bool) or not 1 <= self.port <= 65535:
             found.append(f"port {self.port!r} is not 1-65535")
+        if self.server_address is not None and not _ADDRESS.fullmatch(self.server_address):
+            found.append(f"server address {self.server_address!r} is not HOST:PORT")
         if not self.server_name or not self.audience:
             found.append("server name and audience must not be empty")
         expiration = self.token_expiration_seconds
@@ -114,8 +121,8 @@ class InjectionSettings:
 
     @property
     def server(self) -> str:
-        """kubespiffed's issuer API as the agent dials it (through the Service's cluster DNS name)."""
-        return f"{self.service}.{self.namespace}.svc:{self.port}"
+        """kubespiffed's issuer API as the agent dials it (the Service's cluster DNS name by default)."""
+        return self.server_address or f"{self.service}.{self.namespace}.svc:{self.port}"
 
     @property
     def socket_dir(self) -> str:

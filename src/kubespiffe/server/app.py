@@ -3,7 +3,7 @@
 1. `load_authority`: the CA and JWT keys from their Secret (created once, by whichever replica wins).
 2. `attestor`: token verification against the cluster's OIDC keys, TokenReview as the fallback.
 3. `issuer_server`: the issuer API (gRPC over TLS with kubespiffed's own SVID).
-4. `http_endpoints`: health, readiness and metrics; the SPIFFE bundle endpoint.
+4. `http_endpoints`: health, readiness and metrics; the SPIFFE bundle endpoint; the injection webhook.
 5. `run_until_stopped`: the background loops (registry, leader election, authority, federation, bundle
    ConfigMaps), readiness once the caches are synced, and a clean stop on SIGTERM/SIGINT.
 """
@@ -48,6 +48,7 @@ from kubespiffe.server.config import ServerConfig
 from kubespiffe.server.https import StaticTls, TlsSource
 from kubespiffe.server.issuer import IssuerService
 from kubespiffe.server.tls import ServingIdentity
+from kubespiffe.server.webhook import CaBundleSync, inject_route
 
 log = logging.getLogger("kubespiffed")
 
@@ -87,7 +88,7 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
         ),
     )
     ready = asyncio.Event()
-    endpoints = await http_endpoints(config, client, identity, authority, ready)
+    endpoints = await http_endpoints(config, client, identity, authority, registry, ready)
     federation = Federation(
         client,
         config.trust_domain,
@@ -102,6 +103,8 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
             client, authority.trust, registry.namespaces, leader, config.bundle_configmap
         )
         loops.append(configmaps.run)
+    if config.webhook_port and config.webhook_configuration:
+        loops.append(CaBundleSync(client, config.webhook_configuration, authority.trust, leader).run)
 
     async def until_ready() -> None:
         await registry.wait_synced()
@@ -109,7 +112,7 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
         await server.start()
         ready.set()
         log.info(
-            "kubespiffed ready trust_domain=%s issuer_api=%s:%d health=%s:%d bundle_endpoint=%s "
+            "kubespiffed ready trust_domain=%s issuer_api=%s:%d health=%s:%d bundle_endpoint=%s webhook=%s "
             "token_issuer=%s audience=%s",
             config.trust_domain,
             config.listen_host,
@@ -117,6 +120,7 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
             config.listen_host,
             config.health_port,
             f"{config.listen_host}:{config.bundle_endpoint_port}" if config.bundle_endpoint_port else "off",
+            f"{config.listen_host}:{config.webhook_port}" if config.webhook_port else "off",
             token_issuer,
             config.audience,
         )
@@ -193,9 +197,11 @@ async def http_endpoints(
     client: AsyncClient,
     identity: ServingIdentity,
     authority: LiveAuthority,
+    registry: Registry,
     ready: asyncio.Event,
 ) -> list[https.HttpsServer]:
-    """Health/readiness/metrics on the health port; the bundle endpoint on its own port unless off."""
+    """Health/readiness/metrics on the health port; the bundle endpoint and the injection webhook on
+    their own ports unless off."""
 
     def readyz() -> https.Response:
         return (200, b"ok\n", "text/plain") if ready.is_set() else (503, b"not ready\n", "text/plain")
@@ -216,6 +222,11 @@ async def http_endpoints(
         route = bundle_endpoint(authority.trust)
         endpoints.append(
             await https.serve(config.listen_host, config.bundle_endpoint_port, tls, {"/": route})
+        )
+    if config.webhook_port:
+        inject = inject_route(config.injection(), registry.namespaces, client)
+        endpoints.append(
+            await https.serve(config.listen_host, config.webhook_port, identity, {"/inject": inject})
         )
     return endpoints
 

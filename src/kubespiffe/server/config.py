@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import enum
+import json
 import os
 import typing
 from dataclasses import dataclass, field, fields
@@ -27,6 +28,7 @@ from kubespiffe.constants import (
     X509_TTL_MAX,
     X509_TTL_MIN,
 )
+from kubespiffe.injection import InjectionSettings
 from kubespiffe.registry.models import format_duration, parse_duration
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 
@@ -91,6 +93,44 @@ class ServerConfig:
     federation_max_refresh: dt.timedelta = setting(
         _hours(1), "and at least this often", low=dt.timedelta(seconds=1), high=_hours(24)
     )
+    webhook_port: int = setting(
+        0, "sidecar-injection webhook (HTTPS, POST /inject); 0 turns it off", low=0, high=65535
+    )
+    webhook_configuration: str = setting(
+        "", "MutatingWebhookConfiguration whose caBundle kubespiffed keeps equal to its CA bundle"
+    )
+    agent_image: str | None = setting(None, "image of the injected agent (required with --webhook-port)")
+    agent_image_pull_policy: str = setting("IfNotPresent", "imagePullPolicy of the injected agent")
+    agent_server: str | None = setting(
+        None, "HOST:PORT the injected agent dials (default: <service-name>.<namespace>.svc:443)"
+    )
+    agent_resources: str | None = setting(
+        None, 'resources of the injected agent as JSON, e.g. {"requests": {"memory": "64Mi"}}'
+    )
+
+    def injection(self) -> InjectionSettings:
+        """The sidecar to inject; ValueError says what is wrong with the agent flags."""
+        if not self.agent_image:
+            raise ValueError("--agent-image is required with --webhook-port")
+        extra: dict[str, Any] = {}
+        if self.agent_resources:
+            try:
+                extra["resources"] = json.loads(self.agent_resources)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--agent-resources is not JSON: {exc}") from None
+            if not isinstance(extra["resources"], dict):
+                raise ValueError("--agent-resources must be a JSON object")
+        return InjectionSettings(
+            image=self.agent_image,
+            namespace=self.namespace,
+            image_pull_policy=self.agent_image_pull_policy,
+            service=self.service_name,
+            server_name=self.service_name,
+            audience=self.audience,
+            bundle_configmap=self.bundle_configmap or BUNDLE_CONFIGMAP,
+            server_address=self.agent_server,
+            **extra,
+        )
 
     @property
     def server_id(self) -> SpiffeId:
@@ -176,7 +216,13 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         except ValueError as exc:
             parser.error(f"{_flag(f.name)} {text!r}: {exc}")
         values[f.name] = value
-    return ServerConfig(**values)
+    config = ServerConfig(**values)
+    if config.webhook_port:
+        try:
+            config.injection()
+        except ValueError as exc:
+            parser.error(str(exc))
+    return config
 
 
 def _service_account_namespace() -> str | None:
