@@ -50,7 +50,16 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         ["--trust-domain", "td", "--webhook-port", "8446", "--agent-image", "i", "--agent-resources", "{"],
         ["--trust-domain", "td", "--webhook-port", "8446", "--agent-image", "i", "--agent-resources", "[]"],
         ["--trust-domain", "td", "--webhook-port", "8446", "--agent-image", "i", "--agent-server", "no-port"],
-        ["--trust-domain", "td", "--webhook-port", "8446", "--agent-image", "i", "--agent-image-pull-policy", "x"],
+        [
+            "--trust-domain",
+            "td",
+            "--webhook-port",
+            "8446",
+            "--agent-image",
+            "i",
+            "--agent-image-pull-policy",
+            "x",
+        ],
     ],
 )
 def test_bad_flags_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
