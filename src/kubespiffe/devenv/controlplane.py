@@ -1,8 +1,9 @@
 """Run a real etcd + kube-apiserver on loopback, configured as a cluster that issues pod-bound tokens.
 
-There is no kubelet, scheduler or controller-manager: callers create Pods and request their tokens through
-the TokenRequest API exactly as a kubelet would. The ServiceAccount issuer, TokenRequest, RBAC, the Node
-authorizer and the PodCertificateRequest / ClusterTrustBundle APIs are all on.
+By default there is no kubelet, scheduler or controller-manager: callers create Pods and request their
+tokens through the TokenRequest API exactly as a kubelet would. The ServiceAccount issuer, TokenRequest, RBAC,
+the Node authorizer and the PodCertificateRequest / ClusterTrustBundle APIs are all on. With
+`with_nodes=True` the API server can also reach kubelets (logs, exec): see kubespiffe.devenv.node.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from kubespiffe.devenv import pki
 from kubespiffe.devenv.build import ControlPlaneBinaries, ensure_binaries
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+SERVICE_CIDR = "10.96.0.0/16"
 FEATURE_GATES = "ClusterTrustBundle=true,ClusterTrustBundleProjection=true,PodCertificateRequest=true"
 RUNTIME_CONFIG = (
     "certificates.k8s.io/v1beta1/clustertrustbundles=true,"
@@ -72,8 +74,11 @@ def kubeconfig(server: str, ca_pem: bytes, user: dict[str, str], name: str = "ku
 class ControlPlane:
     """One local control plane. Use as a context manager or call start()/stop()."""
 
-    def __init__(self, name: str = "cluster", log_dir: Path | None = None) -> None:
+    def __init__(
+        self, name: str = "cluster", log_dir: Path | None = None, *, with_nodes: bool = False
+    ) -> None:
         self.name = name
+        self.with_nodes = with_nodes
         self.dir = _runtime_dir(name)
         self.log_dir = log_dir or self.dir
         self.ca = pki.ClusterCA()
@@ -90,6 +95,10 @@ class ControlPlane:
     @property
     def ca_pem(self) -> bytes:
         return self.ca.cert_pem
+
+    @property
+    def ca_file(self) -> Path:
+        return self.dir / "ca.crt"
 
     def client_kubeconfig(self, common_name: str, organization: str | None = None) -> str:
         """A kubeconfig authenticating with a client certificate (e.g. `system:node:<name>`)."""
@@ -149,7 +158,7 @@ class ControlPlane:
 
     def _start_apiserver(self, timeout: float) -> None:
         assert self.binaries is not None
-        ca_file = self.dir / "ca.crt"
+        ca_file = self.ca_file
         ca_file.write_bytes(self.ca_pem)
         serving = self.ca.issue(
             "kube-apiserver",
@@ -174,7 +183,7 @@ class ControlPlane:
                 f"--service-account-signing-key-file={sa_key}",
                 "--authorization-mode=Node,RBAC",
                 "--enable-admission-plugins=NodeRestriction",
-                "--service-cluster-ip-range=10.96.0.0/16",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--endpoint-reconciler-type=none",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
@@ -182,6 +191,7 @@ class ControlPlane:
                 f"--feature-gates={FEATURE_GATES}",
                 f"--runtime-config={RUNTIME_CONFIG}",
                 "--v=1",
+                *self._kubelet_flags(),
             ],
             f"{self.name}-kube-apiserver.log",
         )
@@ -190,6 +200,20 @@ class ControlPlane:
         context = ssl.create_default_context(cadata=self.ca_pem.decode())
         context.load_cert_chain(cert, key)
         self._wait(lambda: _http_ok(f"{self.server}/readyz", context), proc, timeout, "kube-apiserver")
+
+    def _kubelet_flags(self) -> list[str]:
+        """How the API server reaches kubelets for logs/exec: by InternalIP (node names do not resolve here),
+        verifying their serving certificates against the cluster CA and presenting a client certificate."""
+        if not self.with_nodes:
+            return []
+        client = self.ca.issue("kube-apiserver-kubelet-client", organization="system:masters")
+        cert, key = pki.write_pair(self.dir, "kubelet-client", client)
+        return [
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-client-certificate={cert}",
+            f"--kubelet-client-key={key}",
+            f"--kubelet-certificate-authority={self.ca_file}",
+        ]
 
     def _wait(
         self, probe: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float, what: str

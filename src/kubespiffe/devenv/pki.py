@@ -64,6 +64,11 @@ class ClusterCA:
     def cert_pem(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
+    @property
+    def key_pem(self) -> bytes:
+        """For kube-controller-manager's CSR signer, the one component that signs with the cluster CA."""
+        return _key_pem(self._key)
+
     def issue(
         self,
         common_name: str,
