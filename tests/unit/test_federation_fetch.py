@@ -20,7 +20,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from kubespiffe.federation.fetch import Endpoint, FetchError, choose, fetch_bundle, next_refresh
+from kubespiffe.federation.fetch import BundleFetchError, Endpoint, choose, fetch_bundle, next_refresh
 from kubespiffe.spiffe.bundle import Bundle, bundle_to_json
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 from tests.unit.certs import Issued, make_ca, make_leaf
@@ -210,7 +210,7 @@ async def test_wrong_endpoint_id_refused(
 ) -> None:
     async with serve(tmp_path, pki.svid, bundle_routes(bundle_to_json(served_bundle))) as server:
         endpoint = spiffe_endpoint(server.base + "/bundle", SpiffeId.parse("spiffe://b.test/kubespiffe"))
-        with pytest.raises(FetchError, match=r"expected exactly spiffe://b\.test/kubespiffe$"):
+        with pytest.raises(BundleFetchError, match=r"expected exactly spiffe://b\.test/kubespiffe$"):
             await fetch_bundle(endpoint, bootstrap)
     assert server.requests == []  # refused before the request was sent
 
@@ -219,14 +219,14 @@ async def test_untrusted_svid_refused(
     tmp_path: Path, pki: Pki, served_bundle: Bundle, bootstrap: Bundle
 ) -> None:
     async with serve(tmp_path, pki.rogue_svid, bundle_routes(bundle_to_json(served_bundle))) as server:
-        with pytest.raises(FetchError, match="not a trusted X509-SVID"):
+        with pytest.raises(BundleFetchError, match="not a trusted X509-SVID"):
             await fetch_bundle(spiffe_endpoint(server.base + "/bundle"), bootstrap)
     assert server.requests == []
 
 
 async def test_https_spiffe_needs_a_trust_bundle(tmp_path: Path, pki: Pki, served_bundle: Bundle) -> None:
     async with serve(tmp_path, pki.svid, bundle_routes(bundle_to_json(served_bundle))) as server:
-        with pytest.raises(FetchError, match="bootstrap bundle"):
+        with pytest.raises(BundleFetchError, match="bootstrap bundle"):
             await fetch_bundle(spiffe_endpoint(server.base + "/bundle"), None)
 
 
@@ -234,7 +234,7 @@ async def test_https_spiffe_does_not_fall_back_to_web_pki(
     tmp_path: Path, pki: Pki, served_bundle: Bundle, bootstrap: Bundle
 ) -> None:
     async with serve(tmp_path, pki.web, bundle_routes(bundle_to_json(served_bundle))) as server:
-        with pytest.raises(FetchError, match="not a trusted X509-SVID"):
+        with pytest.raises(BundleFetchError, match="not a trusted X509-SVID"):
             await fetch_bundle(spiffe_endpoint(server.base + "/bundle"), bootstrap)
 
 
@@ -260,14 +260,14 @@ async def test_https_web_fetches(tmp_path: Path, pki: Pki, served_bundle: Bundle
 
 async def test_https_web_hostname_mismatch_refused(tmp_path: Path, pki: Pki, served_bundle: Bundle) -> None:
     async with serve(tmp_path, pki.web_elsewhere, bundle_routes(bundle_to_json(served_bundle))) as server:
-        with pytest.raises(FetchError, match=r"TLS verification .* failed: IP address mismatch"):
+        with pytest.raises(BundleFetchError, match=r"TLS verification .* failed: IP address mismatch"):
             await fetch_bundle(web_endpoint(server.base + "/bundle", pki.web_ca), None)
     assert server.requests == []
 
 
 async def test_https_web_untrusted_ca_refused(tmp_path: Path, pki: Pki, served_bundle: Bundle) -> None:
     async with serve(tmp_path, pki.web, bundle_routes(bundle_to_json(served_bundle))) as server:
-        with pytest.raises(FetchError, match=r"TLS verification .* failed: unable to get local issuer"):
+        with pytest.raises(BundleFetchError, match=r"TLS verification .* failed: unable to get local issuer"):
             await fetch_bundle(web_endpoint(server.base + "/bundle", pki.rogue_ca), None)
     assert server.requests == []
 
@@ -277,7 +277,7 @@ async def test_https_web_does_not_fall_back_to_spiffe(
 ) -> None:
     # The SVID chains to the roots given, but names no host: RFC 6125 still applies, no SPIFFE ID check.
     async with serve(tmp_path, pki.svid, bundle_routes(bundle_to_json(served_bundle))) as server:
-        with pytest.raises(FetchError, match=r"TLS verification .* failed: IP address mismatch"):
+        with pytest.raises(BundleFetchError, match=r"TLS verification .* failed: IP address mismatch"):
             await fetch_bundle(web_endpoint(server.base + "/bundle", pki.spiffe_ca), None)
 
 
@@ -296,7 +296,7 @@ async def test_https_web_does_not_fall_back_to_spiffe(
     ],
 )
 async def test_bad_urls_refused_before_connecting(url: str, message: str, bootstrap: Bundle) -> None:
-    with pytest.raises(FetchError, match=message):
+    with pytest.raises(BundleFetchError, match=message):
         await fetch_bundle(spiffe_endpoint(url), bootstrap)
 
 
@@ -304,7 +304,7 @@ async def test_connect_failure(bootstrap: Bundle) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(FetchError, match="could not connect"):
+    with pytest.raises(BundleFetchError, match="could not connect"):
         await fetch_bundle(spiffe_endpoint(f"https://127.0.0.1:{port}/bundle"), bootstrap)
 
 
@@ -341,7 +341,7 @@ async def test_bad_responses_refused(
         "/gzip": http("200 OK", b"{}", [("Transfer-Encoding", "gzip")], length=False),
     }
     async with serve(tmp_path, pki.svid, routes) as server:
-        with pytest.raises(FetchError, match=message):
+        with pytest.raises(BundleFetchError, match=message):
             await fetch_bundle(spiffe_endpoint(server.base + route), bootstrap)
 
 
@@ -354,7 +354,7 @@ async def test_oversized_body_refused(tmp_path: Path, pki: Pki, bootstrap: Bundl
         "/until-eof": http("200 OK", big, length=False),
     }
     async with serve(tmp_path, pki.svid, routes) as server:
-        with pytest.raises(FetchError, match="larger than 1024 bytes"):
+        with pytest.raises(BundleFetchError, match="larger than 1024 bytes"):
             await fetch_bundle(spiffe_endpoint(server.base + route), bootstrap, max_bytes=1024)
 
 
@@ -368,7 +368,7 @@ async def test_body_within_limit_without_length(tmp_path: Path, pki: Pki, bootst
 async def test_slow_server_times_out(tmp_path: Path, pki: Pki, bootstrap: Bundle) -> None:
     async with serve(tmp_path, pki.svid, {"/slow": SLOW}) as server:
         started = time.monotonic()
-        with pytest.raises(FetchError, match=r"did not answer within 0\.5 s"):
+        with pytest.raises(BundleFetchError, match=r"did not answer within 0\.5 s"):
             await fetch_bundle(spiffe_endpoint(server.base + "/slow"), bootstrap, timeout=0.5)
     assert time.monotonic() - started < 1.5
 
@@ -415,7 +415,7 @@ async def test_oversized_chunked_and_unframed_bodies_refused(
     }
     async with serve(tmp_path, pki.svid, routes) as server:
         started = time.monotonic()
-        with pytest.raises(FetchError, match="larger than 1024 bytes"):
+        with pytest.raises(BundleFetchError, match="larger than 1024 bytes"):
             await fetch_bundle(spiffe_endpoint(server.base + route), bootstrap, max_bytes=1024)
     assert time.monotonic() - started < 2
 
@@ -465,13 +465,13 @@ async def test_malformed_http_is_a_fetch_error(
     tmp_path: Path, pki: Pki, bootstrap: Bundle, response: bytes, message: str
 ) -> None:
     async with serve(tmp_path, pki.svid, {"/bundle": response}) as server:
-        with pytest.raises(FetchError, match=message):
+        with pytest.raises(BundleFetchError, match=message):
             await fetch_bundle(spiffe_endpoint(server.base + "/bundle"), bootstrap)
 
 
 async def test_non_ascii_url_refused_before_connecting(tmp_path: Path, pki: Pki, bootstrap: Bundle) -> None:
     async with serve(tmp_path, pki.svid, {}) as server:
-        with pytest.raises(FetchError, match="not ASCII"):
+        with pytest.raises(BundleFetchError, match="not ASCII"):
             await fetch_bundle(spiffe_endpoint(server.base + "/b\u00fcndle"), bootstrap)
     assert server.requests == []
 
@@ -504,7 +504,7 @@ async def test_redirect_to_another_server_gets_the_same_checks(
         front.routes["/to-good"] = redirect(good.base + "/bundle", "308 Permanent Redirect")
         front.routes["/to-impostor"] = redirect(impostor.base + "/bundle")
         assert (await fetch_bundle(spiffe_endpoint(front.base + "/to-good"), bootstrap)).sequence == 7
-        with pytest.raises(FetchError, match=r"presented SPIFFE ID spiffe://b\.test/other,"):
+        with pytest.raises(BundleFetchError, match=r"presented SPIFFE ID spiffe://b\.test/other,"):
             await fetch_bundle(spiffe_endpoint(front.base + "/to-impostor"), bootstrap)
     assert impostor.requests == []
 
@@ -513,21 +513,21 @@ async def test_redirect_to_http_refused(tmp_path: Path, pki: Pki, bootstrap: Bun
     async with serve(tmp_path, pki.svid, {}) as server:
         plain = server.base.replace("https://", "http://")
         server.routes["/redirect"] = redirect(plain + "/bundle", "303 See Other")
-        with pytest.raises(FetchError, match="is not https"):
+        with pytest.raises(BundleFetchError, match="is not https"):
             await fetch_bundle(spiffe_endpoint(server.base + "/redirect"), bootstrap)
     assert len(server.requests) == 1
 
 
 async def test_redirect_loop_refused(tmp_path: Path, pki: Pki, bootstrap: Bundle) -> None:
     async with serve(tmp_path, pki.svid, {"/loop": redirect("/loop")}) as server:
-        with pytest.raises(FetchError, match="redirected more than 3 times"):
+        with pytest.raises(BundleFetchError, match="redirected more than 3 times"):
             await fetch_bundle(spiffe_endpoint(server.base + "/loop"), bootstrap, max_redirects=3)
     assert len(server.requests) == 4  # the configured URL plus 3 redirects
 
 
 async def test_redirect_without_location_refused(tmp_path: Path, pki: Pki, bootstrap: Bundle) -> None:
     async with serve(tmp_path, pki.svid, {"/r": http("302 Found")}) as server:
-        with pytest.raises(FetchError, match="without one Location"):
+        with pytest.raises(BundleFetchError, match="without one Location"):
             await fetch_bundle(spiffe_endpoint(server.base + "/r"), bootstrap)
 
 

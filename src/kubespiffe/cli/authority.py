@@ -18,7 +18,7 @@ from lightkube.types import PatchType
 
 from kubespiffe.authority import store
 from kubespiffe.constants import ROTATE_ANNOTATION
-from kubespiffe.federation.fetch import Endpoint, FetchError, fetch_bundle
+from kubespiffe.federation.fetch import BundleFetchError, Endpoint, fetch_bundle
 from kubespiffe.kube.client import load_config, make_client
 from kubespiffe.spiffe.bundle import (
     Bundle,
@@ -113,7 +113,7 @@ def _from_endpoint(args: argparse.Namespace) -> Bundle:
     )
     try:
         return asyncio.run(fetch_bundle(endpoint, trust))
-    except FetchError as exc:
+    except BundleFetchError as exc:
         raise SystemExit(f"kubespiffe: {exc}") from None
 
 

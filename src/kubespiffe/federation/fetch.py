@@ -34,6 +34,7 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 import h11
 from cryptography import x509
 
+from kubespiffe.errors import KubespiffeError
 from kubespiffe.spiffe.bundle import MAX_BUNDLE_BYTES, Bundle, BundleError, parse_bundle_json
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 from kubespiffe.spiffe.x509svid import X509SvidError, verify_chain
@@ -49,7 +50,7 @@ _READ_CHUNK = 16 * 1024
 _CLOSE_WAIT = 1.0
 
 
-class FetchError(Exception):
+class BundleFetchError(KubespiffeError):
     """A bundle fetch failed; the message is one sentence naming what failed (connect, TLS, HTTP...)."""
 
 
@@ -96,15 +97,15 @@ def _parse_url(url: str) -> _Target:
         port = parts.port or 443
         host = parts.hostname
     except ValueError:
-        raise FetchError(f"bundle endpoint URL {url!r} is not a valid URL") from None
+        raise BundleFetchError(f"bundle endpoint URL {url!r} is not a valid URL") from None
     if parts.scheme != "https":
-        raise FetchError(f"bundle endpoint URL {url!r} is not https")
+        raise BundleFetchError(f"bundle endpoint URL {url!r} is not https")
     if "@" in parts.netloc:
-        raise FetchError("bundle endpoint URL must not carry userinfo (user:password@)")
+        raise BundleFetchError("bundle endpoint URL must not carry userinfo (user:password@)")
     if not host:
-        raise FetchError(f"bundle endpoint URL {url!r} has no host")
+        raise BundleFetchError(f"bundle endpoint URL {url!r} has no host")
     if any(c in url for c in "\r\n\t "):
-        raise FetchError("bundle endpoint URL contains whitespace or control characters")
+        raise BundleFetchError("bundle endpoint URL contains whitespace or control characters")
     try:
         is_v6 = isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address)
     except ValueError:
@@ -122,7 +123,7 @@ def _ssl_context(endpoint: Endpoint) -> ssl.SSLContext:
             try:
                 context.load_verify_locations(cadata=endpoint.web_roots_pem.decode("ascii"))
             except (ssl.SSLError, ValueError, UnicodeDecodeError):
-                raise FetchError("web_roots_pem holds no valid PEM CA certificate") from None
+                raise BundleFetchError("web_roots_pem holds no valid PEM CA certificate") from None
     else:
         # https_spiffe: SPIFFE rules are checked by verify_chain right after the handshake.
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -135,7 +136,7 @@ def _ssl_context(endpoint: Endpoint) -> ssl.SSLContext:
 def _peer_chain(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> list[x509.Certificate]:
     leaf_der = ssl_object.getpeercert(binary_form=True)
     if not leaf_der:
-        raise FetchError("bundle endpoint presented no certificate")
+        raise BundleFetchError("bundle endpoint presented no certificate")
     ders: list[bytes] = [leaf_der]
     unverified = getattr(ssl_object, "get_unverified_chain", None)  # public from Python 3.13 only
     if callable(unverified):
@@ -145,7 +146,7 @@ def _peer_chain(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> list[x509.Certific
     try:
         return [x509.load_der_x509_certificate(der) for der in ders]
     except ValueError:
-        raise FetchError("bundle endpoint presented an unparsable certificate") from None
+        raise BundleFetchError("bundle endpoint presented an unparsable certificate") from None
 
 
 def _check_spiffe_peer(
@@ -157,11 +158,11 @@ def _check_spiffe_peer(
     """E.4: the server's X509-SVID verifies against `trust` and carries EXACTLY the endpoint ID."""
     assert endpoint.endpoint_id is not None
     if ssl_object is None:
-        raise FetchError("bundle endpoint connection is not TLS")
+        raise BundleFetchError("bundle endpoint connection is not TLS")
     if trust is None:
-        raise FetchError("https_spiffe bundle endpoint needs a bootstrap bundle to verify the server")
+        raise BundleFetchError("https_spiffe bundle endpoint needs a bootstrap bundle to verify the server")
     if trust.trust_domain != endpoint.endpoint_id.trust_domain:
-        raise FetchError(
+        raise BundleFetchError(
             f"trust bundle is for {trust.trust_domain}, "
             f"the endpoint ID is in {endpoint.endpoint_id.trust_domain}"
         )
@@ -169,9 +170,9 @@ def _check_spiffe_peer(
     try:
         server_id = verify_chain(chain, {trust.trust_domain: trust.x509_authorities}, now)
     except X509SvidError as exc:
-        raise FetchError(f"bundle endpoint TLS certificate is not a trusted X509-SVID: {exc}") from None
+        raise BundleFetchError(f"bundle endpoint TLS certificate is not a trusted X509-SVID: {exc}") from None
     if server_id != endpoint.endpoint_id:
-        raise FetchError(
+        raise BundleFetchError(
             f"bundle endpoint presented SPIFFE ID {server_id}, expected exactly {endpoint.endpoint_id}"
         )
 
@@ -184,8 +185,8 @@ class _Response:
 
 
 class _Exchange:
-    """One request/response on an open stream, parsed by h11. Every h11 protocol error becomes a FetchError
-    naming what the peer got wrong; the reads are bounded by h11's incomplete-event limit (the response head,
+    """One request/response on an open stream, parsed by h11. Every h11 protocol error becomes a
+    BundleFetchError naming what the peer got wrong; the reads are bounded by h11's incomplete-event limit (the response head,
     chunk headers and trailers) and by `max_bytes` (the body)."""
 
     def __init__(self, where: str) -> None:
@@ -210,9 +211,9 @@ class _Exchange:
                 )
             ) + self._h11.send(h11.EndOfMessage())
         except UnicodeEncodeError:
-            raise FetchError("bundle endpoint URL is not ASCII") from None
+            raise BundleFetchError("bundle endpoint URL is not ASCII") from None
         except h11.LocalProtocolError as exc:
-            raise FetchError(f"bundle endpoint URL cannot be sent in an HTTP request: {exc}") from None
+            raise BundleFetchError(f"bundle endpoint URL cannot be sent in an HTTP request: {exc}") from None
 
     async def _next(self, reader: asyncio.StreamReader) -> h11.Event:
         while True:
@@ -227,21 +228,23 @@ class _Exchange:
             self._eof = not data
             self._h11.receive_data(data)
 
-    def _refusal(self, exc: h11.RemoteProtocolError) -> FetchError:
+    def _refusal(self, exc: h11.RemoteProtocolError) -> BundleFetchError:
         part = "body" if self._head_seen else "response head"
         if self._eof:
-            return FetchError(f"bundle endpoint closed the connection before the {part} was complete")
+            return BundleFetchError(f"bundle endpoint closed the connection before the {part} was complete")
         if exc.error_status_hint == 431:  # h11's max_incomplete_event_size
             what = "header bytes" if not self._head_seen else "bytes in a chunk header or trailer"
-            return FetchError(f"bundle endpoint {self._where} sent too many {what}")
+            return BundleFetchError(f"bundle endpoint {self._where} sent too many {what}")
         if exc.error_status_hint == 501:  # a Transfer-Encoding other than one "chunked"
-            return FetchError(f"bundle endpoint {self._where} used an unsupported transfer coding: {exc}")
+            return BundleFetchError(
+                f"bundle endpoint {self._where} used an unsupported transfer coding: {exc}"
+            )
         if not self._head_seen:
-            return FetchError(
+            return BundleFetchError(
                 f"bundle endpoint {self._where} did not answer with a valid HTTP/1.x status line and "
                 f"headers: {exc}"
             )
-        return FetchError(f"bundle endpoint {self._where} sent a malformed HTTP body: {exc}")
+        return BundleFetchError(f"bundle endpoint {self._where} sent a malformed HTTP body: {exc}")
 
     async def response_head(self, reader: asyncio.StreamReader) -> h11.Response:
         """The final (non-1xx) response's head."""
@@ -250,36 +253,38 @@ class _Exchange:
             if isinstance(event, h11.InformationalResponse):
                 continue
             if not isinstance(event, h11.Response):  # ConnectionClosed: h11 saw EOF before any response
-                raise FetchError(
+                raise BundleFetchError(
                     "bundle endpoint closed the connection before the response head was complete"
                 )
             self._head_seen = True
             if event.http_version not in (b"1.0", b"1.1"):
-                raise FetchError(f"bundle endpoint {self._where} did not answer with an HTTP/1.x status line")
+                raise BundleFetchError(
+                    f"bundle endpoint {self._where} did not answer with an HTTP/1.x status line"
+                )
             if len(event.headers) > MAX_HEADERS:
-                raise FetchError(f"bundle endpoint {self._where} sent more than {MAX_HEADERS} headers")
+                raise BundleFetchError(f"bundle endpoint {self._where} sent more than {MAX_HEADERS} headers")
             # h11 only bounds a head still incomplete after a read; this bounds a head that came in one.
             if sum(len(name) + len(value) for name, value in event.headers) > MAX_HEADER_BYTES:
-                raise FetchError(f"bundle endpoint {self._where} sent too many header bytes")
+                raise BundleFetchError(f"bundle endpoint {self._where} sent too many header bytes")
             return event
-        raise FetchError("bundle endpoint sent too many interim (1xx) responses")
+        raise BundleFetchError("bundle endpoint sent too many interim (1xx) responses")
 
     async def body(self, reader: asyncio.StreamReader, head: h11.Response, max_bytes: int) -> bytes:
         too_large = f"bundle endpoint response is larger than {max_bytes} bytes"
         lengths = [value for name, value in head.headers if name == b"content-length"]
         if lengths and int(lengths[0]) > max_bytes:  # h11 checked it is one decimal number
-            raise FetchError(too_large)
+            raise BundleFetchError(too_large)
         body = bytearray()
         while True:
             event = await self._next(reader)
             if isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > max_bytes:
-                    raise FetchError(too_large)
+                    raise BundleFetchError(too_large)
             elif isinstance(event, h11.EndOfMessage):  # trailers, if any, are ignored
                 return bytes(body)
             else:
-                raise FetchError("bundle endpoint closed the connection before the body was complete")
+                raise BundleFetchError("bundle endpoint closed the connection before the body was complete")
 
 
 def _header(head: h11.Response, name: bytes) -> list[str]:
@@ -298,13 +303,15 @@ async def _get(
             target.host, target.port, ssl=_ssl_context(endpoint), server_hostname=target.host
         )
     except ssl.SSLCertVerificationError as exc:
-        raise FetchError(
+        raise BundleFetchError(
             f"TLS verification of bundle endpoint {where} failed: {exc.verify_message}"
         ) from None
     except ssl.SSLError as exc:
-        raise FetchError(f"TLS handshake with bundle endpoint {where} failed: {exc.reason}") from None
+        raise BundleFetchError(f"TLS handshake with bundle endpoint {where} failed: {exc.reason}") from None
     except OSError as exc:
-        raise FetchError(f"could not connect to bundle endpoint {where}: {exc.strerror or exc}") from None
+        raise BundleFetchError(
+            f"could not connect to bundle endpoint {where}: {exc.strerror or exc}"
+        ) from None
     try:
         if endpoint.profile == "https_spiffe":
             _check_spiffe_peer(endpoint, trust, writer.get_extra_info("ssl_object"), now)
@@ -314,15 +321,15 @@ async def _get(
         if head.status_code in REDIRECT_STATUSES:
             locations = _header(head, b"location")
             if len(locations) != 1 or not locations[0]:
-                raise FetchError(
+                raise BundleFetchError(
                     f"bundle endpoint {where} redirected (HTTP {head.status_code}) without one Location"
                 )
             return _Response(head.status_code, locations[0], b"")
         if head.status_code != 200:
-            raise FetchError(f"bundle endpoint {target.url} answered HTTP {head.status_code}")
+            raise BundleFetchError(f"bundle endpoint {target.url} answered HTTP {head.status_code}")
         return _Response(head.status_code, None, await exchange.body(reader, head, max_bytes))
     except (ConnectionError, ssl.SSLError) as exc:
-        raise FetchError(f"connection to bundle endpoint {where} failed: {exc}") from None
+        raise BundleFetchError(f"connection to bundle endpoint {where} failed: {exc}") from None
     finally:
         writer.close()
         with contextlib.suppress(Exception):
@@ -338,7 +345,8 @@ async def fetch_bundle(
     max_redirects: int = 3,
     now: dt.datetime | None = None,
 ) -> Bundle:
-    """GET and parse `endpoint`'s bundle, or raise FetchError (E.7: the caller keeps its last good bundle).
+    """GET and parse `endpoint`'s bundle, or raise BundleFetchError (E.7: the caller keeps its last good
+    bundle).
 
     `trust` (https_spiffe only) is the bootstrap bundle on the first fetch and the latest fetched bundle
     afterwards (E.4). Redirects get the same checks on every hop (E.5); the caller starts from the
@@ -355,13 +363,15 @@ async def fetch_bundle(
                     break
                 url = urljoin(url, response.location)
             else:
-                raise FetchError(f"bundle endpoint {endpoint.url} redirected more than {max_redirects} times")
+                raise BundleFetchError(
+                    f"bundle endpoint {endpoint.url} redirected more than {max_redirects} times"
+                )
     except TimeoutError:
-        raise FetchError(f"bundle endpoint {endpoint.url} did not answer within {timeout} s") from None
+        raise BundleFetchError(f"bundle endpoint {endpoint.url} did not answer within {timeout} s") from None
     try:
         return parse_bundle_json(endpoint.trust_domain, response.body, max_bytes)
     except BundleError as exc:
-        raise FetchError(
+        raise BundleFetchError(
             f"bundle endpoint {endpoint.url} did not serve a valid SPIFFE bundle: {exc}"
         ) from None
 

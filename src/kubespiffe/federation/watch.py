@@ -23,7 +23,7 @@ from lightkube.models.core_v1 import ObjectReference
 from lightkube.types import PatchType
 
 from kubespiffe.constants import API_VERSION
-from kubespiffe.federation.fetch import Endpoint, FetchError, choose, fetch_bundle, next_refresh
+from kubespiffe.federation.fetch import BundleFetchError, Endpoint, choose, fetch_bundle, next_refresh
 from kubespiffe.kube.client import FederatedTrustDomain as FederatedTrustDomainResource
 from kubespiffe.kube.events import record_warning
 from kubespiffe.kube.leader import LeaderElector
@@ -141,7 +141,7 @@ class Federation:
         now = dt.datetime.now(dt.UTC)
         try:
             fetched = await fetch_bundle(endpoint, current)
-        except FetchError as exc:
+        except BundleFetchError as exc:
             delay = next_refresh(current, self._min, self._max)
             log.warning("bundle fetch failed trust_domain=%s url=%s: %s", ftd.trust_domain, ftd.url, exc)
             await self._write(ftd, None, now, delay, "FetchFailed", str(exc))
