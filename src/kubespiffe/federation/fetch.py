@@ -186,8 +186,8 @@ class _Response:
 
 class _Exchange:
     """One request/response on an open stream, parsed by h11. Every h11 protocol error becomes a
-    BundleFetchError naming what the peer got wrong; the reads are bounded by h11's incomplete-event limit (the response head,
-    chunk headers and trailers) and by `max_bytes` (the body)."""
+    BundleFetchError naming what the peer got wrong; the reads are bounded by h11's incomplete-event
+    limit (the response head, chunk headers and trailers) and by `max_bytes` (the body)."""
 
     def __init__(self, where: str) -> None:
         self._where = where
