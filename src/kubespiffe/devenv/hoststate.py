@@ -110,8 +110,9 @@ def comm(pid: int) -> str:
 
 
 def node_processes() -> list[int]:
+    """Live node processes (zombies excluded: orphans wait for PID 1 to reap them, which may take a while)."""
     pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
-    return sorted(pid for pid in pids if comm(pid) in NODE_COMMANDS)
+    return sorted(pid for pid in pids if comm(pid) in NODE_COMMANDS and _alive(pid))
 
 
 def _save(tool: str) -> str:
@@ -348,7 +349,7 @@ def check_clean(before: HostSnapshot, bridge: str | None = None, veths: Iterable
     problems += [
         f"process {pid} ({comm(pid)}) still running"
         for pid in node_processes()
-        if pid not in before.processes and _alive(pid)
+        if pid not in before.processes
     ]
     for tool, tables in iptables_rules().items():
         was = before.iptables.get(tool, {})

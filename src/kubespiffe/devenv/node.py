@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import secrets
@@ -25,6 +26,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -44,6 +46,7 @@ CLUSTER_CIDR = "10.244.0.0/16"
 POD_SUBNET = "10.244.0.0/24"
 NODE_IP = "10.244.0.1"
 OWN_COMMENT = "kubespiffe-node"
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
 _GATES = dict(gate.split("=") for gate in FEATURE_GATES.split(","))
 
 
@@ -87,10 +90,14 @@ def _refuse_running_kubelet() -> None:
 
 
 def _refuse_overlapping_routes() -> None:
+    """The node's pod and Service ranges must be free on this machine, or pod traffic could go astray."""
     out = subprocess.run(["ip", "-j", "route", "show"], capture_output=True, text=True, check=True).stdout
+    ours = [ipaddress.ip_network(CLUSTER_CIDR), ipaddress.ip_network(SERVICE_CIDR)]
     for route in json.loads(out):
-        dst = route.get("dst", "")
-        if dst.startswith(("10.244.", "10.96.")):
+        if route.get("dst", "default") == "default":
+            continue
+        dst = ipaddress.ip_network(route["dst"], strict=False)
+        if any(dst.overlaps(network) for network in ours):
             raise NodeError(f"route {dst} dev {route.get('dev')} overlaps the node's networks; refusing")
 
 
@@ -477,7 +484,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         try:
             if record is not None:
                 began = time.monotonic()
-                self.veths = teardown(record, self._procs)
+                with _signals_deferred():
+                    self.veths = teardown(record, self._procs)
                 self.timings["teardown"] = time.monotonic() - began
         finally:
             self._procs.clear()
@@ -502,6 +510,23 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Let teardown finish when SIGINT/SIGTERM arrive during it (a second Ctrl-C), then re-raise."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _: received.append(signum)) for sig in _DEFERRED}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise KeyboardInterrupt(f"signal {received[0]} during teardown")
 
 
 def _stop_process(proc: subprocess.Popen[bytes] | None, pid: int, grace: float) -> None:
