@@ -86,6 +86,18 @@ def is_under(path: str, prefixes: Iterable[str]) -> bool:
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
 
 
+def filesystem_type(path: str) -> str:
+    """The type of the file system holding `path` (from the deepest mount containing it)."""
+    target, best, kind = os.path.realpath(path), "", ""
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            fields = line.split()
+            point = _unescape(fields[4])
+            if is_under(target, [point]) and len(point) >= len(best):
+                best, kind = point, fields[fields.index("-") + 1]
+    return kind
+
+
 def cgroup_hierarchies() -> list[Path]:
     """Every mounted cgroup hierarchy (v1 controllers, named ones and the v2 unified tree)."""
     found = []

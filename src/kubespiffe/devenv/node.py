@@ -101,6 +101,15 @@ def _refuse_overlapping_routes() -> None:
             raise NodeError(f"route {dst} dev {route.get('dev')} overlaps the node's networks; refusing")
 
 
+def _harness_base() -> str:
+    """/var/tmp (a real disk) unless it is overlayfs, e.g. a container's root: containerd's overlayfs
+    snapshotter cannot stack on overlayfs, so tmpfs it is then. KUBESPIFFE_NODE_DIR overrides."""
+    override = os.environ.get("KUBESPIFFE_NODE_DIR")
+    if override:
+        return override
+    return "/dev/shm" if hoststate.filesystem_type("/var/tmp") == "overlay" else "/var/tmp"
+
+
 class Node:
     """One node named `name` joined to `plane`. Use as a context manager or call start()/stop()."""
 
@@ -147,7 +156,7 @@ class Node:
             binaries = ensure_node_binaries()
             archives = (images.pause_archive(), images.busybox_archive())
             self.before = hoststate.HostSnapshot.take()
-            self._dir = Path(tempfile.mkdtemp(prefix="kubespiffe-node-", dir="/var/tmp"))
+            self._dir = Path(tempfile.mkdtemp(prefix="kubespiffe-node-", dir=_harness_base()))
             self._record = NodeRecord(self.before, str(self._dir), self.bridge)
             self._record.save()
             self._catch_sigterm()
