@@ -29,3 +29,8 @@ X509_TTL_MIN: Final = timedelta(minutes=1)
 X509_TTL_MAX: Final = timedelta(days=30)
 JWT_TTL_MIN: Final = timedelta(seconds=30)
 JWT_TTL_MAX: Final = timedelta(hours=24)
+
+# What one JWT-SVID request may ask for (issue 12): beyond these a request is refused as InvalidArgument
+# by kubespiffed and by the agent alike. Each audience is printable ASCII, so it cannot forge a log line.
+JWT_AUDIENCE_MAX_COUNT: Final = 16
+JWT_AUDIENCE_MAX_LENGTH: Final = 512
