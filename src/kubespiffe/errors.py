@@ -12,6 +12,7 @@
     │   ├── TemplateError                  registry.template   a SPIFFE ID or DNS name template
     │   ├── TenancyError                   registry.tenancy    an ID outside what its registration may grant
     │   ├── FederationSpecError            registry.federation a FederatedTrustDomain's spec
+    │   ├── OidcIssuerError                federation.oidc     an OIDC issuer URL
     │   └── MalformedReview                injection.review    an AdmissionReview kubespiffed cannot answer
     ├── TokenRejected                    attestation.token   a caller's token or its pod does not attest
     ├── StaleStateError                  authority.store     another replica wrote the authority Secret first

@@ -3,7 +3,8 @@
 1. `load_authority`: the CA and JWT keys from their Secret (created once, by whichever replica wins).
 2. `attestor`: token verification against the cluster's OIDC keys, TokenReview as the fallback.
 3. `issuer_server`: the issuer API (gRPC over TLS with kubespiffed's own SVID).
-4. `http_endpoints`: health, readiness and metrics; the SPIFFE bundle endpoint; the injection webhook.
+4. `http_endpoints`: health, readiness and metrics; the SPIFFE bundle endpoint; the injection webhook;
+   `oidc_endpoint` (server/oidc.py): OIDC discovery for clouds.
 5. `run_until_stopped`: the background loops (registry, leader election, authority, federation, bundle
    ConfigMaps), readiness once the caches are synced, and a clean stop on SIGTERM/SIGINT.
 """
@@ -47,6 +48,7 @@ from kubespiffe.server.bundle_configmaps import BundleConfigMaps
 from kubespiffe.server.config import ServerConfig
 from kubespiffe.server.https import StaticTls, TlsSource
 from kubespiffe.server.issuer import IssuerService
+from kubespiffe.server.oidc import oidc_endpoint
 from kubespiffe.server.tls import ServingIdentity
 from kubespiffe.server.webhook import CaBundleSync, inject_route
 
@@ -84,7 +86,7 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
             trust=authority.trust,
             x509_ttl=config.x509_svid_ttl,
             jwt_ttl=config.jwt_svid_ttl,
-            jwt_issuer=config.jwt_issuer,
+            jwt_issuer=config.jwt_svid_issuer,
         ),
     )
     ready = asyncio.Event()
@@ -100,11 +102,20 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
     loops: list[Callable[[], Any]] = [registry.run, leader.run, authority.run, federation.run]
     if config.bundle_configmap:
         configmaps = BundleConfigMaps(
-            client, authority.trust, registry.namespaces, leader, config.bundle_configmap
+            client,
+            authority.trust,
+            registry.namespaces,
+            leader,
+            config.bundle_configmap,
+            config.bundle_configmap_key,
         )
         loops.append(configmaps.run)
     if config.webhook_port and config.webhook_configuration:
         loops.append(CaBundleSync(client, config.webhook_configuration, authority.trust, leader).run)
+    served = await oidc_endpoint(config, client, authority.trust)
+    if served:
+        endpoints.append(served[0])
+        loops.append(served[1].run)
 
     async def until_ready() -> None:
         await registry.wait_synced()

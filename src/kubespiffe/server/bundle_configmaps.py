@@ -3,13 +3,15 @@
 The Lease holder applies ConfigMap `<name>` (keys `ca.crt`, PEM, and `bundle.spiffe.json`, the SPIFFE
 bundle) to each namespace when the bundle changes (rotation) or a namespace appears; it checks once a
 second, in memory, which namespaces lack the current version. Server-side apply makes each write
-idempotent, so a new leader simply re-applies everything.
+idempotent, so a new leader simply re-applies everything. The PEM key can be renamed
+(`--bundle-configmap-key`) for consumers that expect another, such as a trust-manager target's key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
@@ -25,6 +27,18 @@ from kubespiffe.versioned import Versioned
 log = logging.getLogger("kubespiffed.bundles")
 
 LABELS = {"app.kubernetes.io/name": "kubespiffe", "app.kubernetes.io/component": "trust-bundle"}
+PEM_KEY = "ca.crt"
+SPIFFE_KEY = "bundle.spiffe.json"
+_CONFIGMAP_KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")
+
+
+def check_pem_key(key: str) -> str:
+    """A ConfigMap key (what the API server accepts) other than the SPIFFE bundle's; ValueError if not."""
+    if not _CONFIGMAP_KEY.fullmatch(key) or key in (".", ".."):
+        raise ValueError(f"bundle ConfigMap key {key!r} is not a ConfigMap key ([-._a-zA-Z0-9], 1-253)")
+    if key == SPIFFE_KEY:
+        raise ValueError(f"bundle ConfigMap key {key!r} is taken by the SPIFFE bundle")
+    return key
 
 
 class BundleConfigMaps:
@@ -35,19 +49,21 @@ class BundleConfigMaps:
         namespaces: WatchCache[Namespace],
         leader: LeaderElector,
         name: str,
+        pem_key: str = PEM_KEY,
     ) -> None:
         self._client = client
         self._trust = trust
         self._namespaces = namespaces
         self._leader = leader
         self._name = name
+        self._pem_key = check_pem_key(pem_key)
         self._published: dict[str, int] = {}  # namespace -> trust version written there
 
     def _data(self) -> dict[str, str]:
         own = self._trust.current.own
         return {
-            "ca.crt": certificates_to_pem(list(own.x509_authorities)).decode(),
-            "bundle.spiffe.json": bundle_to_json(own).decode(),
+            self._pem_key: certificates_to_pem(list(own.x509_authorities)).decode(),
+            SPIFFE_KEY: bundle_to_json(own).decode(),
         }
 
     async def run(self) -> None:

@@ -28,8 +28,10 @@ from kubespiffe.constants import (
     X509_TTL_MAX,
     X509_TTL_MIN,
 )
+from kubespiffe.federation.oidc import OidcIssuer, OidcIssuerError
 from kubespiffe.injection import InjectionSettings
 from kubespiffe.registry.models import format_duration, parse_duration
+from kubespiffe.server.bundle_configmaps import PEM_KEY, check_pem_key
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 
 _SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -107,6 +109,41 @@ class ServerConfig:
     agent_resources: str | None = setting(
         None, 'resources of the injected agent as JSON, e.g. {"requests": {"memory": "64Mi"}}'
     )
+    oidc_port: int = setting(
+        0, "OIDC discovery for clouds (HTTPS: discovery document and JWKS); 0 turns it off", low=0, high=65535
+    )
+    oidc_issuer: str | None = setting(
+        None,
+        "public https URL of the OIDC issuer: the discovery document's `issuer` and the `iss` of every "
+        "JWT-SVID, byte for byte (required with --oidc-port; supersedes --jwt-issuer)",
+    )
+    oidc_tls_secret: str | None = setting(
+        None, "kubernetes.io/tls Secret (tls.crt, tls.key) in the namespace the OIDC port serves"
+    )
+    bundle_configmap_key: str = setting(
+        PEM_KEY, "key of the PEM bundle in the bundle ConfigMap (e.g. trust-bundle.pem, as trust-manager)"
+    )
+
+    @property
+    def jwt_svid_issuer(self) -> str | None:
+        """`iss` of JWT-SVIDs: --oidc-issuer, else the older --jwt-issuer (`oidc()` refuses two values)."""
+        return self.oidc_issuer or self.jwt_issuer
+
+    def oidc(self) -> OidcIssuer | None:
+        """The OIDC issuer (None when not configured); ValueError says which flag is wrong."""
+        if not self.oidc_issuer:
+            if self.oidc_port:
+                raise ValueError("--oidc-port needs --oidc-issuer, the public URL relying parties fetch")
+            return None
+        try:
+            issuer = OidcIssuer.parse(self.oidc_issuer)
+        except OidcIssuerError as exc:
+            raise ValueError(f"--oidc-issuer {self.oidc_issuer!r}: {exc}") from None
+        if self.jwt_issuer and self.jwt_issuer != self.oidc_issuer:
+            raise ValueError("--jwt-issuer differs from --oidc-issuer; set only --oidc-issuer")
+        if self.oidc_port and not self.oidc_tls_secret:
+            raise ValueError("--oidc-port needs --oidc-tls-secret, the kubernetes.io/tls Secret it serves")
+        return issuer
 
     def injection(self) -> InjectionSettings:
         """The sidecar to inject; ValueError says what is wrong with the agent flags."""
@@ -128,6 +165,7 @@ class ServerConfig:
             server_name=self.service_name,
             audience=self.audience,
             bundle_configmap=self.bundle_configmap or BUNDLE_CONFIGMAP,
+            bundle_key=self.bundle_configmap_key,
             server_address=self.agent_server,
             **extra,
         )
@@ -222,6 +260,11 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
             config.injection()
         except ValueError as exc:
             parser.error(str(exc))
+    try:
+        config.oidc()
+        check_pem_key(config.bundle_configmap_key)
+    except ValueError as exc:
+        parser.error(str(exc))
     return config
 
 
