@@ -123,6 +123,39 @@ class ServerConfig:
     bundle_configmap_key: str = setting(
         PEM_KEY, "key of the PEM bundle in the bundle ConfigMap (e.g. trust-bundle.pem, as trust-manager)"
     )
+    # Bounds on what callers can make kubespiffed do (docs/security.md says why each one exists).
+    token_review_rate: int = setting(
+        5,
+        "TokenReviews per second at most, asked only while the cluster JWKS cannot be had",
+        low=1,
+        high=1000,
+    )
+    cluster_domain: str = setting(
+        "cluster.local", "cluster DNS domain: namespaced registrations may grant <name>.<ns>.svc.<this>"
+    )
+    max_streams_per_pod: int = setting(
+        4, "open WatchBundles streams per pod (UID); more are refused (RESOURCE_EXHAUSTED)", low=1, high=1000
+    )
+    max_concurrent_rpcs: int = setting(
+        4096, "issuer API calls in flight at once, streams included; more are refused", low=1, high=1_000_000
+    )
+    grpc_max_connection_idle: dt.timedelta = setting(
+        dt.timedelta(minutes=5),
+        "close issuer API connections with no call in flight for this long",
+        low=dt.timedelta(seconds=1),
+        high=_hours(24),
+    )
+    grpc_handshake_timeout: dt.timedelta = setting(
+        dt.timedelta(seconds=10),
+        "close issuer API connections that have not finished TLS and HTTP/2 setup by then",
+        low=dt.timedelta(seconds=1),
+        high=dt.timedelta(minutes=5),
+    )
+    federation_allowed_networks: str = setting(
+        "",
+        "comma-separated CIDRs bundle endpoints (and their redirects) may resolve to although loopback, "
+        "link-local or private (e.g. 10.0.0.0/8 for peers on the same network); default: none",
+    )
 
     @property
     def jwt_svid_issuer(self) -> str | None:
