@@ -12,7 +12,7 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Node as NodeResource
 from lightkube.resources.core_v1 import Pod, Service
 
-from kubespiffe.devenv.controlplane import SERVICE_ACCOUNT_ISSUER
+from kubespiffe.devenv.controlplane import KUBERNETES_SERVICE_IP, SERVICE_ACCOUNT_ISSUER
 from kubespiffe.devenv.node import NODE_IP, Node, NodeError
 from tests.node.conftest import Cluster, record
 from tests.node.pods import FOREVER, NODE_TESTS, container, logs, pod_manifest, wait_log, wait_phase
@@ -185,3 +185,11 @@ async def test_service_cluster_ip_reaches_pod(kube: AsyncClient, namespace: str)
     await kube.create(pod_manifest("client", [container("nc", script)], restart="Never"), namespace=namespace)
     await wait_phase(kube, "client", namespace, ("Succeeded",))
     assert (await logs(kube, "client", namespace)).strip() == "pong from backend"
+
+
+async def test_pod_reaches_api_server(kube: AsyncClient, namespace: str) -> None:
+    """The `kubernetes` Service has the API server (on the bridge address) as its endpoint."""
+    script = f"nc -w 2 {KUBERNETES_SERVICE_IP} 443 < /dev/null && echo connected"
+    await kube.create(pod_manifest("api", [container("nc", script)], restart="Never"), namespace=namespace)
+    await wait_phase(kube, "api", namespace, ("Succeeded",))
+    assert (await logs(kube, "api", namespace)).strip() == "connected"

@@ -26,7 +26,7 @@ from kubespiffe.devenv.controlplane import ControlPlane
 from kubespiffe.devenv.node import Node
 
 log_dir = Path(sys.argv[1])
-with ControlPlane("sigterm", log_dir=log_dir, with_nodes=True) as plane, Node(plane, log_dir=log_dir) as node:
+with Node(ControlPlane("sigterm", log_dir=log_dir, with_nodes=True), log_dir=log_dir) as node:
     print(node.bridge, flush=True)
     time.sleep(300)
 """
@@ -45,8 +45,9 @@ def fail_inside(node: Node) -> None:
 def test_exception_inside_node_tears_down(tmp_path: Path) -> None:
     plane = ControlPlane("boom", log_dir=tmp_path, with_nodes=True)
     node = Node(plane, log_dir=tmp_path)
-    with plane, pytest.raises(Boom):
+    with pytest.raises(Boom):
         fail_inside(node)
+    assert not plane.running
     node.check_clean()
     assert not RECORD_FILE.exists() and not LOCK_FILE.exists()
 

@@ -2,8 +2,13 @@
 
 By default there is no kubelet, scheduler or controller-manager: callers create Pods and request their
 tokens through the TokenRequest API exactly as a kubelet would. The ServiceAccount issuer, TokenRequest, RBAC,
-the Node authorizer and the PodCertificateRequest / ClusterTrustBundle APIs are all on. With
-`with_nodes=True` the API server can also reach kubelets (logs, exec): see kubespiffe.devenv.node.
+the Node authorizer and the PodCertificateRequest / ClusterTrustBundle APIs are all on.
+
+With `with_nodes=True` (started by kubespiffe.devenv.node.Node, which makes the node's bridge first) the API
+server listens on the bridge address NODE_ADDRESS instead of loopback and advertises it, so the `kubernetes`
+Service gets endpoints and pods reach the API server the way they do in any cluster (in-cluster config:
+KUBERNETES_SERVICE_HOST, the first Service IP, in the serving certificate). It also reaches kubelets (logs,
+exec). The bridge is private to this machine: nothing listens on an external interface.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ from kubespiffe.devenv.build import ControlPlaneBinaries, ensure_binaries
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CIDR = "10.96.0.0/16"
+# The `kubernetes` Service's ClusterIP: the first address of SERVICE_CIDR (kube-apiserver picks it).
+KUBERNETES_SERVICE_IP = "10.96.0.1"
+# The node's bridge address (kubespiffe.devenv.node): the node IP, and where a with_nodes API server listens.
+NODE_ADDRESS = "10.244.0.1"
 FEATURE_GATES = "ClusterTrustBundle=true,ClusterTrustBundleProjection=true,PodCertificateRequest=true"
 RUNTIME_CONFIG = (
     "certificates.k8s.io/v1beta1/clustertrustbundles=true,"
@@ -83,7 +92,8 @@ class ControlPlane:
         self.log_dir = log_dir or self.dir
         self.ca = pki.ClusterCA()
         self.port = free_port()
-        self.server = f"https://127.0.0.1:{self.port}"
+        self.address = NODE_ADDRESS if with_nodes else "127.0.0.1"
+        self.server = f"https://{self.address}:{self.port}"
         self._procs: list[subprocess.Popen[bytes]] = []
         self.binaries: ControlPlaneBinaries | None = None
 
@@ -115,7 +125,16 @@ class ControlPlane:
     def token_kubeconfig(self, token: str) -> str:
         return kubeconfig(self.server, self.ca_pem, {"token": token})
 
+    @property
+    def running(self) -> bool:
+        return bool(self._procs) and all(proc.poll() is None for proc in self._procs)
+
     def start(self, timeout: float = 90.0) -> None:
+        if self.with_nodes and not _address_is_local(self.address):
+            raise RuntimeError(
+                f"{self.address} is not on this machine: a with_nodes control plane is started by "
+                "kubespiffe.devenv.node.Node, after it has made the node's bridge"
+            )
         self.binaries = ensure_binaries()
         try:
             self._start_etcd(timeout)
@@ -160,18 +179,21 @@ class ControlPlane:
         assert self.binaries is not None
         ca_file = self.ca_file
         ca_file.write_bytes(self.ca_pem)
+        # With nodes, pods dial the `kubernetes` Service's ClusterIP (in-cluster config) and reach this
+        # address through kube-proxy; the certificate names both.
+        ips = (self.address, KUBERNETES_SERVICE_IP) if self.with_nodes else (self.address,)
         serving = self.ca.issue(
             "kube-apiserver",
             server_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
-            server_ips=("127.0.0.1",),
+            server_ips=ips,
         )
         tls_cert, tls_key = pki.write_pair(self.dir, "apiserver", serving)
         sa_key, sa_pub = pki.write_service_account_keys(self.dir)
         proc = self._spawn(
             [
                 str(self.binaries.kube_apiserver),
-                "--advertise-address=127.0.0.1",
-                "--bind-address=127.0.0.1",
+                f"--advertise-address={self.address}",
+                f"--bind-address={self.address}",
                 f"--secure-port={self.port}",
                 f"--etcd-servers={self.etcd_url}",
                 f"--etcd-prefix=/{self.name}",
@@ -184,7 +206,9 @@ class ControlPlane:
                 "--authorization-mode=Node,RBAC",
                 "--enable-admission-plugins=NodeRestriction",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--endpoint-reconciler-type=none",
+                # With nodes: the `kubernetes` Service's endpoints are this server (the lease reconciler);
+                # without, there is no pod network to reach it from (and a loopback endpoint is invalid).
+                f"--endpoint-reconciler-type={'lease' if self.with_nodes else 'none'}",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
                 f"--cert-dir={self.dir / 'certs'}",
@@ -249,6 +273,16 @@ class ControlPlane:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _address_is_local(address: str) -> bool:
+    """Whether an interface of this machine carries `address` (can a server bind it?)."""
+    try:
+        with socket.socket() as sock:
+            sock.bind((address, 0))
+    except OSError:
+        return False
+    return True
 
 
 def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:

@@ -1,7 +1,9 @@
 """A real Kubernetes node on this machine: containerd, kubelet, kube-proxy, scheduler, controller-manager.
 
-Tests that need pods to actually run (projected token volumes, sidecars, Services) start one `Node` next
-to a `ControlPlane(with_nodes=True)`. Root only, one per machine: the kubelet and kube-proxy change
+Tests that need pods to actually run (projected token volumes, sidecars, Services) start one `Node` with
+a `ControlPlane(with_nodes=True)`: `Node.start()` makes the pod bridge first and then starts the control
+plane listening on the bridge address (pods reach it through the `kubernetes` Service), and `stop()` stops
+it again. Root only, one per machine: the kubelet and kube-proxy change
 machine-global state (sysctls, iptables, cgroup roots, /var/lib/kubelet). A snapshot of that state is
 taken and written to /run before anything changes, and teardown puts the machine back from it, whether
 the run ends normally, by exception, SIGINT/SIGTERM, or (at the next start) after a crash.
@@ -38,13 +40,19 @@ from lightkube.resources.core_v1 import Node as NodeResource
 
 from kubespiffe.devenv import hostpackages, hoststate, images, pki
 from kubespiffe.devenv.build import NodeBinaries, ensure_node_binaries
-from kubespiffe.devenv.controlplane import FEATURE_GATES, SERVICE_CIDR, ControlPlane, free_port
+from kubespiffe.devenv.controlplane import (
+    FEATURE_GATES,
+    NODE_ADDRESS,
+    SERVICE_CIDR,
+    ControlPlane,
+    free_port,
+)
 
 LOCK_FILE = Path("/run/kubespiffe-node.lock")
 RECORD_FILE = Path("/run/kubespiffe-node.json")
 CLUSTER_CIDR = "10.244.0.0/16"
 POD_SUBNET = "10.244.0.0/24"
-NODE_IP = "10.244.0.1"
+NODE_IP = NODE_ADDRESS
 OWN_COMMENT = "kubespiffe-node"
 _DEFERRED = (signal.SIGINT, signal.SIGTERM)
 _GATES = dict(gate.split("=") for gate in FEATURE_GATES.split(","))
@@ -130,6 +138,7 @@ class Node:
         self._record: NodeRecord | None = None
         self._lock_fd: int | None = None
         self._previous_sigterm: Any = None
+        self._owns_plane = False
 
     @property
     def dir(self) -> Path:
@@ -162,6 +171,9 @@ class Node:
             self._catch_sigterm()
             atexit.register(self.stop)
             self._network()
+            if not self.plane.running:  # it listens on the bridge: started only now
+                self._owns_plane = True
+                self.plane.start()
             self._configure()
             containerd_started = time.monotonic()
             self._start_containerd(timeout)
@@ -494,7 +506,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             if record is not None:
                 began = time.monotonic()
                 with _signals_deferred():
-                    self.veths = teardown(record, self._procs)
+                    try:
+                        if self._owns_plane:  # before the bridge it listens on goes
+                            self._owns_plane = False
+                            self.plane.stop()
+                    finally:
+                        self.veths = teardown(record, self._procs)
                 self.timings["teardown"] = time.monotonic() - began
         finally:
             self._procs.clear()
