@@ -93,7 +93,9 @@ except --pod-certificate-signer, which the PodCertificateRequest signer adds.
 {{- if not $v.bundleConfigMap -}}
 {{- fail "injection.enabled needs bundleConfigMap: the injected agent mounts it as its bootstrap trust bundle" -}}
 {{- end -}}
-{{- if ne (int $v.service.port) 443 -}}
+{{- if $v.injection.agent.server -}}
+{{- $args = append $args (printf "--agent-server=%s" $v.injection.agent.server) -}}
+{{- else if ne (int $v.service.port) 443 -}}
 {{- $args = append $args (printf "--agent-server=%s.%s.svc:%d" (include "kubespiffe.name" .) .Release.Namespace (int $v.service.port)) -}}
 {{- end -}}
 {{- $args = concat $args (list
