@@ -78,6 +78,7 @@ async def test_valid_token_gives_pod_claims() -> None:
         pod_uid="pod-uid",
         node_name="node-a",
         expires_at=result.expires_at,
+        service_account_uid="sa-uid",
     )
     assert result.expires_at > dt.datetime.now(dt.UTC)
 
@@ -95,6 +96,12 @@ async def test_es256_token_is_accepted() -> None:
         (claims(nbf=int(time.time()) + 600, iat=int(time.time()) + 600), "not valid yet"),
         (claims(aud=["other"]), "audience"),
         (claims(aud="other"), "audience"),
+        (claims(aud=["kubespiffe", "https://kubernetes.default.svc"]), "not exactly 'kubespiffe'"),
+        (claims(aud=["other", "kubespiffe"]), "not exactly 'kubespiffe'"),
+        (
+            claims(**{"kubernetes.io": {**claims()["kubernetes.io"], "serviceaccount": {"name": "web"}}}),
+            "UID",
+        ),
         (claims(iss="https://evil"), "issuer"),
         ({k: v for k, v in claims().items() if k != "exp"}, "exp"),
         (claims(**{"kubernetes.io": None}), "no kubernetes.io claims"),
@@ -141,7 +148,8 @@ async def test_unknown_kid_refetches_the_jwks_and_uses_the_new_key(monkeypatch: 
     assert jwks.fetches == 2
 
 
-async def test_unknown_kid_is_rate_limited_and_falls_back_to_token_review() -> None:
+async def test_unknown_kid_is_refused_without_token_review() -> None:
+    """Issuer, audience and expiry are public: a forged token with a made-up kid must cost no API call."""
     jwks = Jwks((KEY, "k1"))
     reviews: list[str] = []
 
@@ -150,11 +158,52 @@ async def test_unknown_kid_is_rate_limited_and_falls_back_to_token_review() -> N
         return {"authenticated": False, "error": "invalid signature"}
 
     v = verifier(jwks, review)
-    for _ in range(3):
+    for i in range(50):
+        with pytest.raises(TokenRejected, match="not in the cluster JWKS"):
+            await v.verify(sign(claims(jti=str(i)), kid=f"unknown-{i}"))
+    assert jwks.fetches == 1, "the JWKS is refetched at most every 10 s"
+    assert reviews == []
+
+
+def _refusing_review(reviews: list[str]) -> Any:
+    async def review(token: str, audience: str) -> Mapping[str, Any]:
+        reviews.append(token)
+        return {"authenticated": False, "error": "invalid signature"}
+
+    return review
+
+
+async def test_token_review_refusals_are_remembered() -> None:
+    jwks = Jwks((KEY, "k1"))
+    jwks.fail = True
+    reviews: list[str] = []
+    v = verifier(jwks, _refusing_review(reviews))
+    token = sign(claims(), rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    for _ in range(100):
         with pytest.raises(TokenRejected, match="TokenReview refused"):
-            await v.verify(sign(claims(), kid="unknown"))
-    assert jwks.fetches == 1
-    assert reviews == ["kubespiffe"] * 3
+            await v.verify(token)
+    assert len(reviews) == 1
+
+
+async def test_token_reviews_are_rate_bounded_globally() -> None:
+    jwks = Jwks((KEY, "k1"))
+    jwks.fail = True
+    reviews: list[str] = []
+    v = TokenVerifier(
+        issuer=ISSUER,
+        audience="kubespiffe",
+        jwks=JwksCache(jwks),
+        review=_refusing_review(reviews),
+        review_rate=3,
+    )
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    refusals = []
+    for i in range(100):
+        with pytest.raises(TokenRejected) as caught:
+            await v.verify(sign(claims(jti=str(i)), other))
+        refusals.append(str(caught.value))
+    assert len(reviews) <= 4, "a burst of `rate`, plus what refills while the loop runs"
+    assert sum("busy" in r for r in refusals) >= 90
 
 
 async def test_token_review_decides_when_jwks_is_unavailable() -> None:
@@ -201,6 +250,7 @@ async def test_token_review_is_not_asked_about_tokens_that_cannot_be_ours() -> N
 
 async def test_token_review_without_pod_binding_is_refused() -> None:
     jwks = Jwks()
+    jwks.fail = True
 
     async def review(token: str, audience: str) -> Mapping[str, Any]:
         return {
@@ -218,9 +268,9 @@ async def test_verified_tokens_are_cached_until_they_expire(monkeypatch: pytest.
     checked: list[str] = []
     real = v._verify
 
-    async def counting(token: str) -> PodClaims:
+    async def counting(token: str, digest: bytes) -> PodClaims:
         checked.append(token)
-        return await real(token)
+        return await real(token, digest)
 
     monkeypatch.setattr(v, "_verify", counting)
     token = sign(claims(exp=int(time.time()) + 60))

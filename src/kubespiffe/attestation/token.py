@@ -1,10 +1,18 @@
 """Verify pod-bound ServiceAccount tokens (projected tokens) and extract who they speak for.
 
-Verification is local: signature against the cluster's OIDC JWKS (cached, refetched when a token names an
-unknown `kid`), then issuer, audience, expiry, not-before and an algorithm allow-list. When local
-verification cannot decide (the JWKS cannot be fetched, or the `kid` is still unknown after a refetch) the
-API server's TokenReview decides instead. Every refusal is a TokenRejected with one sentence for the log;
-the token itself never appears in a message.
+Verification is local: signature against the cluster's OIDC JWKS (cached, refetched at most every
+10 s when a token names an unknown `kid`), then issuer, audience (exactly one: ours), expiry, not-before
+and an algorithm allow-list. A `kid` still unknown after a refetch is refused here: anyone can forge a
+token with the public claims (issuer, audience, expiry) and a made-up `kid`, so such tokens must not cost
+the API server anything.
+
+TokenReview decides only when the JWKS cannot be had at all (the API server does not serve it, or the
+fetch failed). Then each distinct token costs at most one TokenReview per `REFUSAL_TTL_SECONDS` (refusals
+are remembered, in a bounded cache), and TokenReviews are bounded globally by a token bucket
+(`review_rate` per second); a token over the bound is refused, and the agent retries.
+
+Every refusal is a TokenRejected with one sentence for the log; the token itself never appears in a
+message.
 """
 
 from __future__ import annotations
@@ -15,11 +23,13 @@ import hashlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from prometheus_client import Counter
 
 from kubespiffe.errors import KubespiffeError
 
@@ -30,6 +40,14 @@ DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS2
 MAX_TOKEN_BYTES = 6 * 1024  # projected tokens are 1-2 KiB; gRPC itself refuses metadata past 8 KiB
 _JWKS_MIN_REFRESH_SECONDS = 10.0
 _CACHE_SIZE = 10_000
+REFUSAL_TTL_SECONDS = 30.0
+DEFAULT_REVIEW_RATE = 5.0
+
+TOKEN_REVIEWS = Counter(
+    "kubespiffe_token_reviews_total",
+    "TokenReview decisions while the cluster JWKS is unavailable, by outcome (rate_limited: not asked)",
+    ["outcome"],
+)
 
 
 class TokenRejected(KubespiffeError):
@@ -46,6 +64,8 @@ class PodClaims:
     pod_uid: str
     node_name: str | None
     expires_at: dt.datetime
+    service_account_uid: str | None = None
+    """The ServiceAccount's UID, checked against the live ServiceAccount (a recreated one differs)."""
 
 
 JwksFetcher = Callable[[], Awaitable[Mapping[str, Any]]]
@@ -59,18 +79,24 @@ class JwksCache:
         self._fetch = fetch
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = -_JWKS_MIN_REFRESH_SECONDS
+        self._failed = False
         self._lock = asyncio.Lock()
 
     async def key(self, kid: str) -> jwt.PyJWK | None:
+        """The key, None if the JWKS has no such kid; raises if the JWKS could not be had (the last fetch
+        failed), so the caller can tell "unknown key" (refuse) from "keys unknown" (ask TokenReview)."""
         if kid in self._keys:
             return self._keys[kid]
         async with self._lock:
             if kid not in self._keys and time.monotonic() - self._fetched_at >= _JWKS_MIN_REFRESH_SECONDS:
                 await self.refresh()
+            elif kid not in self._keys and self._failed:
+                raise ConnectionError("the last fetch of the cluster JWKS failed")
         return self._keys.get(kid)
 
     async def refresh(self) -> None:
         self._fetched_at = time.monotonic()
+        self._failed = True
         document = await self._fetch()
         keys: dict[str, jwt.PyJWK] = {}
         for entry in document.get("keys", []):
@@ -82,7 +108,27 @@ class JwksCache:
             if key.key_id:
                 keys[key.key_id] = key
         self._keys = keys
+        self._failed = False
         log.info("cluster JWKS loaded: %d key(s)", len(keys))
+
+
+class _RateBound:
+    """A token bucket: `rate` per second on average, bursts of up to `rate` (at least one)."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._capacity = max(1.0, rate)
+        self._tokens = self._capacity
+        self._at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._capacity, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 class TokenVerifier:
@@ -95,6 +141,7 @@ class TokenVerifier:
         review: TokenReviewer | None = None,
         algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS,
         leeway: dt.timedelta = dt.timedelta(seconds=5),
+        review_rate: float = DEFAULT_REVIEW_RATE,
     ) -> None:
         self.issuer = issuer
         self.audience = audience
@@ -103,6 +150,8 @@ class TokenVerifier:
         self._algorithms = algorithms
         self._leeway = leeway
         self._cache: dict[bytes, PodClaims] = {}
+        self._refused: OrderedDict[bytes, tuple[float, str]] = OrderedDict()
+        self._review_bound = _RateBound(review_rate)
 
     async def verify(self, token: str) -> PodClaims:
         """Verified claims; a token seen before is answered from a cache keyed by its SHA-256, until exp.
@@ -118,13 +167,13 @@ class TokenVerifier:
         cached = self._cache.get(digest)
         if cached is not None and cached.expires_at.timestamp() > time.time():
             return cached
-        claims = await self._verify(token)
+        claims = await self._verify(token, digest)
         if len(self._cache) >= _CACHE_SIZE:
             self._cache.pop(next(iter(self._cache)))
         self._cache[digest] = claims
         return claims
 
-    async def _verify(self, token: str) -> PodClaims:
+    async def _verify(self, token: str, digest: bytes) -> PodClaims:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -139,9 +188,9 @@ class TokenVerifier:
             key = await self._jwks.key(kid)
         except Exception as exc:
             log.warning("cluster JWKS unavailable (%s); asking TokenReview", exc)
-            return await self._fallback(token, "the cluster JWKS is unavailable")
+            return await self._fallback(token, digest)
         if key is None:
-            return await self._fallback(token, f"token key id {kid!r} is not in the cluster JWKS")
+            raise TokenRejected(f"token key id {kid!r} is not in the cluster JWKS")
         try:
             claims = jwt.decode(
                 token,
@@ -164,19 +213,48 @@ class TokenVerifier:
             raise TokenRejected("token signature does not verify with the cluster's key") from None
         except jwt.PyJWTError as exc:
             raise TokenRejected(f"token is invalid ({exc})") from None
+        _check_audience(claims.get("aud"), self.audience)
         return _pod_claims(claims)
 
-    async def _fallback(self, token: str, why: str) -> PodClaims:
+    async def _fallback(self, token: str, digest: bytes) -> PodClaims:
+        """TokenReview, for when the JWKS cannot be had: once per token per REFUSAL_TTL, rate-bounded."""
         if self._review is None:
-            raise TokenRejected(why)
+            raise TokenRejected("the cluster JWKS is unavailable")
         _precheck_unverified(token, self.issuer, self.audience)
-        status = await self._review(token, self.audience)
-        if not status.get("authenticated"):
-            error = status.get("error") or "not authenticated"
-            raise TokenRejected(f"TokenReview refused the token: {error}")
-        if self.audience not in status.get("audiences", []):
-            raise TokenRejected(f"TokenReview did not confirm audience {self.audience!r}")
-        return _claims_from_review(status.get("user", {}), token)
+        refused = self._refused.get(digest)
+        if refused is not None and refused[0] > time.monotonic():
+            TOKEN_REVIEWS.labels("cached_refusal").inc()
+            raise TokenRejected(refused[1])
+        if not self._review_bound.take():
+            TOKEN_REVIEWS.labels("rate_limited").inc()
+            raise TokenRejected("the cluster JWKS is unavailable and TokenReview is busy; retry later")
+        try:
+            status = await self._review(token, self.audience)
+            if not status.get("authenticated"):
+                error = status.get("error") or "not authenticated"
+                raise TokenRejected(f"TokenReview refused the token: {error}")
+            if self.audience not in status.get("audiences", []):
+                raise TokenRejected(f"TokenReview did not confirm audience {self.audience!r}")
+            claims = _claims_from_review(status.get("user", {}), token)
+        except TokenRejected as exc:
+            TOKEN_REVIEWS.labels("refused").inc()
+            self._remember_refusal(digest, str(exc))
+            raise
+        TOKEN_REVIEWS.labels("authenticated").inc()
+        return claims
+
+    def _remember_refusal(self, digest: bytes, message: str) -> None:
+        self._refused.pop(digest, None)
+        while len(self._refused) >= _CACHE_SIZE:
+            self._refused.popitem(last=False)
+        self._refused[digest] = (time.monotonic() + REFUSAL_TTL_SECONDS, message)
+
+
+def _check_audience(aud: object, audience: str) -> None:
+    """Exactly our audience: a token valid for others too (say, the API server) is a credential
+    kubespiffed must not hold."""
+    if aud != audience and aud != [audience]:
+        raise TokenRejected(f"token audience is not exactly {audience!r}")
 
 
 def _precheck_unverified(token: str, issuer: str, audience: str) -> None:
@@ -187,10 +265,7 @@ def _precheck_unverified(token: str, issuer: str, audience: str) -> None:
         raise TokenRejected(f"token is not a well-formed JWT ({exc})") from None
     if claims.get("iss") != issuer:
         raise TokenRejected(f"token issuer is not {issuer!r}")
-    aud = claims.get("aud")
-    audiences = [aud] if isinstance(aud, str) else aud or []
-    if audience not in audiences:
-        raise TokenRejected(f"token audience is not {audience!r}")
+    _check_audience(claims.get("aud"), audience)
     exp = claims.get("exp")
     if not isinstance(exp, int | float) or exp < time.time():
         raise TokenRejected("token has expired")
@@ -210,6 +285,9 @@ def _pod_claims(claims: Mapping[str, Any]) -> PodClaims:
         raise TokenRejected("token does not name its namespace and service account")
     if claims.get("sub") != f"system:serviceaccount:{namespace}:{sa_name}":
         raise TokenRejected("token subject does not match its kubernetes.io claims")
+    sa_uid = service_account.get("uid")
+    if not sa_uid:
+        raise TokenRejected("token does not name its service account's UID")
     return PodClaims(
         namespace=str(namespace),
         service_account=str(sa_name),
@@ -217,6 +295,7 @@ def _pod_claims(claims: Mapping[str, Any]) -> PodClaims:
         pod_uid=str(pod["uid"]),
         node_name=str(node["name"]) if node.get("name") else None,
         expires_at=dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC),
+        service_account_uid=str(sa_uid),
     )
 
 
@@ -243,4 +322,5 @@ def _claims_from_review(user: Mapping[str, Any], token: str) -> PodClaims:
         pod_uid=pod_uid,
         node_name=one("node-name"),
         expires_at=dt.datetime.fromtimestamp(int(exp), dt.UTC),
+        service_account_uid=str(user["uid"]) if user.get("uid") else None,
     )
