@@ -1,12 +1,17 @@
-"""Attest a caller: verify its pod-bound token, then check that the pod still exists, is the same pod
-(UID), and has not finished.
+"""Attest a caller: verify its pod-bound token, then check what the API server's own token authenticator
+checks and a bit more: the pod still exists, is the same pod (UID), is not being deleted and has not
+finished; the token's ServiceAccount still exists and is the same one (UID).
 
     attestor = PodAttestor(TokenVerifier(...), client, registry.pods)
+    await attestor.run()                  # in a task: list+watch ServiceAccounts
     pod = await attestor.attest(token)    # AttestedPod, or TokenRejected saying why not
 
-The watch cache answers in steady state; a miss (a pod created a moment ago, not yet seen by the watch) or
-a UID mismatch (the cache may lag a delete+recreate) is settled by one direct GET, so a brand-new pod is
-served at once and a deleted pod's token is refused.
+The watch caches answer in steady state; a miss (an object created a moment ago, not yet seen by the
+watch) or a UID mismatch (the cache may lag a delete+recreate) is settled by one direct GET, so a brand-new
+pod is served at once and a deleted pod's token is refused.
+
+A pod with a deletionTimestamp is refused at once (the API server waits 60 s): a pod held by a finalizer
+can stay in that state indefinitely, and a terminating pod already holds SVIDs for its remaining life.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
-from lightkube.resources.core_v1 import Pod
+from lightkube.resources.core_v1 import Pod, ServiceAccount
 
 from kubespiffe.attestation.token import PodClaims, TokenRejected, TokenVerifier
 from kubespiffe.kube.watchcache import WatchCache
@@ -41,6 +46,14 @@ class PodAttestor:
         self._verifier = verifier
         self._client = client
         self._pods = pods
+        self.service_accounts: WatchCache[ServiceAccount] = WatchCache(client, ServiceAccount)
+
+    async def run(self) -> None:
+        """Keep the ServiceAccount cache current (the pod cache belongs to the registry)."""
+        await self.service_accounts.run()
+
+    async def wait_synced(self) -> None:
+        await self.service_accounts.synced.wait()
 
     async def attest(self, token: str) -> AttestedPod:
         """The pod the token speaks for, or TokenRejected saying why the token does not attest one."""
@@ -54,13 +67,34 @@ class PodAttestor:
             pod = await self._get(claims)
         if _uid(pod) != claims.pod_uid:
             raise TokenRejected("the pod the token is bound to was deleted (a new pod has its name)")
+        if pod.metadata is not None and pod.metadata.deletionTimestamp is not None:
+            raise TokenRejected("the pod the token is bound to is being deleted")
         phase = pod.status.phase if pod.status else None
         if phase in _FINISHED:
             raise TokenRejected(f"the pod the token is bound to has finished ({phase})")
         spec_sa = pod.spec.serviceAccountName if pod.spec else None
         if spec_sa and spec_sa != claims.service_account:
             raise TokenRejected("the token's service account is not the pod's")
+        await self._check_service_account(claims)
         return pod
+
+    async def _check_service_account(self, claims: PodClaims) -> None:
+        """The ServiceAccount the token names exists and is the same object (UID) it was issued for."""
+        if claims.service_account_uid is None:  # TokenReview's answer: the API server checked it
+            return
+        account = self.service_accounts.get(claims.namespace, claims.service_account)
+        if account is None or _uid(account) != claims.service_account_uid:
+            try:
+                account = await self._client.get(
+                    ServiceAccount, claims.service_account, namespace=claims.namespace
+                )
+            except ApiError as exc:
+                if exc.status.code == 404:
+                    raise TokenRejected("the token's service account no longer exists") from None
+                raise
+            self.service_accounts.put(account)
+        if _uid(account) != claims.service_account_uid:
+            raise TokenRejected("the token's service account was deleted (a new one has its name)")
 
     async def _get(self, claims: PodClaims) -> Pod:
         try:
@@ -73,5 +107,5 @@ class PodAttestor:
         return pod
 
 
-def _uid(pod: Pod) -> str | None:
-    return pod.metadata.uid if pod.metadata else None
+def _uid(obj: Pod | ServiceAccount) -> str | None:
+    return obj.metadata.uid if obj.metadata else None

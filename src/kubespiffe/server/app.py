@@ -49,6 +49,7 @@ from kubespiffe.server.config import ServerConfig
 from kubespiffe.server.https import StaticTls, TlsSource
 from kubespiffe.server.issuer import IssuerService
 from kubespiffe.server.oidc import oidc_endpoint
+from kubespiffe.server.podcert import pod_certificates
 from kubespiffe.server.tls import ServingIdentity
 from kubespiffe.server.webhook import CaBundleSync, inject_route
 
@@ -90,7 +91,8 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
         ),
     )
     ready = asyncio.Event()
-    endpoints = await http_endpoints(config, client, identity, authority, registry, ready)
+    podcert_loops, podcert_readyz = await pod_certificates(config, client, registry, authority, leader)
+    endpoints = await http_endpoints(config, client, identity, authority, registry, ready, podcert_readyz)
     federation = Federation(
         client,
         config.trust_domain,
@@ -99,7 +101,7 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
         config.federation_min_refresh.total_seconds(),
         config.federation_max_refresh.total_seconds(),
     )
-    loops: list[Callable[[], Any]] = [registry.run, leader.run, authority.run, federation.run]
+    loops: list[Callable[[], Any]] = [registry.run, attestor.run, leader.run, authority.run, federation.run]
     if config.bundle_configmap:
         configmaps = BundleConfigMaps(
             client,
@@ -110,6 +112,7 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
             config.bundle_configmap_key,
         )
         loops.append(configmaps.run)
+    loops += podcert_loops
     if config.webhook_port and config.webhook_configuration:
         loops.append(CaBundleSync(client, config.webhook_configuration, authority.trust, leader).run)
     served = await oidc_endpoint(config, client, authority.trust)
@@ -119,6 +122,7 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
 
     async def until_ready() -> None:
         await registry.wait_synced()
+        await attestor.wait_synced()
         await federation.cache.synced.wait()
         await server.start()
         ready.set()
@@ -192,6 +196,7 @@ async def pod_attestor(
         audience=config.audience,
         jwks=JwksCache(lambda: get_raw_json(client, "/openid/v1/jwks")),
         review=review,
+        review_rate=config.token_review_rate,
     )
     return PodAttestor(verifier, client, registry.pods), issuer
 
@@ -210,12 +215,15 @@ async def http_endpoints(
     authority: LiveAuthority,
     registry: Registry,
     ready: asyncio.Event,
+    readyz_detail: str = "",
 ) -> list[https.HttpsServer]:
     """Health/readiness/metrics on the health port; the bundle endpoint and the injection webhook on
-    their own ports unless off."""
+    their own ports unless off. `readyz_detail` follows "ok" (what optional parts do, e.g. pod certificates)."""
 
     def readyz() -> https.Response:
-        return (200, b"ok\n", "text/plain") if ready.is_set() else (503, b"not ready\n", "text/plain")
+        if not ready.is_set():
+            return (503, b"not ready\n", "text/plain")
+        return (200, b"ok\n" + readyz_detail.encode(), "text/plain")
 
     health = await https.serve(
         config.listen_host,

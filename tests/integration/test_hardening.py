@@ -1,0 +1,131 @@
+"""Issue 12's findings against the running daemon: each test reproduces one weakness through the issuer API
+(or the shipped manifests) of a real kubespiffed under its shipped RBAC, on a real kube-apiserver."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+import grpc
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from lightkube import AsyncClient
+from lightkube.models.authentication_v1 import BoundObjectReference, TokenRequestSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Pod, ServiceAccount, ServiceAccountToken
+
+from kubespiffe.agent.issuer_client import TokenRefused, new_csr
+from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
+from kubespiffe.spiffe.bundle import certificates_to_pem
+
+from .kubespiffed import Running, pod_with_token, register
+
+pytestmark = pytest.mark.integration
+
+
+async def _tokenreviews(kube: AsyncClient) -> int:
+    """TokenReviews the API server has served so far, from its own /metrics (admin credentials)."""
+    http = kube._client._client
+    response = await http.get("/metrics")
+    response.raise_for_status()
+    total = 0.0
+    for line in response.text.splitlines():
+        if line.startswith("apiserver_request_total{") and 'resource="tokenreviews"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+@pytest.fixture
+async def stub(kubespiffed: Running) -> AsyncIterator[issuer_pb2_grpc.IssuerAsyncStub]:
+    credentials = grpc.ssl_channel_credentials(certificates_to_pem(kubespiffed.bundle))
+    options = [("grpc.ssl_target_name_override", "kubespiffed")]
+    async with grpc.aio.secure_channel(kubespiffed.address, credentials, options=options) as channel:
+        yield issuer_pb2_grpc.IssuerStub(channel)  # an IssuerAsyncStub for an aio channel
+
+
+async def _mint_code(stub: issuer_pb2_grpc.IssuerAsyncStub, token: str) -> grpc.StatusCode:
+    try:
+        await stub.MintX509SVID(
+            issuer_pb2.MintX509SVIDRequest(csr=new_csr()[1]),
+            metadata=(("authorization", f"Bearer {token}"),),
+        )
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+# Finding 1: forged tokens with an unknown kid and public-looking claims went to TokenReview every time.
+async def test_forged_tokens_with_unknown_kid_cost_at_most_a_constant_of_token_reviews(
+    kube: AsyncClient, kubespiffed: Running, namespace: str, stub: issuer_pb2_grpc.IssuerAsyncStub
+) -> None:
+    await register(kube, "forged", {"serviceAccountNames": ["forged"]}, namespace)
+    _, real = await pod_with_token(kube, namespace, "forged", "forged")
+    claims = jwt.decode(real, options={"verify_signature": False})
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    distinct = [
+        jwt.encode({**claims, "jti": str(i)}, key, algorithm="RS256", headers={"kid": f"forged-{i}"})
+        for i in range(200)
+    ]
+    same = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "forged-same"})
+    before = await _tokenreviews(kube)
+    codes = await asyncio.gather(*(_mint_code(stub, t) for t in [*distinct, *[same] * 100]))
+    after = await _tokenreviews(kube)
+    assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED}
+    assert after - before <= 2, f"300 forged tokens cost {after - before} TokenReviews"
+
+
+# Finding 5: a token for several audiences is also a credential for the others (e.g. the API server).
+async def test_token_with_several_audiences_is_refused(
+    kube: AsyncClient, kubespiffed: Running, namespace: str
+) -> None:
+    await register(kube, "multi", {"serviceAccountNames": ["multi"]}, namespace)
+    pod, token = await pod_with_token(kube, namespace, "multi", "multi")
+    assert (await kubespiffed.fetch(token)).svids
+    request = ServiceAccountToken(
+        metadata=ObjectMeta(namespace=namespace),
+        spec=TokenRequestSpec(
+            audiences=["kubespiffe", "https://kubernetes.default.svc.cluster.local"],
+            expirationSeconds=600,
+            boundObjectRef=BoundObjectReference(
+                apiVersion="v1", kind="Pod", name=pod.metadata.name, uid=pod.metadata.uid
+            ),
+        ),
+    )
+    response = await kube.create(request, "multi", namespace=namespace)
+    with pytest.raises(TokenRefused, match="audience"):
+        await kubespiffed.fetch(response.status.token)
+    assert re.search(r"rejected reason=.*audience", kubespiffed.log.read_text())
+
+
+# Finding 4: pod binding looser than the API server's own (TokenReview refuses both of these).
+async def test_pod_being_deleted_is_refused(kube: AsyncClient, kubespiffed: Running, namespace: str) -> None:
+    await register(kube, "held", {"serviceAccountNames": ["held"]}, namespace)
+    _, token = await pod_with_token(kube, namespace, "held", "held")
+    await kube.patch(
+        Pod, "held", {"metadata": {"finalizers": ["kubespiffe.io/test-hold"]}}, namespace=namespace
+    )
+    assert (await kubespiffed.fetch(token)).svids
+    await kube.delete(Pod, "held", namespace=namespace)
+    try:
+        stored = await kube.get(Pod, "held", namespace=namespace)
+        assert stored.metadata is not None and stored.metadata.deletionTimestamp is not None
+        with pytest.raises(TokenRefused, match="being deleted"):
+            await kubespiffed.fetch(token)
+    finally:
+        await kube.patch(Pod, "held", {"metadata": {"finalizers": []}}, namespace=namespace)
+
+
+async def test_token_of_deleted_or_recreated_service_account_is_refused(
+    kube: AsyncClient, kubespiffed: Running, namespace: str
+) -> None:
+    await register(kube, "sa", {"serviceAccountNames": ["doomed"]}, namespace)
+    _, token = await pod_with_token(kube, namespace, "doomed", "doomed")
+    assert (await kubespiffed.fetch(token)).svids
+    await kube.delete(ServiceAccount, "doomed", namespace=namespace)
+    with pytest.raises(TokenRefused, match="service account no longer exists"):
+        await kubespiffed.fetch(token)
+    await kube.create(ServiceAccount(metadata=ObjectMeta(name="doomed", namespace=namespace)))
+    with pytest.raises(TokenRefused, match="service account was deleted"):
+        await kubespiffed.fetch(token)
