@@ -218,7 +218,7 @@ async def http_endpoints(
     readyz_detail: str = "",
 ) -> list[https.HttpsServer]:
     """Health/readiness/metrics on the health port; the bundle endpoint and the injection webhook on
-    their own ports unless off. `readyz_detail` follows "ok" (what optional parts do, e.g. pod certificates)."""
+    their own ports unless off. `readyz_detail` follows "ok": what optional parts do (pod certificates)."""
 
     def readyz() -> https.Response:
         if not ready.is_set():

@@ -156,6 +156,11 @@ class ServerConfig:
         "comma-separated CIDRs bundle endpoints (and their redirects) may resolve to although loopback, "
         "link-local or private (e.g. 10.0.0.0/8 for peers on the same network); default: none",
     )
+    pod_certificate_signer: str = setting(
+        "",
+        "sign PodCertificateRequests for this signer name (e.g. kubespiffe.io/svid) and publish its "
+        "ClusterTrustBundles; needs certificates.k8s.io/v1beta1 ('' turns it off)",
+    )
 
     @property
     def jwt_svid_issuer(self) -> str | None:
