@@ -122,7 +122,7 @@ def test_optional_grants_are_named_and_off_by_default() -> None:
         {
             "apiGroups": certificates,
             "resources": ["clustertrustbundles"],
-            "verbs": ["create", "update", "get", "list", "watch"],
+            "verbs": ["create", "update", "delete", "get", "list", "watch"],
         },
     ]
     missing = [r for r in _rules(defaults, "ClusterRole") if r not in _rules(everything, "ClusterRole")]
