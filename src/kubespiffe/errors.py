@@ -7,15 +7,18 @@
     │   ├── JwtSvidError                   spiffe.jwtsvid      a JWT-SVID
     │   ├── BundleError                    spiffe.bundle       a bundle document or certificate list
     │   ├── CsrError                       authority.x509ca    a CSR sent for signing
+    │   ├── PodKeyRefused                  authority.podcert   a PodCertificateRequest's key (Denied)
     │   ├── StateError                     authority.state     the authority Secret's document
     │   ├── RegistrationError              registry.models     a (Cluster)WorkloadRegistration's spec
     │   ├── TemplateError                  registry.template   a SPIFFE ID or DNS name template
     │   ├── TenancyError                   registry.tenancy    an ID outside what its registration may grant
+    │   ├── PodCertificateDenied           registry.podcert    a PodCertificateRequest's pod or identity (Denied)
     │   ├── FederationSpecError            registry.federation a FederatedTrustDomain's spec
     │   ├── OidcIssuerError                federation.oidc     an OIDC issuer URL
     │   └── MalformedReview                injection.review    an AdmissionReview kubespiffed cannot answer
     ├── TokenRejected                    attestation.token   a caller's token or its pod does not attest
     ├── StaleStateError                  authority.store     another replica wrote the authority Secret first
+    ├── PodCertificateFailed             authority.podcert   the CA cannot issue what the API accepts (Failed)
     ├── BundleFetchError                 federation.fetch    a peer's bundle endpoint failed or lied
     ├── IssuerError                      agent.issuer_client kubespiffed said no or could not be asked
         ├── NoIdentity                     (exit 3) the pod has no identity (or not the one asked for)
