@@ -2,6 +2,9 @@
 
 With `--clusters 2` it starts two clusters (trust domains `a` and `b`) and federates them: each gets a
 FederatedTrustDomain for the other, bootstrapped with the other's bundle (https_spiffe profile).
+
+Each kubespiffed also serves OIDC discovery on loopback: the issuer URL is in DIR/oidc-issuer and the CA
+of its TLS certificate in DIR/oidc-ca.pem (docs/oidc.md).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from lightkube import AsyncClient, KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
 
 from kubespiffe.authority import store
-from kubespiffe.devenv.controlplane import ControlPlane
+from kubespiffe.devenv.controlplane import ControlPlane, free_port
+from kubespiffe.devenv.oidc import enable_oidc
 from kubespiffe.devenv.stack import (
     AUTHORITY_SECRET,
     NAMESPACE,
@@ -66,6 +70,9 @@ class Cluster:
             client = self.client()
             try:
                 await install(client)
+                oidc = await enable_oidc(client, free_port())
+                oidc.write(self.directory)
+                self.daemon.extra_args = (*self.daemon.extra_args, *oidc.args())
                 self.daemon.start(await service_account_token(client))
                 return await authority_bundle_pem(client)
             finally:
