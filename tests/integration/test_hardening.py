@@ -5,22 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
 import jwt
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from lightkube import AsyncClient
 from lightkube.models.authentication_v1 import BoundObjectReference, TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Pod, ServiceAccount, ServiceAccountToken
 
-from kubespiffe.agent.issuer_client import TokenRefused, new_csr
+from kubespiffe.agent.issuer_client import NoIdentity, TokenRefused, X509Result, new_csr
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
 from kubespiffe.spiffe.bundle import certificates_to_pem
 
-from .kubespiffed import Running, pod_with_token, register
+from .kubespiffed import Running, pod_with_token, register, unregister
 
 pytestmark = pytest.mark.integration
 
@@ -129,3 +131,72 @@ async def test_token_of_deleted_or_recreated_service_account_is_refused(
     await kube.create(ServiceAccount(metadata=ObjectMeta(name="doomed", namespace=namespace)))
     with pytest.raises(TokenRefused, match="service account was deleted"):
         await kubespiffed.fetch(token)
+
+
+def _dns_names(result: X509Result) -> list[str]:
+    leaf = result.svids[0].chain[0]
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return list(san.get_values_for_type(x509.DNSName))
+
+
+# Finding 2: a namespaced registration put kubernetes.default.svc and other namespaces' names in an SVID.
+async def test_namespaced_registration_cannot_grant_dns_names_outside_its_namespace(
+    kube: AsyncClient, kubespiffed: Running, namespace: str
+) -> None:
+    condition = await register(
+        kube,
+        "wide",
+        {
+            "serviceAccountNames": ["wide"],
+            "dnsNameTemplates": ["kubernetes.default.svc", "db.other.svc.cluster.local", "www.google.com"],
+        },
+        namespace,
+        ready=False,
+    )
+    assert condition["reason"] == "DNSNameOutsideNamespace"
+    _, token = await pod_with_token(kube, namespace, "wide", "wide")
+    with pytest.raises(NoIdentity):
+        await kubespiffed.fetch(token)
+    await register(
+        kube,
+        "narrow",
+        {
+            "serviceAccountNames": ["narrow"],
+            "dnsNameTemplates": ["{podName}.{namespace}.svc", f"api.{namespace}.svc.cluster.local"],
+        },
+        namespace,
+    )
+    _, token = await pod_with_token(kube, namespace, "narrow", "narrow")
+    assert _dns_names(await kubespiffed.fetch(token)) == [
+        f"narrow.{namespace}.svc",
+        f"api.{namespace}.svc.cluster.local",
+    ]
+
+
+# Finding 3: a ClusterWorkloadRegistration rendered another namespace's /ns/<X>/ ID from pod labels.
+async def test_pod_labels_cannot_pick_another_namespaces_id(
+    kube: AsyncClient, kubespiffed: Running, namespace: str
+) -> None:
+    name = f"labels-{uuid.uuid4().hex[:6]}"
+    condition = await register(
+        kube,
+        name,
+        {
+            "spiffeIDTemplate": "spiffe://{trustDomain}/{label:p1}/{label:p2}/sa/{label:p3}",
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+        },
+    )
+    try:
+        assert condition["reason"] == "NamespaceFromPod"
+        assert "namespace segment" in condition["message"]
+        labels = {"p1": "ns", "p2": "other", "p3": "db"}
+        _, token = await pod_with_token(kube, namespace, "sneaky", "sneaky", labels=labels)
+        with pytest.raises(NoIdentity):
+            await kubespiffed.fetch(token)
+        assert "ForeignNamespaceID" in kubespiffed.log.read_text()
+        labels = {"p1": "ns", "p2": namespace, "p3": "db"}
+        _, token = await pod_with_token(kube, namespace, "honest", "honest", labels=labels)
+        result = await kubespiffed.fetch(token)
+        assert [str(s.spiffe_id) for s in result.svids] == [f"spiffe://example.org/ns/{namespace}/sa/db"]
+    finally:
+        await unregister(kube, name)

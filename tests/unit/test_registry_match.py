@@ -67,7 +67,7 @@ def test_identity_carries_the_registration_settings() -> None:
     result = match(
         reg(
             "full",
-            dnsNameTemplates=["{podName}.{namespace}.svc", "api.example.com", "{label:app}.example.com"],
+            dnsNameTemplates=["{podName}.{namespace}.svc", "api.team-a", "{label:app}.team-a"],
             x509SVIDTTL="2h",
             jwtSVIDTTL="5m",
             federatesWith=["partner.example"],
@@ -76,7 +76,7 @@ def test_identity_carries_the_registration_settings() -> None:
     )
     (identity,) = result.identities
     assert identity.spiffe_id == SpiffeId.parse("spiffe://example.org/ns/team-a/sa/api")
-    assert identity.dns_names == ("api-0.team-a.svc", "api.example.com")
+    assert identity.dns_names == ("api-0.team-a.svc", "api.team-a")
     assert (identity.x509_ttl, identity.jwt_ttl) == (timedelta(hours=2), timedelta(minutes=5))
     assert identity.federates_with == (TrustDomain("partner.example"),)
     assert identity.hint == "internal"
@@ -156,14 +156,14 @@ def test_rendering_failures_skip_only_that_registration() -> None:
         reg(
             "missing-label", minute=0, spiffeIDTemplate="spiffe://{trustDomain}/ns/{namespace}/{label:absent}"
         ),
-        reg("bad-dns", minute=1, dnsNameTemplates=["{label:tier}.example", "{label:owner}.example"]),
+        reg("bad-dns", minute=1, dnsNameTemplates=["{label:tier}.team-a", "{label:owner}.team-a"]),
         reg("ok", minute=2),
     )
     assert [i.registration.name for i in result.identities] == ["ok"]
     assert [s.registration.name for s in result.skipped] == ["missing-label", "bad-dns"]
     assert "no label 'absent'" in result.skipped[0].reason
     assert result.skipped[0].reason.startswith("cannot render for this pod")
-    assert "'Blue_1.example', which is not a valid DNS name" in result.skipped[1].reason
+    assert "'Blue_1.team-a', which is not a valid DNS name" in result.skipped[1].reason
 
 
 def test_rendered_ids_are_rechecked_for_the_reserved_path() -> None:
@@ -198,7 +198,7 @@ def test_order_is_oldest_first_then_kind_namespace_name() -> None:
 
 def test_duplicate_spiffe_ids_collapse_to_the_first() -> None:
     first = reg("first", minute=0, hint="one")
-    second = reg("second", minute=1, hint="two", dnsNameTemplates=["x.example"])
+    second = reg("second", minute=1, hint="two", dnsNameTemplates=["x.team-a"])
     cluster = reg(
         "cluster",
         None,
@@ -223,8 +223,8 @@ def test_duplicate_hints_are_dropped_as_the_workload_api_requires() -> None:
 
 
 def test_duplicate_dns_names_within_one_registration_collapse() -> None:
-    result = match(reg("r", dnsNameTemplates=["{serviceAccount}.example", "api.example"]))
-    assert result.identities[0].dns_names == ("api.example",)
+    result = match(reg("r", dnsNameTemplates=["{serviceAccount}.team-a", "api.team-a"]))
+    assert result.identities[0].dns_names == ("api.team-a",)
 
 
 def test_no_match_gives_no_default() -> None:
@@ -259,3 +259,22 @@ def test_order_does_not_depend_on_input_order_and_new_registrations_append(
     after = match(*registrations[:keep], newest).identities
     assert after[: len(before)] == before
     assert [i.registration.name for i in after[len(before) :]] == ["newest"]
+
+
+def test_a_pod_label_cannot_pick_another_namespaces_id() -> None:
+    """Issue 12, finding 3: `/ns/<X>/` from pod labels is refused unless X is the pod's namespace."""
+    template = "spiffe://{trustDomain}/{label:p1}/{label:p2}/sa/{label:p3}"
+    cluster = reg("labels", None, spiffeIDTemplate=template)
+    pod = PodFacts("team-a", "api", "p", "u", "n", {"p1": "ns", "p2": "other", "p3": "db"})
+    result = match(cluster, pod=pod)
+    assert result.identities == ()
+    assert result.skipped[0].reason.startswith("refused (ForeignNamespaceID)")
+    own = PodFacts("team-a", "api", "p", "u", "n", {"p1": "ns", "p2": "team-a", "p3": "db"})
+    assert ids(match(cluster, pod=own)) == ["spiffe://example.org/ns/team-a/sa/db"]
+
+
+def test_a_namespaced_registration_cannot_grant_foreign_dns_names() -> None:
+    """Issue 12, finding 2."""
+    result = match(reg("dns", dnsNameTemplates=["kubernetes.default.svc"]))
+    assert result.identities == ()
+    assert result.skipped[0].reason.startswith("not Ready (DNSNameOutsideNamespace)")

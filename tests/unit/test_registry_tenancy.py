@@ -22,10 +22,12 @@ from kubespiffe.registry.tenancy import (
     check_registration,
     check_spiffe_id,
     check_spiffe_id_template,
+    tenancy_warnings,
 )
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 
 TD = TrustDomain("example.org")
+DEFAULT = "spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}"
 
 
 def reg(template: str, kind: Kind = NAMESPACED_KIND, dns: tuple[str, ...] = ()) -> Registration:
@@ -160,12 +162,12 @@ RESERVED = frozenset({"kubespiffed.kubespiffe.svc", "kubespiffed.kubespiffe.svc.
 def test_kubespiffeds_own_dns_names_are_never_granted(kind: Kind) -> None:
     template = "spiffe://{trustDomain}/ns/{namespace}/x"
     with pytest.raises(TenancyError) as caught:
-        check_registration(reg(template, kind, dns=("a.example", "kubespiffed.kubespiffe.svc")), TD, RESERVED)
+        check_registration(reg(template, kind, dns=("w.a.svc", "kubespiffed.kubespiffe.svc")), TD, RESERVED)
     assert caught.value.reason == "ReservedDNSName"
     with pytest.raises(TenancyError):
         check_dns_name("KUBESPIFFED.kubespiffe.svc.cluster.local", RESERVED)
     check_dns_name("kubespiffed.kubespiffe.svc.example", RESERVED)
-    check_registration(reg(template, kind, dns=("{podName}.kubespiffe.svc",)), TD, RESERVED)
+    check_registration(reg(template, CLUSTER_KIND, dns=("{podName}.kubespiffe.svc",)), TD, RESERVED)
 
 
 # Soundness of the static check: any namespaced template it accepts renders, for any pod of that namespace
@@ -199,3 +201,103 @@ def test_static_check_is_sound(text: str, kind: Kind, account: str, pod: str, la
         assert rendered.path.startswith("/ns/a/")
     else:
         assert rendered.member_of(TD)
+
+
+# Issue 12, finding 2: a namespaced registration grants DNS names under its own namespace only.
+@pytest.mark.parametrize(
+    "dns",
+    [
+        "{podName}.a",
+        "{podName}.a.svc",
+        "{podName}.{namespace}.svc",
+        "web.{namespace}.svc.cluster.local",
+        "{label:app}.a.svc.cluster.local",
+        "x.y.a",
+    ],
+)
+def test_namespaced_dns_names_under_their_namespace_are_allowed(dns: str) -> None:
+    check_registration(reg(DEFAULT, dns=(dns,)), TD, RESERVED)
+
+
+@pytest.mark.parametrize(
+    "dns",
+    [
+        "kubernetes.default.svc",
+        "db.other.svc.cluster.local",
+        "www.google.com",
+        "a",
+        "a.svc",
+        "{namespace}.svc",
+        "{podName}.{label:ns}.svc",
+        "{podName}.a.svc.other.domain",
+        "{podName}.a.svc.cluster",
+        "{podName}.xa.svc",
+        "{podName}.{namespace}x.svc",
+    ],
+)
+def test_namespaced_dns_names_outside_their_namespace_are_refused(dns: str) -> None:
+    with pytest.raises(TenancyError) as caught:
+        check_registration(reg(DEFAULT, dns=(dns,)), TD, RESERVED)
+    assert caught.value.reason == "DNSNameOutsideNamespace"
+
+
+def test_cluster_domain_is_configurable() -> None:
+    check_registration(
+        reg(DEFAULT, dns=("w.a.svc.corp.example",)), TD, RESERVED, cluster_domain="corp.example"
+    )
+    with pytest.raises(TenancyError):
+        check_registration(reg(DEFAULT, dns=("w.a.svc.cluster.local",)), TD, RESERVED, cluster_domain="corp")
+
+
+def test_rendered_dns_names_are_checked_against_the_namespace() -> None:
+    registration = reg(DEFAULT)
+    check_dns_name("web-1.a.svc", RESERVED, registration)
+    check_dns_name("Web-1.A.svc.cluster.local", RESERVED, registration)
+    for name in ("web.b.svc", "a.svc", "x.a.svc.elsewhere", "kubernetes.default.svc"):
+        with pytest.raises(TenancyError):
+            check_dns_name(name, RESERVED, registration)
+    check_dns_name("www.google.com", RESERVED, reg("spiffe://{trustDomain}/x", CLUSTER_KIND))
+
+
+def test_cluster_registrations_may_grant_any_dns_name() -> None:
+    check_registration(reg("spiffe://{trustDomain}/x", CLUSTER_KIND, dns=("www.example.com",)), TD, RESERVED)
+
+
+# Issue 12, finding 3: a rendered /ns/<X>/ ID is refused unless X is the pod's namespace, whatever the kind.
+@pytest.mark.parametrize("kind", [NAMESPACED_KIND, CLUSTER_KIND])
+def test_rendered_ns_ids_must_name_the_pods_namespace(kind: Kind) -> None:
+    template = (
+        "spiffe://{trustDomain}/ns/{namespace}/x" if kind == NAMESPACED_KIND else "spiffe://{trustDomain}/x"
+    )
+    registration = reg(template, kind)
+    check_spiffe_id(registration, SpiffeId.parse("spiffe://example.org/ns/a/sa/db"), TD, pod_namespace="a")
+    with pytest.raises(TenancyError) as caught:
+        check_spiffe_id(
+            registration, SpiffeId.parse("spiffe://example.org/ns/other/sa/db"), TD, pod_namespace="a"
+        )
+    assert caught.value.reason in ("ForeignNamespaceID", "TenancyViolation")
+    if kind == CLUSTER_KIND:
+        assert caught.value.reason == "ForeignNamespaceID"
+        check_spiffe_id(registration, SpiffeId.parse("spiffe://example.org/nsx/other"), TD, pod_namespace="a")
+        check_spiffe_id(
+            registration, SpiffeId.parse("spiffe://example.org/x/ns/other"), TD, pod_namespace="a"
+        )
+
+
+@pytest.mark.parametrize(
+    ("template", "warned"),
+    [
+        ("spiffe://{trustDomain}/{label:p1}/{label:p2}/x", True),
+        ("spiffe://{trustDomain}/ns/{label:team}/x", True),
+        ("spiffe://{trustDomain}/ns/{serviceAccount}", True),
+        ("spiffe://{trustDomain}/{podName}/{namespace}x", True),
+        ("spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}", False),
+        ("spiffe://{trustDomain}/cluster/{label:a}/{label:b}", False),
+        ("spiffe://{trustDomain}/{label:a}", False),
+        ("spiffe://{trustDomain}/ns/kube-system/x", False),
+    ],
+)
+def test_pod_controlled_namespace_segment_is_warned_about(template: str, warned: bool) -> None:
+    warnings = tenancy_warnings(reg(template, CLUSTER_KIND))
+    assert bool(warnings) == warned
+    assert all("namespace segment" in w for w in warnings)

@@ -29,6 +29,7 @@ from kubespiffe.registry.match import MatchResult, identities_for
 from kubespiffe.registry.models import Registration, RegistrationError
 from kubespiffe.registry.status import evaluate_object, status_document
 from kubespiffe.registry.template import PodFacts
+from kubespiffe.registry.tenancy import DEFAULT_CLUSTER_DOMAIN
 from kubespiffe.spiffe.spiffeid import TrustDomain
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,16 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 
 class Registry:
     def __init__(
-        self, client: AsyncClient, trust_domain: TrustDomain, reserved_dns_names: frozenset[str]
+        self,
+        client: AsyncClient,
+        trust_domain: TrustDomain,
+        reserved_dns_names: frozenset[str],
+        cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
     ) -> None:
         self._client = client
         self._trust_domain = trust_domain
         self._reserved = reserved_dns_names
+        self._cluster_domain = cluster_domain
         self.pods: WatchCache[Pod] = WatchCache(client, Pod)
         self.namespaces: WatchCache[Namespace] = WatchCache(client, Namespace)
         self._namespaced = WatchCache(client, WorkloadRegistration)
@@ -88,7 +94,9 @@ class Registry:
         facts = pod_facts(pod)
         namespace = self.namespaces.get(None, facts.namespace)
         labels = (namespace.metadata.labels if namespace and namespace.metadata else None) or {}
-        return identities_for(facts, labels, self._parsed.values(), self._trust_domain, self._reserved)
+        return identities_for(
+            facts, labels, self._parsed.values(), self._trust_domain, self._reserved, self._cluster_domain
+        )
 
     async def _status_worker(self) -> None:
         while True:
@@ -100,7 +108,7 @@ class Registry:
 
     async def _write_status(self, raw: Mapping[str, Any]) -> None:
         meta = raw.get("metadata", {})
-        condition = evaluate_object(raw, self._trust_domain, self._reserved)
+        condition = evaluate_object(raw, self._trust_domain, self._reserved, self._cluster_domain)
         current = raw.get("status") or {}
         desired = status_document(current, int(meta.get("generation", 0)), condition)
         if desired == current:

@@ -16,7 +16,13 @@ from typing import NamedTuple
 from kubespiffe.registry.models import NAMESPACED_KIND, Registration, RegistrationKey
 from kubespiffe.registry.selector import selector_matches
 from kubespiffe.registry.template import PodFacts, TemplateError, render_dns_name, render_spiffe_id
-from kubespiffe.registry.tenancy import TenancyError, check_dns_name, check_registration, check_spiffe_id
+from kubespiffe.registry.tenancy import (
+    DEFAULT_CLUSTER_DOMAIN,
+    TenancyError,
+    check_dns_name,
+    check_registration,
+    check_spiffe_id,
+)
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 
 
@@ -73,15 +79,19 @@ def selects(registration: Registration, pod: PodFacts, namespace_labels: Mapping
 
 
 def _render(
-    registration: Registration, pod: PodFacts, trust_domain: TrustDomain, reserved_dns_names: frozenset[str]
+    registration: Registration,
+    pod: PodFacts,
+    trust_domain: TrustDomain,
+    reserved_dns_names: frozenset[str],
+    cluster_domain: str,
 ) -> Identity:
     spec = registration.spec
     spiffe_id = render_spiffe_id(spec.spiffe_id_template, pod, trust_domain)
-    check_spiffe_id(registration, spiffe_id, trust_domain)
+    check_spiffe_id(registration, spiffe_id, trust_domain, pod.namespace)
     dns_names: list[str] = []
     for template in spec.dns_name_templates:
         name = render_dns_name(template, pod)
-        check_dns_name(name, reserved_dns_names)
+        check_dns_name(name, reserved_dns_names, registration, cluster_domain)
         if name not in dns_names:
             dns_names.append(name)
     return Identity(
@@ -101,6 +111,7 @@ def identities_for(
     registrations: Iterable[Registration],
     trust_domain: TrustDomain,
     reserved_dns_names: frozenset[str],
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
 ) -> MatchResult:
     """The pod's identities in stable order, and the selecting registrations that granted nothing, with why.
 
@@ -117,12 +128,12 @@ def identities_for(
             continue
         key = registration.key
         try:
-            check_registration(registration, trust_domain, reserved_dns_names)
+            check_registration(registration, trust_domain, reserved_dns_names, cluster_domain)
         except TenancyError as e:
             skipped.append(Skipped(key, f"not Ready ({e.reason}): {e}"))
             continue
         try:
-            identity = _render(registration, pod, trust_domain, reserved_dns_names)
+            identity = _render(registration, pod, trust_domain, reserved_dns_names, cluster_domain)
         except TemplateError as e:
             skipped.append(Skipped(key, f"cannot render for this pod: {e}"))
             continue

@@ -13,11 +13,17 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from kubespiffe.registry.models import Registration, RegistrationError
-from kubespiffe.registry.tenancy import TenancyError, check_registration
+from kubespiffe.registry.tenancy import (
+    DEFAULT_CLUSTER_DOMAIN,
+    TenancyError,
+    check_registration,
+    tenancy_warnings,
+)
 from kubespiffe.spiffe.spiffeid import TrustDomain
 
 READY = "Ready"
 VALID = "Valid"
+VALID_WITH_WARNING = "NamespaceFromPod"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,27 +37,38 @@ class Condition:
 
 
 def evaluate(
-    registration: Registration, trust_domain: TrustDomain, reserved_dns_names: frozenset[str] = frozenset()
+    registration: Registration,
+    trust_domain: TrustDomain,
+    reserved_dns_names: frozenset[str] = frozenset(),
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
 ) -> Condition:
-    """Ready=True with reason Valid, or Ready=False with the broken rule as reason and a sentence why."""
+    """Ready=True with reason Valid (NamespaceFromPod with a warning, see tenancy_warnings), or Ready=False
+    with the broken rule as reason and a sentence why."""
     try:
-        check_registration(registration, trust_domain, reserved_dns_names)
+        check_registration(registration, trust_domain, reserved_dns_names, cluster_domain)
     except TenancyError as e:
         return Condition(READY, "False", e.reason, f"Not used: {e}.")
-    return Condition(
-        READY, "True", VALID, f"Grants {registration.spec.spiffe_id_template} to the pods it selects."
-    )
+    grants = f"Grants {registration.spec.spiffe_id_template} to the pods it selects."
+    warnings = tenancy_warnings(registration)
+    if warnings:
+        return Condition(
+            READY, "True", VALID_WITH_WARNING, " ".join([grants, *(f"Warning: {w}." for w in warnings)])
+        )
+    return Condition(READY, "True", VALID, grants)
 
 
 def evaluate_object(
-    obj: Mapping[str, Any], trust_domain: TrustDomain, reserved_dns_names: frozenset[str] = frozenset()
+    obj: Mapping[str, Any],
+    trust_domain: TrustDomain,
+    reserved_dns_names: frozenset[str] = frozenset(),
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
 ) -> Condition:
     """Like evaluate, for a raw API object, which may not even parse (reasons InvalidSpec, InvalidTTL...)."""
     try:
         registration = Registration.from_object(obj)
     except RegistrationError as e:
         return Condition(READY, "False", e.reason, f"Not used: {e}.")
-    return evaluate(registration, trust_domain, reserved_dns_names)
+    return evaluate(registration, trust_domain, reserved_dns_names, cluster_domain)
 
 
 def _rfc3339(when: datetime) -> str:

@@ -75,7 +75,9 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
     authority = await load_authority(config, client, leader)
     identity = ServingIdentity(authority.active_x509(), config.server_id, config.server_dns_names)
     authority.on_activate(identity.set_authority)
-    registry = Registry(client, config.trust_domain, frozenset(config.server_dns_names))
+    registry = Registry(
+        client, config.trust_domain, frozenset(config.server_dns_names), config.cluster_domain
+    )
     attestor, token_issuer = await pod_attestor(config, client, registry)
     server = issuer_server(
         config,
