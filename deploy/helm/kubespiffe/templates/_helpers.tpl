@@ -76,6 +76,15 @@ except --pod-certificate-signer, which the PodCertificateRequest signer adds.
   (printf "--jwt-svid-ttl=%s" (include "kubespiffe.duration" (list "svid.jwtTTL" $v.svid.jwtTTL 30 86400 "30s and 24h")))
   (printf "--jwt-key-type=%s" $v.svid.jwtKeyType)) -}}
 {{- with $v.svid.jwtIssuer }}{{ $args = append $args (printf "--jwt-issuer=%s" .) }}{{ end -}}
+{{- if $v.oidc.enabled -}}
+{{- if and $v.svid.jwtIssuer (ne $v.svid.jwtIssuer $v.oidc.issuer) -}}
+{{- fail "svid.jwtIssuer differs from oidc.issuer: with oidc.enabled JWT-SVIDs carry oidc.issuer; leave svid.jwtIssuer empty" -}}
+{{- end -}}
+{{- $args = concat $args (list
+  (printf "--oidc-port=%d" (int $v.oidc.port))
+  (printf "--oidc-issuer=%s" $v.oidc.issuer)
+  (printf "--oidc-tls-secret=%s" $v.oidc.tlsSecretName)) -}}
+{{- end -}}
 {{- if $v.bundleEndpoint.enabled -}}
 {{- $args = append $args (printf "--bundle-endpoint-port=%d" (int $v.bundleEndpoint.port)) -}}
 {{- if eq $v.bundleEndpoint.profile "https_web" -}}
@@ -87,6 +96,7 @@ except --pod-certificate-signer, which the PodCertificateRequest signer adds.
 {{- $args = concat $args (list
   (printf "--bundle-refresh-hint=%s" (include "kubespiffe.duration" (list "bundleEndpoint.refreshHint" $v.bundleEndpoint.refreshHint 1 86400 "1s and 24h")))
   (printf "--bundle-configmap=%s" $v.bundleConfigMap)
+  (printf "--bundle-configmap-key=%s" $v.bundleConfigMapKey)
   (printf "--federation-min-refresh=%s" (include "kubespiffe.duration" (list "federation.minRefresh" $v.federation.minRefresh 1 3600 "1s and 1h")))
   (printf "--federation-max-refresh=%s" (include "kubespiffe.duration" (list "federation.maxRefresh" $v.federation.maxRefresh 1 86400 "1s and 24h")))) -}}
 {{- if $v.injection.enabled -}}
