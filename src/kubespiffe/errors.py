@@ -25,7 +25,8 @@
         ├── TokenRefused                   (exit 4) kubespiffed refused the token
         ├── ServerUnreachable              (exit 5) kubespiffed could not be reached
         ├── ServerIdentityWrong            (exit 6) whoever answered is not kubespiffed
-        └── RequestFailed                  (exit 7) any other refusal
+        └── RequestFailed                  (exit 7) any other refusal, or an answer that cannot be used
+            └── RequestInvalid               (exit 7) kubespiffed found the request invalid
     └── WorkloadError                    cli.workload        a Workload API call from the CLI failed
 
 Each class is defined next to the rule it guards (the module named above); this module holds the root
