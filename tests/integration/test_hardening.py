@@ -200,3 +200,35 @@ async def test_pod_labels_cannot_pick_another_namespaces_id(
         assert [str(s.spiffe_id) for s in result.svids] == [f"spiffe://example.org/ns/{namespace}/sa/db"]
     finally:
         await unregister(kube, name)
+
+
+async def _mint_jwt_code(stub: issuer_pb2_grpc.IssuerAsyncStub, token: str, audience: list[str]) -> str:
+    try:
+        await stub.MintJWTSVID(
+            issuer_pb2.MintJWTSVIDRequest(audience=audience),
+            metadata=(("authorization", f"Bearer {token}"),),
+        )
+    except grpc.aio.AioRpcError as exc:
+        return f"{exc.code().name}: {exc.details()}"
+    return "OK"
+
+
+# Finding 6: a newline in an audience forged a log line; 35,000 audiences made a 4.8 MB token.
+async def test_jwt_svid_audiences_are_bounded_and_logged_escaped(
+    kube: AsyncClient, kubespiffed: Running, namespace: str, stub: issuer_pb2_grpc.IssuerAsyncStub
+) -> None:
+    await register(kube, "jwt", {"serviceAccountNames": ["jwt"]}, namespace)
+    _, token = await pod_with_token(kube, namespace, "jwt", "jwt")
+    assert await _mint_jwt_code(stub, token, ["a", "https://b.example/x?y=1"]) == "OK"
+    forged = "x\nINFO kubespiffed.issuer attested pod=admin namespace=kube-system"
+    for audience in (
+        [forged],
+        [f"aud-{i}" for i in range(1000)],
+        ["a" * 5000],
+        ["caf\u00e9"],
+        ["tab\there"],
+    ):
+        assert (await _mint_jwt_code(stub, token, audience)).startswith("INVALID_ARGUMENT"), audience[:2]
+    log = kubespiffed.log.read_text()
+    assert not any(line.startswith("INFO kubespiffed.issuer attested pod=admin") for line in log.splitlines())
+    assert "audience=['a', 'https://b.example/x?y=1']" in log

@@ -53,6 +53,23 @@ class Signer(Protocol):
 
 # How often an open WatchBundles stream re-checks that its pod still has an identity.
 ENTITLEMENT_RECHECK_SECONDS = 5.0
+# JWT-SVID audiences: a few short, printable ASCII strings (URLs, service names). Bounded so one call
+# cannot make a huge token (or cache entry in the agent), and printable so no audience can forge a log line.
+MAX_AUDIENCES = 16
+MAX_AUDIENCE_LENGTH = 256
+
+
+def audience_problem(audience: list[str]) -> str | None:
+    """Why `audience` cannot be put in a JWT-SVID, or None."""
+    if not audience or any(not a for a in audience):
+        return "audience must be specified"
+    if len(audience) > MAX_AUDIENCES:
+        return f"at most {MAX_AUDIENCES} audiences"
+    if any(len(a) > MAX_AUDIENCE_LENGTH for a in audience):
+        return f"an audience is longer than {MAX_AUDIENCE_LENGTH} characters"
+    if not all(a.isascii() and a.isprintable() for a in audience):
+        return "audiences must be printable ASCII"
+    return None
 
 
 def bearer_token(context: Context) -> str:
@@ -170,9 +187,10 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
         started = time.perf_counter()
         try:
             audience = list(request.audience)
-            if not audience or any(not a for a in audience):
+            problem = audience_problem(audience)
+            if problem is not None:
                 DECISIONS.labels("jwt", "invalid_argument").inc()
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
             caller = await self._attest("jwt", context, request.spiffe_id)
             kid, key = self._signer.active_jwt()
             now = dt.datetime.now(dt.UTC)
@@ -191,10 +209,10 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
             ISSUED.labels("jwt").inc(len(caller.identities))
             DECISIONS.labels("jwt", "issued").inc()
             log.info(
-                "attested %s jwt spiffe_ids=%s audience=%s",
+                "attested %s jwt spiffe_ids=%s audience=%r",
                 caller.who,
                 ",".join(str(i.spiffe_id) for i in caller.identities),
-                ",".join(audience),
+                audience,
             )
             return response
         finally:
