@@ -15,6 +15,7 @@
     │   ├── PodCertificateDenied           registry.podcert    a PodCertificateRequest's pod or identity (Denied)
     │   ├── FederationSpecError            registry.federation a FederatedTrustDomain's spec
     │   ├── OidcIssuerError                federation.oidc     an OIDC issuer URL
+    │   ├── SdsRequestError                agent.sdsresources  an SDS request for a resource the pod lacks
     │   └── MalformedReview                injection.review    an AdmissionReview kubespiffed cannot answer
     ├── TokenRejected                    attestation.token   a caller's token or its pod does not attest
     ├── StaleStateError                  authority.store     another replica wrote the authority Secret first
