@@ -10,10 +10,11 @@ granted (kubespiffed refuses to put its own names in workload SVIDs).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -61,7 +62,13 @@ class ServerIdentityWrong(IssuerError):
 
 
 class RequestFailed(IssuerError):
+    """kubespiffed refused the request for another reason, or its answer cannot be used."""
+
     exit_code = 7
+
+
+class RequestInvalid(RequestFailed):
+    """kubespiffed found the request itself invalid (INVALID_ARGUMENT): asking again will not help."""
 
 
 @dataclass(frozen=True)
@@ -197,16 +204,19 @@ class IssuerClient:
             )
         except grpc.aio.AioRpcError as exc:
             raise self._failed(exc) from None
-        svids = tuple(
-            X509Svid(
-                spiffe_id=SpiffeId.parse(svid.spiffe_id),
-                chain=tuple(x509.load_der_x509_certificate(c) for c in svid.cert_chain),
-                private_key=key,
-                hint=svid.hint,
+        with _answer("X.509-SVID"):
+            svids = tuple(
+                X509Svid(
+                    spiffe_id=SpiffeId.parse(svid.spiffe_id),
+                    chain=tuple(x509.load_der_x509_certificate(c) for c in svid.cert_chain),
+                    private_key=key,
+                    hint=svid.hint,
+                )
+                for svid in response.svids
             )
-            for svid in response.svids
-        )
-        return X509Result(svids, tuple(x509.load_der_x509_certificate(c) for c in response.bundle))
+            if not svids or any(not s.chain for s in svids):
+                raise ValueError("no X.509-SVID in it")
+            return X509Result(svids, tuple(x509.load_der_x509_certificate(c) for c in response.bundle))
 
     async def mint_jwt(self, token: str, audience: list[str], spiffe_id: str = "") -> list[JWTSVID]:
         stub = await self._stub()
@@ -218,12 +228,19 @@ class IssuerClient:
             )
         except grpc.aio.AioRpcError as exc:
             raise self._failed(exc) from None
-        return [
-            JWTSVID(
-                SpiffeId.parse(s.spiffe_id), s.token, s.hint, dt.datetime.fromtimestamp(s.expires_at, dt.UTC)
-            )
-            for s in response.svids
-        ]
+        with _answer("JWT-SVID"):
+            svids = [
+                JWTSVID(
+                    SpiffeId.parse(s.spiffe_id),
+                    s.token,
+                    s.hint,
+                    dt.datetime.fromtimestamp(s.expires_at, dt.UTC),
+                )
+                for s in response.svids
+            ]
+            if not svids:
+                raise ValueError("no JWT-SVID in it")
+            return svids
 
     async def watch_bundles(self, token: str) -> AsyncIterator[BundleSet]:
         """Every message of the WatchBundles stream, parsed (the first bundle is the pod's own)."""
@@ -231,12 +248,14 @@ class IssuerClient:
         stream = stub.WatchBundles(issuer_pb2.WatchBundlesRequest(), metadata=self._metadata(token))
         try:
             async for message in stream:
-                yield BundleSet.from_bundles(
-                    [
-                        parse_bundle_json(TrustDomain.parse(b.trust_domain), b.spiffe_bundle)
-                        for b in message.bundles
-                    ]
-                )
+                with _answer("bundle"):
+                    bundles = BundleSet.from_bundles(
+                        [
+                            parse_bundle_json(TrustDomain.parse(b.trust_domain), b.spiffe_bundle)
+                            for b in message.bundles
+                        ]
+                    )
+                yield bundles
         except grpc.aio.AioRpcError as exc:
             raise self._failed(exc) from None
 
@@ -244,6 +263,18 @@ class IssuerClient:
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
             self._drop()
         return _translate(exc, self.address)
+
+
+@contextlib.contextmanager
+def _answer(kind: str) -> Iterator[None]:
+    """Parsing kubespiffed's answer: whatever is wrong with it is kubespiffed's fault, a RequestFailed.
+
+    (Parsers raise InvalidInput/ValueError; a timestamp out of range raises OverflowError or OSError.)
+    """
+    try:
+        yield
+    except (ValueError, OverflowError, OSError) as exc:
+        raise RequestFailed(f"kubespiffed's {kind} answer is malformed: {exc}") from None
 
 
 async def fetch_x509(
@@ -272,4 +303,6 @@ def _translate(exc: grpc.aio.AioRpcError, address: str) -> IssuerError:
         return TokenRefused(f"kubespiffed refused the token: {detail}")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return ServerUnreachable(f"cannot reach kubespiffed at {address}: {detail}")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return RequestInvalid(f"kubespiffed refused the request as invalid: {detail}")
     return RequestFailed(f"kubespiffed refused the request ({code.name}): {detail}")

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 from kubespiffe.agent.run import Agent, AgentConfig
@@ -24,11 +25,33 @@ async def _run(config: AgentConfig) -> None:
         logging.getLogger("kubespiffe.agent").info("stopped")
 
 
+def _socket_mode(text: str) -> int:
+    """An octal file mode such as 0660 (ValueError otherwise)."""
+    mode = int(text, 8)
+    if not 0 <= mode <= 0o777:
+        raise ValueError(text)
+    return mode
+
+
 def run_agent(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=os.environ.get("KUBESPIFFE_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    try:
+        socket_mode = _socket_mode(args.socket_mode)
+    except ValueError:
+        print(
+            f"kubespiffe agent: --socket-mode {args.socket_mode!r} is not an octal mode (0000-0777)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.jwt_cache_size < 0:
+        print(
+            f"kubespiffe agent: --jwt-cache-size must be 0 or more, not {args.jwt_cache_size}",
+            file=sys.stderr,
+        )
+        return 2
     config = AgentConfig(
         server=args.server,
         token_file=Path(args.token_file),
@@ -37,6 +60,8 @@ def run_agent(args: argparse.Namespace) -> int:
         write_dir=Path(args.write_dir) if args.write_dir else None,
         jwt_audience=args.jwt_audience,
         server_name=args.server_name,
+        socket_mode=socket_mode,
+        jwt_cache_size=args.jwt_cache_size,
     )
     asyncio.run(_run(config))
     return 0

@@ -3,9 +3,15 @@
 - X.509-SVIDs: a new key and CSR per renewal, renewed at half-life; the token file is re-read for every
   call to kubespiffed because the kubelet rotates it.
 - Bundles: one WatchBundles stream from kubespiffed; every change is pushed to open Workload API streams.
-- JWT-SVIDs: minted on demand, cached per (identity, audiences) until half-life.
+- JWT-SVIDs: minted on demand, cached per (identity, audiences) until half-life, at most
+  `jwt_cache_size` answers (least recently used leave first).
 - Losing the identity (PERMISSION_DENIED / token refused) publishes a denied snapshot: open streams end
-  with PermissionDenied. kubespiffed unreachable: keep serving what is still valid, retry with backoff.
+  with PermissionDenied; the X.509 loop then asks again every few seconds, so a regained identity is
+  served within seconds. kubespiffed unreachable: keep serving what is still valid, retry with backoff.
+- Every SVID is withdrawn when it expires (stream, files, jwt.0.token), whatever else is going on.
+- The bundle stream is ended by kubespiffed when the token it was opened with expires: it reconnects at
+  once with the current token (the kubelet has refreshed it by then), which is not an outage; if that
+  token is refused too (the pod was deleted), the identity is lost.
 """
 
 from __future__ import annotations
@@ -24,18 +30,18 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from kubespiffe.agent.files import write_atomic, write_x509_svids
+from kubespiffe.agent import sdslazy
+from kubespiffe.agent.files import remove_x509_svid, write_atomic, write_x509_svids
 from kubespiffe.agent.issuer_client import (
     JWTSVID,
     IssuerClient,
     IssuerError,
     NoIdentity,
-    ServerIdentityWrong,
-    ServerUnreachable,
     TokenRefused,
     X509Result,
     trust_domain_of,
 )
+from kubespiffe.agent.jwtcache import DEFAULT_SIZE, Entry, JwtCache
 from kubespiffe.agent.state import AgentState, Snapshot
 from kubespiffe.agent.workloadapi import WorkloadAPI
 from kubespiffe.proto import workload_pb2, workload_pb2_grpc, workload_pool
@@ -46,6 +52,10 @@ from kubespiffe.versioned import Versioned
 log = logging.getLogger("kubespiffe.agent")
 
 _BACKOFF_MIN, _BACKOFF_MAX = 0.5, 30.0
+# With no identity, ask again at least this often: kubespiffed re-checks entitlement every 5 s, so an
+# identity comes back about as fast as it goes.
+_DENIED_RETRY_MAX = 5.0
+_JWT_FILE_RETRY = 5.0
 # gRPC health service names on the agent's socket: "" = an SVID is in hand (startup/readiness),
 # UPSTREAM = kubespiffed answered the last call (renewal keeps working).
 UPSTREAM = "kubespiffe.upstream"
@@ -62,6 +72,9 @@ class AgentConfig:
     write_dir: Path | None = None
     jwt_audience: str | None = None
     server_name: str = "kubespiffed"
+    # Any container of the pod may use the socket: the pod is the trust boundary (docs/agent.md).
+    socket_mode: int = 0o666
+    jwt_cache_size: int = DEFAULT_SIZE
 
 
 class Agent:
@@ -74,7 +87,15 @@ class Agent:
         self._x509: X509Result | None = None
         self._bundles: BundleSet | None = None
         self._denied: str | None = None
-        self._jwt_cache: dict[tuple[str, tuple[str, ...]], tuple[list[JWTSVID], dt.datetime]] = {}
+        self._jwt_cache = JwtCache(config.jwt_cache_size)
+        # Files mode: expiry of what is on disk, by identity index, and of jwt.0.token.
+        self._on_disk: dict[int, dt.datetime] = {}
+        self._jwt_file_expires: dt.datetime | None = None
+        # Wake-ups: the X.509 loop to ask now, the bundle loop to reconnect now, the withdrawal loop to
+        # look at what is held again.
+        self._renew_now = asyncio.Event()
+        self._reconnect_now = asyncio.Event()
+        self._held_changed = asyncio.Event()
         self.ready = asyncio.Event()
         self.health = health_aio.HealthServicer()
 
@@ -82,8 +103,8 @@ class Agent:
         return self.config.token_file.read_text().strip()
 
     async def _publish(self) -> None:
-        if self._x509 is None and self._denied is None:
-            return
+        if self._x509 is None and self._denied is None and self.state.current is None:
+            return  # nothing to say before the first SVID
         bundles = self._bundles or BundleSet(Bundle(self._trust_domain))
         if not bundles.own.x509_authorities and self._x509 is not None:
             # Until WatchBundles delivers, the bundle that came with the SVIDs is the trust domain's.
@@ -94,13 +115,11 @@ class Agent:
             denied=self._denied,
         )
         await self.state.publish(snapshot)
-        if self.config.write_dir and self._x509 is not None and not self._denied:
-            await asyncio.to_thread(self._write_files, snapshot)
-
-    def _write_files(self, snapshot: Snapshot) -> None:
-        assert self.config.write_dir is not None and self._x509 is not None
-        own = snapshot.x509_bundles.get(snapshot.trust_domain, ())
-        write_x509_svids(self.config.write_dir, self._x509.svids, own)
+        if self.config.write_dir and snapshot.svids and not self._denied:
+            own = snapshot.x509_bundles.get(snapshot.trust_domain, ())
+            await asyncio.to_thread(write_x509_svids, self.config.write_dir, snapshot.svids, own)
+            self._on_disk = {i: svid.expires_at for i, svid in enumerate(snapshot.svids)}
+        self._held_changed.set()
 
     # --- X.509 ---------------------------------------------------------------------------------------
 
@@ -111,17 +130,18 @@ class Agent:
                 result = await self._client.mint_x509(self._token())
             except (NoIdentity, TokenRefused) as exc:
                 await self._deny(str(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
+                await _pause(backoff, self._renew_now)
+                backoff = min(backoff * 2, _DENIED_RETRY_MAX)
                 continue
             except (IssuerError, OSError) as exc:
                 log.warning("cannot renew X.509-SVIDs (%s); retrying in %.1fs", exc, backoff)
                 await self.health.set(UPSTREAM, _NOT_SERVING)
-                await self._expire()
-                await asyncio.sleep(backoff)
+                await _pause(backoff, self._renew_now)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
             backoff = _BACKOFF_MIN
+            if self._denied is not None:
+                self._reconnect_now.set()  # the bundle stream was refused too; no need to wait for it
             self._x509, self._denied = result, None
             self._trust_domain = result.svids[0].spiffe_id.trust_domain
             await self._publish()
@@ -134,7 +154,7 @@ class Agent:
                 result.svids[0].expires_at.isoformat(),
             )
             renew_at = min(s.renew_at for s in result.svids)
-            await asyncio.sleep(max(1.0, (renew_at - dt.datetime.now(dt.UTC)).total_seconds()))
+            await _pause(max(1.0, (renew_at - dt.datetime.now(dt.UTC)).total_seconds()), self._renew_now)
 
     async def _deny(self, reason: str) -> None:
         if self._denied != reason:
@@ -147,62 +167,124 @@ class Agent:
         await self.health.set(UPSTREAM, _SERVING)
         await self._publish()
 
-    async def _expire(self) -> None:
-        """While kubespiffed is unreachable, keep serving SVIDs until they expire, then stop claiming them."""
-        if self._x509 and min(s.expires_at for s in self._x509.svids) <= dt.datetime.now(dt.UTC):
-            log.warning("X.509-SVIDs expired while kubespiffed is unreachable")
-            self._x509 = None
-            self.ready.clear()
-            await self.health.set("", _NOT_SERVING)
+    # --- expiry ------------------------------------------------------------------------------------
+
+    async def _withdraw_loop(self) -> None:
+        """Withdraw every SVID the moment it expires: from the streams, the files and jwt.0.token.
+
+        Renewal normally replaces them at half-life; this is for when it cannot (kubespiffed unreachable
+        for half a lifetime, or the identity lost while files remain), so that nothing expired is offered.
+        """
+        while True:
+            due = self._next_expiry()
+            wait = None if due is None else max(0.0, (due - dt.datetime.now(dt.UTC)).total_seconds())
+            await _pause(wait, self._held_changed)
+            await self._withdraw_expired(dt.datetime.now(dt.UTC))
+
+    def _next_expiry(self) -> dt.datetime | None:
+        held = [s.expires_at for s in self._x509.svids] if self._x509 else []
+        held += self._on_disk.values()
+        if self._jwt_file_expires is not None:
+            held.append(self._jwt_file_expires)
+        return min(held, default=None)
+
+    async def _withdraw_expired(self, now: dt.datetime) -> None:
+        if self._x509 is not None:
+            valid = tuple(s for s in self._x509.svids if s.expires_at > now)
+            if len(valid) < len(self._x509.svids):
+                expired = [str(s.spiffe_id) for s in self._x509.svids if s.expires_at <= now]
+                log.warning("X.509-SVIDs expired before they could be renewed: %s", ",".join(expired))
+                self._x509 = replace(self._x509, svids=valid) if valid else None
+                if not valid:
+                    self.ready.clear()
+                    await self.health.set("", _NOT_SERVING)
+                await self._publish()
+        directory = self.config.write_dir
+        if directory is None:
+            return
+        for index in [i for i, expires in self._on_disk.items() if expires <= now]:
+            log.warning("withdrawing expired svid.%d.pem and svid.%d.key", index, index)
+            await asyncio.to_thread(remove_x509_svid, directory, index)
+            del self._on_disk[index]
+        if self._jwt_file_expires is not None and self._jwt_file_expires <= now:
+            log.warning("withdrawing the expired jwt.0.token")
+            (directory / "jwt.0.token").unlink(missing_ok=True)
+            self._jwt_file_expires = None
 
     # --- bundles -------------------------------------------------------------------------------------
 
     async def _bundle_loop(self) -> None:
         backoff = _BACKOFF_MIN
         while True:
+            delivered = False
             try:
                 async for bundles in self._client.watch_bundles(self._token()):
+                    delivered = True
                     backoff = _BACKOFF_MIN
+                    self._reconnect_now.clear()
+                    if self._denied is not None:
+                        self._renew_now.set()  # kubespiffed streams only to pods with an identity
                     await self.health.set(UPSTREAM, _SERVING)
                     self._bundles = bundles
                     self._trust_domain = bundles.trust_domain
                     self._client.set_trust(list(bundles.own.x509_authorities))
                     log.info("bundles updated: %s", ", ".join(str(b.trust_domain) for b in bundles.bundles()))
                     await self._publish()
+            except TokenRefused as exc:
+                if delivered:
+                    # The token the stream was opened with expired (or the pod is gone): ask again at
+                    # once with the file's current token; a refusal then is the answer.
+                    log.info("bundle stream ended for its token (%s); reconnecting with the current one", exc)
+                    continue
+                await self._lose_identity(str(exc))
             except NoIdentity as exc:
                 # kubespiffed re-checks the pod's entitlement on the stream: losing it ends the stream.
-                await self._deny(str(exc))
+                await self._lose_identity(str(exc))
             except (IssuerError, OSError) as exc:
                 log.warning("bundle stream ended (%s); reconnecting in %.1fs", exc, backoff)
                 await self.health.set(UPSTREAM, _NOT_SERVING)
-            await asyncio.sleep(backoff)
+            await _pause(backoff, self._reconnect_now)
             backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    async def _lose_identity(self, reason: str) -> None:
+        """The bundle stream learnt it first: deny, and have the X.509 loop poll for the identity's return
+        instead of sleeping until the old SVIDs' half-life."""
+        await self._deny(reason)
+        self._renew_now.set()
 
     # --- JWT -----------------------------------------------------------------------------------------
 
     async def mint_jwt(self, audience: Sequence[str], spiffe_id: str) -> Sequence[JWTSVID]:
         """JWT-SVIDs from the cache until half-life, else from kubespiffed (its errors pass through)."""
+        return (await self._jwt_entry(audience, spiffe_id)).svids
+
+    async def _jwt_entry(self, audience: Sequence[str], spiffe_id: str) -> Entry:
         key = (spiffe_id, tuple(sorted(audience)))
-        cached = self._jwt_cache.get(key)
         now = dt.datetime.now(dt.UTC)
-        if cached and now < cached[1]:
-            return cached[0]
+        cached = self._jwt_cache.get(key, now)
+        if cached is not None:
+            return cached
         svids = await self._client.mint_jwt(self._token(), list(audience), spiffe_id)
-        if svids:
-            self._jwt_cache[key] = (svids, half_life(now, min(s.expires_at for s in svids)))
-        return svids
+        entry = Entry(svids, half_life(now, min(s.expires_at for s in svids)))
+        self._jwt_cache.put(key, entry, now)
+        return entry
 
     async def _jwt_file_loop(self) -> None:
+        """jwt.0.token always holds a JWT-SVID in the first half of its life: replaced at half-life."""
         assert self.config.write_dir is not None and self.config.jwt_audience
+        path = self.config.write_dir / "jwt.0.token"
         while True:
             await self.ready.wait()
             try:
-                svids = await self.mint_jwt([self.config.jwt_audience], "")
-                write_atomic(self.config.write_dir / "jwt.0.token", svids[0].token.encode(), 0o600)
-                await asyncio.sleep(30)
-            except (NoIdentity, ServerUnreachable, ServerIdentityWrong) as exc:
+                svids, refresh_at = await self._jwt_entry([self.config.jwt_audience], "")
+            except (IssuerError, OSError) as exc:
                 log.warning("cannot refresh the JWT-SVID file: %s", exc)
-                await asyncio.sleep(5)
+                await asyncio.sleep(_JWT_FILE_RETRY)
+                continue
+            await asyncio.to_thread(write_atomic, path, svids[0].token.encode(), 0o600)
+            self._jwt_file_expires = svids[0].expires_at
+            self._held_changed.set()
+            await asyncio.sleep(max(0.5, (refresh_at - dt.datetime.now(dt.UTC)).total_seconds()))
 
     # --- serving -------------------------------------------------------------------------------------
 
@@ -212,12 +294,14 @@ class Agent:
             WorkloadAPI(self.state, self.mint_jwt), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        server.add_generic_rpc_handlers((sdslazy.LazySecretDiscovery(self.state),))  # Envoy SDS (docs/sds.md)
         await self.health.set("", _NOT_SERVING)
         await self.health.set(UPSTREAM, _NOT_SERVING)
         service_names = (
             workload_pb2.DESCRIPTOR.services_by_name["SpiffeWorkloadAPI"].full_name,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
+            sdslazy.SERVICE_NAME,
         )
         # Our Workload API descriptors live in their own pool (see proto/workload_pool.py).
         reflection.enable_server_reflection(service_names, server, pool=workload_pool.POOL)
@@ -227,7 +311,7 @@ class Agent:
             socket.unlink()
         server.add_insecure_port(f"unix://{socket}")
         await server.start()
-        os.chmod(socket, 0o666)  # noqa: S103 — any container of the pod may use it, and only the pod's containers can
+        os.chmod(socket, self.config.socket_mode)
         log.info("Workload API serving on unix://%s", socket)
         if started is not None:
             started.set()
@@ -235,8 +319,16 @@ class Agent:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._x509_loop())
                 group.create_task(self._bundle_loop())
+                group.create_task(self._withdraw_loop())
                 if self.config.write_dir and self.config.jwt_audience:
                     group.create_task(self._jwt_file_loop())
         finally:
             await server.stop(grace=2)
             await self._client.close()
+
+
+async def _pause(seconds: float | None, wake: asyncio.Event) -> None:
+    """Sleep `seconds` (None: until woken), less if `wake` is set meanwhile; `wake` is clear afterwards."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wake.wait(), seconds)
+    wake.clear()

@@ -4,7 +4,8 @@ It serves one pod only, so every caller on the socket is that pod: there is no c
 The generated messages and servicer are kubespiffe's own (`kubespiffe.proto.workload_pb2`, compiled from
 the spec's workload.proto into a private descriptor pool so py-spiffe's copy can live in the same
 process). Streams send the complete current state first and after every change;
-PermissionDenied ends them when the pod loses its identity.
+PermissionDenied ends them when the pod loses its identity, Unavailable ends FetchX509SVID when its
+SVIDs expire without renewal (a new call waits for the next ones, as before the first).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import grpc
 from google.protobuf import struct_pb2
 
-from kubespiffe.agent.issuer_client import JWTSVID, NoIdentity, ServerIdentityWrong, ServerUnreachable
+from kubespiffe.agent.issuer_client import JWTSVID, IssuerError, NoIdentity, RequestInvalid, TokenRefused
 from kubespiffe.agent.state import AgentState, Snapshot
+from kubespiffe.constants import JWT_AUDIENCE_MAX_COUNT, JWT_AUDIENCE_MAX_LENGTH
 from kubespiffe.proto import workload_pb2, workload_pb2_grpc
 from kubespiffe.spiffe.bundle import certificates_to_der, jwks_json
 from kubespiffe.spiffe.jwtsvid import JwtSvidError, validate
@@ -35,6 +37,23 @@ JwtMinter = Callable[[Sequence[str], str], Awaitable[Sequence[JWTSVID]]]
 
 def bundle_key(trust_domain: TrustDomain) -> str:
     return str(trust_domain.id)
+
+
+def audience_problem(audience: Sequence[str]) -> str | None:
+    """Why these audiences cannot go into a JWT-SVID, or None: kubespiffed's bounds, checked before any
+    cache or mint so that an absurd request costs nothing (constants.JWT_AUDIENCE_MAX_*)."""
+    if not audience:
+        return "audience must be specified"
+    if len(audience) > JWT_AUDIENCE_MAX_COUNT:
+        return f"at most {JWT_AUDIENCE_MAX_COUNT} audiences, not {len(audience)}"
+    for value in audience:
+        if not value:
+            return "audience must be specified (an audience is empty)"
+        if len(value) > JWT_AUDIENCE_MAX_LENGTH:
+            return f"an audience is longer than {JWT_AUDIENCE_MAX_LENGTH} characters"
+        if not (value.isascii() and value.isprintable()):
+            return f"audience {value[:64]!r} is not printable ASCII"
+    return None
 
 
 async def _require_header(context: grpc.aio.ServicerContext) -> None:  # type: ignore[type-arg]
@@ -66,8 +85,17 @@ class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> AsyncIterator[workload_pb2.X509SVIDResponse]:
         await _require_header(context)
+        sent = False
         async for snapshot in self._snapshots(context):
+            if not snapshot.svids:
+                # Expired before kubespiffed could renew them; a response needs at least one SVID.
+                if sent:
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE, "the X.509-SVIDs expired and could not be renewed; retry"
+                    )
+                continue
             yield x509_svid_response(snapshot)
+            sent = True
 
     async def FetchX509Bundles(
         self,
@@ -101,8 +129,9 @@ class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
     ) -> workload_pb2.JWTSVIDResponse:
         await _require_header(context)
         audience = list(request.audience)
-        if not audience or any(not a for a in audience):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
+        problem = audience_problem(audience)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         if request.spiffe_id:
             try:
                 SpiffeId.parse(request.spiffe_id)
@@ -116,10 +145,16 @@ class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, snapshot.denied)
         try:
             issued = await self._mint_jwt(audience, request.spiffe_id)
-        except NoIdentity as exc:
+        except (NoIdentity, TokenRefused) as exc:
+            # A refused token is the pod failing to prove who it is: no identity, as on the streams.
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        except (ServerUnreachable, ServerIdentityWrong) as exc:
+        except RequestInvalid as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except IssuerError as exc:
+            # Unreachable, an impostor, any other refusal, a malformed answer: kubespiffed's side, may clear.
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except OSError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot read the pod's token: {exc}")
         return workload_pb2.JWTSVIDResponse(
             svids=[
                 workload_pb2.JWTSVID(spiffe_id=str(s.spiffe_id), svid=s.token, hint=s.hint) for s in issued

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kubespiffe.agent.files import write_x509_svids
 from kubespiffe.agent.issuer_client import DEFAULT_SERVER_NAME, IssuerClient, IssuerError
+from kubespiffe.agent.jwtcache import DEFAULT_SIZE as JWT_CACHE_SIZE
 from kubespiffe.spiffe.bundle import BundleError, parse_pem_certificates
 from kubespiffe.spiffe.jwtsvid import JwtSvidError, validate
 from kubespiffe.spiffe.spiffeid import SpiffeId, SpiffeIdError
@@ -223,6 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--write-dir", help="also write svid.0.pem, svid.0.key, bundle.0.pem here")
     agent.add_argument("--jwt-audience", help="with --write-dir: also keep jwt.0.token for this audience")
     agent.add_argument("--server-name", default=DEFAULT_SERVER_NAME)
+    agent.add_argument(
+        "--socket-mode",
+        default="0666",
+        help="octal mode of the socket (default 0666: the pod is the boundary)",
+    )
+    agent.add_argument(
+        "--jwt-cache-size",
+        type=int,
+        default=JWT_CACHE_SIZE,
+        help=f"JWT-SVID answers kept, least recently used leave first (default {JWT_CACHE_SIZE}; 0: none)",
+    )
     agent.set_defaults(func=cmd_agent)
 
     add_authority_commands(commands)
