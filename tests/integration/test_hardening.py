@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
+import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import jwt
@@ -19,6 +23,8 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Pod, ServiceAccount, ServiceAccountToken
 
 from kubespiffe.agent.issuer_client import NoIdentity, TokenRefused, X509Result, new_csr
+from kubespiffe.devenv.controlplane import ControlPlane
+from kubespiffe.devenv.stack import Kubespiffed, service_account_token
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
 from kubespiffe.spiffe.bundle import certificates_to_pem
 
@@ -232,3 +238,95 @@ async def test_jwt_svid_audiences_are_bounded_and_logged_escaped(
     log = kubespiffed.log.read_text()
     assert not any(line.startswith("INFO kubespiffed.issuer attested pod=admin") for line in log.splitlines())
     assert "audience=['a', 'https://b.example/x?y=1']" in log
+
+
+@pytest.fixture(scope="module")
+async def limited(
+    control_plane: ControlPlane, kube: AsyncClient, kubespiffed: Running
+) -> AsyncIterator[Running]:
+    """A second replica with small caps (it shares the session's authority Secret and trust bundle)."""
+    daemon = Kubespiffed(
+        control_plane,
+        extra_args=(
+            "--max-streams-per-pod=2",
+            "--max-concurrent-rpcs=3",
+            "--grpc-max-connection-idle=1s",
+            "--grpc-handshake-timeout=2s",
+        ),
+    )
+    daemon.start(await service_account_token(kube))
+    await asyncio.to_thread(daemon.wait_ready, kubespiffed.bundle_pem)
+    yield Running(daemon, kubespiffed.bundle_pem)
+    daemon.stop()
+
+
+def _channel(running: Running) -> grpc.aio.Channel:
+    credentials = grpc.ssl_channel_credentials(certificates_to_pem(running.bundle))
+    options = [("grpc.ssl_target_name_override", "kubespiffed")]
+    return grpc.aio.secure_channel(running.address, credentials, options=options)
+
+
+async def _open_stream(channel: grpc.aio.Channel, token: str) -> Any:
+    """A WatchBundles stream that has delivered its first message (so the server counts it)."""
+    call = issuer_pb2_grpc.IssuerStub(channel).WatchBundles(
+        issuer_pb2.WatchBundlesRequest(), metadata=(("authorization", f"Bearer {token}"),)
+    )
+    await call.read()
+    return call
+
+
+async def _refusals(running: Running, limit: str) -> float:
+    """kubespiffed's count of calls refused by one bound, from its /metrics."""
+    prefix = f'kubespiffe_issuer_limit_refusals_total{{limit="{limit}"}} '
+
+    def get() -> str:
+        context = ssl.create_default_context(cadata=running.bundle_pem.decode())
+        context.check_hostname = False
+        url = f"https://127.0.0.1:{running.daemon.health_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5, context=context) as response:
+            return str(response.read().decode())
+
+    for line in (await asyncio.to_thread(get)).splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return 0.0
+
+
+# Finding 7: 4,387 WatchBundles streams from one pod token took kubespiffed over its memory limit.
+async def test_watch_bundles_streams_are_capped_per_pod_and_calls_overall(
+    kube: AsyncClient, limited: Running, namespace: str
+) -> None:
+    await register(kube, "streams", {"serviceAccountNames": ["streams"]}, namespace)
+    _, token_a = await pod_with_token(kube, namespace, "streams-a", "streams")
+    _, token_b = await pod_with_token(kube, namespace, "streams-b", "streams")
+    async with _channel(limited) as channel:
+        streams = [await _open_stream(channel, token_a), await _open_stream(channel, token_a)]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _open_stream(channel, token_a)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await _refusals(limited, "streams_per_pod") == 1
+        streams.append(await _open_stream(channel, token_b))
+        stub = issuer_pb2_grpc.IssuerStub(channel)
+        assert await _mint_code(stub, token_b) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await _refusals(limited, "concurrent_rpcs") == 1
+        for stream in streams:
+            stream.cancel()
+        await asyncio.sleep(0.5)
+        assert await _mint_code(stub, token_b) == grpc.StatusCode.OK
+        streams = [await _open_stream(channel, token_a), await _open_stream(channel, token_a)]
+        for stream in streams:
+            stream.cancel()
+
+
+async def test_idle_and_unfinished_connections_are_closed(limited: Running) -> None:
+    host, port = limited.address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    started = time.monotonic()
+    assert await asyncio.wait_for(reader.read(), 10) == b"", "a silent connection is closed, not kept"
+    assert time.monotonic() - started < 5
+    writer.close()
+    async with _channel(limited) as channel:
+        await channel.channel_ready()
+        assert channel.get_state() == grpc.ChannelConnectivity.READY
+        await asyncio.sleep(3)
+        assert channel.get_state() == grpc.ChannelConnectivity.IDLE, "an idle connection is closed"

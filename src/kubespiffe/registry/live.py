@@ -5,7 +5,9 @@
     await registry.wait_synced()
     result = registry.identities(pod)         # MatchResult: identities granted, registrations skipped
 
-Objects are parsed once per change (in the watch listener), not per issuance. Status is written by a
+Objects are parsed once per change (in the watch listener), not per issuance, and indexed by namespace:
+a pod's call looks only at its own namespace's WorkloadRegistrations and at the cluster-scoped ones, kept
+sorted in matching order, so registrations in other namespaces cost it nothing. Status is written by a
 single worker fed from a queue, so a burst of events never blocks the watch and a registration's status
 is only written when it actually changes.
 """
@@ -13,6 +15,7 @@ is only written when it actually changes.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -25,7 +28,7 @@ from lightkube.types import PatchType
 from kubespiffe.kube.client import ClusterWorkloadRegistration, WorkloadRegistration
 from kubespiffe.kube.events import record_warning
 from kubespiffe.kube.watchcache import WatchCache
-from kubespiffe.registry.match import MatchResult, identities_for
+from kubespiffe.registry.match import MatchResult, identities_for, order_key
 from kubespiffe.registry.models import Registration, RegistrationError
 from kubespiffe.registry.status import evaluate_object, status_document
 from kubespiffe.registry.template import PodFacts
@@ -58,7 +61,9 @@ class Registry:
         self.namespaces: WatchCache[Namespace] = WatchCache(client, Namespace)
         self._namespaced = WatchCache(client, WorkloadRegistration)
         self._cluster = WatchCache(client, ClusterWorkloadRegistration)
-        self._parsed: dict[RegKey, Registration] = {}
+        # Namespace (None: cluster-scoped) -> its registrations; sorted lists built lazily after a change.
+        self._parsed: dict[str | None, dict[RegKey, Registration]] = {}
+        self._sorted: dict[str | None, list[Registration]] = {}
         self._status_queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._namespaced.add_listener(self._on_registration)
         self._cluster.add_listener(self._on_registration)
@@ -80,22 +85,35 @@ class Registry:
         raw = _as_dict(obj)
         meta = raw.get("metadata", {})
         key: RegKey = (raw.get("kind", ""), meta.get("namespace"), meta.get("name", ""))
+        scope = self._parsed.setdefault(key[1], {})
+        self._sorted.pop(key[1], None)
         if event == "DELETED":
-            self._parsed.pop(key, None)
+            scope.pop(key, None)
+            if not scope:
+                del self._parsed[key[1]]
             log.info("registration removed kind=%s namespace=%s name=%s", *key)
             return
         try:
-            self._parsed[key] = Registration.from_object(raw)
+            scope[key] = Registration.from_object(raw)
         except RegistrationError:
-            self._parsed.pop(key, None)
+            scope.pop(key, None)
         self._status_queue.put_nowait(raw)
+
+    def _in_order(self, namespace: str | None) -> list[Registration]:
+        ordered = self._sorted.get(namespace)
+        if ordered is None:
+            ordered = sorted(self._parsed.get(namespace, {}).values(), key=order_key)
+            self._sorted[namespace] = ordered
+        return ordered
 
     def identities(self, pod: Pod) -> MatchResult:
         facts = pod_facts(pod)
         namespace = self.namespaces.get(None, facts.namespace)
         labels = (namespace.metadata.labels if namespace and namespace.metadata else None) or {}
+        # Only these can select the pod: a WorkloadRegistration selects pods of its own namespace only.
+        candidates = heapq.merge(self._in_order(facts.namespace), self._in_order(None), key=order_key)
         return identities_for(
-            facts, labels, self._parsed.values(), self._trust_domain, self._reserved, self._cluster_domain
+            facts, labels, candidates, self._trust_domain, self._reserved, self._cluster_domain
         )
 
     async def _status_worker(self) -> None:

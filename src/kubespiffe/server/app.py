@@ -31,11 +31,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kubespiffe.attestation.pod import PodAttestor
 from kubespiffe.attestation.token import JwksCache, TokenVerifier
+from kubespiffe.authority.certmanager import CertManagerUpstream
 from kubespiffe.authority.live import LiveAuthority
 from kubespiffe.authority.rotation import RotationPolicy
 from kubespiffe.authority.state import AuthorityState
 from kubespiffe.authority.store import load_or_create
-from kubespiffe.authority.x509ca import create_self_signed_ca
+from kubespiffe.authority.upstream import SecretUpstream, Upstream, UpstreamError, new_intermediate
+from kubespiffe.authority.x509ca import X509Authority, create_self_signed_ca
 from kubespiffe.constants import JWT_TTL_MAX, X509_TTL_MAX
 from kubespiffe.federation.handler import bundle_endpoint
 from kubespiffe.federation.watch import Federation
@@ -47,7 +49,7 @@ from kubespiffe.server import https
 from kubespiffe.server.bundle_configmaps import BundleConfigMaps
 from kubespiffe.server.config import ServerConfig
 from kubespiffe.server.https import StaticTls, TlsSource
-from kubespiffe.server.issuer import IssuerService
+from kubespiffe.server.issuer import ConcurrencyLimit, IssuerService
 from kubespiffe.server.oidc import oidc_endpoint
 from kubespiffe.server.podcert import pod_certificates
 from kubespiffe.server.tls import ServingIdentity
@@ -90,6 +92,7 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
             x509_ttl=config.x509_svid_ttl,
             jwt_ttl=config.jwt_svid_ttl,
             jwt_issuer=config.jwt_svid_issuer,
+            max_streams_per_pod=config.max_streams_per_pod,
         ),
     )
     ready = asyncio.Event()
@@ -146,12 +149,43 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
 
 
 async def load_authority(config: ServerConfig, client: AsyncClient, leader: LeaderElector) -> LiveAuthority:
-    """The authority Secret's keys; the first replica to start creates them (optimistic concurrency)."""
+    """The authority Secret's keys; the first replica to start creates them (optimistic concurrency).
+
+    With an upstream CA (docs/upstream-authority.md) the upstream must sign a usable intermediate now, the
+    one a new state starts with: if it cannot, kubespiffed logs why and exits non-zero, so it is never
+    ready and never signs with a CA the operator did not intend.
+    """
+    upstream: Upstream | None = None
+    if config.upstream_ca_secret:
+        upstream = SecretUpstream(client, config.namespace, config.upstream_ca_secret)
+    elif issuer := config.upstream_issuer():
+        upstream = CertManagerUpstream(client, config.namespace, issuer)
+    first: X509Authority | None = None
+    if upstream is not None:
+        try:
+            first = await new_intermediate(
+                upstream,
+                config.trust_domain,
+                config.ca_key_type,
+                config.ca_ttl,
+                dt.datetime.now(dt.UTC),
+                config.server_id,
+                config.server_dns_names,
+            )
+        except UpstreamError as exc:
+            log.error("refusing to start: %s", exc)
+            raise SystemExit(f"kubespiffed: {exc}") from None
+        log.info(
+            "%s signs kubespiffed's CAs; trust anchor %s",
+            upstream,
+            first.trust_anchor.subject.rfc4514_string(),
+        )
 
     def new_state() -> AuthorityState:
-        log.info("creating a new self-signed CA and JWT signing key for %s", config.trust_domain)
         now = dt.datetime.now(dt.UTC)
-        ca = create_self_signed_ca(config.trust_domain, config.ca_key_type, config.ca_ttl, now)
+        ca = first or create_self_signed_ca(config.trust_domain, config.ca_key_type, config.ca_ttl, now)
+        kind = "intermediate" if first else "self-signed"
+        log.info("creating a new %s CA and JWT signing key for %s", kind, config.trust_domain)
         return AuthorityState.new(ca, config.jwt_key_type, now)
 
     stored = await load_or_create(client, config.namespace, config.authority_secret, new_state)
@@ -166,6 +200,8 @@ async def load_authority(config: ServerConfig, client: AsyncClient, leader: Lead
         jwt_key_type=config.jwt_key_type,
         policy=RotationPolicy(config.bundle_refresh_hint, X509_TTL_MAX, JWT_TTL_MAX),
         leader=leader,
+        upstream=upstream,
+        probe=(config.server_id, config.server_dns_names),
     )
     log.info(
         "authority loaded trust_domain=%s ca_expires=%s jwt_kid=%s sequence=%d secret=%s/%s",
@@ -204,7 +240,17 @@ async def pod_attestor(
 
 
 def issuer_server(config: ServerConfig, identity: ServingIdentity, service: IssuerService) -> grpc.aio.Server:
-    server = grpc.aio.server()
+    server = grpc.aio.server(
+        interceptors=[ConcurrencyLimit(config.max_concurrent_rpcs)],
+        options=[
+            # Connections with no call in flight are closed (GOAWAY); so are connections that have not
+            # finished TLS and HTTP/2 setup in time. Keepalive pings find peers that vanished mid-stream.
+            ("grpc.max_connection_idle_ms", int(config.grpc_max_connection_idle.total_seconds() * 1000)),
+            ("grpc.server_handshake_timeout_ms", int(config.grpc_handshake_timeout.total_seconds() * 1000)),
+            ("grpc.keepalive_time_ms", 120_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+        ],
+    )
     issuer_pb2_grpc.add_IssuerServicer_to_server(service, server)
     server.add_secure_port(f"{config.listen_host}:{config.port}", identity.grpc_credentials())
     return server

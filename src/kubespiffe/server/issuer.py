@@ -2,6 +2,10 @@
 
 One log line per decision: `attested` with the pod and its SPIFFE IDs, or `rejected` with the reason.
 Tokens and keys never reach the log.
+
+One caller cannot degrade everyone: `ConcurrencyLimit` bounds the calls in flight (streams included), and
+WatchBundles streams are bounded per pod (UID). Each refusal is RESOURCE_EXHAUSTED and counts in
+`kubespiffe_issuer_limit_refusals_total{limit}`.
 """
 
 from __future__ import annotations
@@ -9,9 +13,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections import Counter as Tally
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -33,6 +38,11 @@ log = logging.getLogger("kubespiffed.issuer")
 
 ISSUED = Counter("kubespiffe_svids_issued_total", "SVIDs signed", ["type"])
 DECISIONS = Counter("kubespiffe_issuer_requests_total", "Issuer API requests by outcome", ["rpc", "outcome"])
+LIMIT_REFUSALS = Counter(
+    "kubespiffe_issuer_limit_refusals_total",
+    "Issuer API calls refused by a bound (RESOURCE_EXHAUSTED), by bound",
+    ["limit"],
+)
 LATENCY = Histogram(
     "kubespiffe_issuer_request_seconds",
     "Issuer API request latency",
@@ -41,6 +51,10 @@ LATENCY = Histogram(
 )
 
 Context = grpc.aio.ServicerContext[Any, Any]
+if TYPE_CHECKING:  # generic in the stubs only
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.aio.ServerInterceptor
 
 
 class Signer(Protocol):
@@ -83,6 +97,61 @@ def bearer_token(context: Context) -> str:
 class Caller:
     who: str
     identities: tuple[Identity, ...]
+    pod_uid: str = ""
+
+
+class ConcurrencyLimit(_Interceptor):
+    """At most `maximum` calls in flight, streams included; the next one is refused with RESOURCE_EXHAUSTED.
+
+    grpc's own `maximum_concurrent_rpcs` refuses the same way but counts nothing; this bound is observable.
+    """
+
+    def __init__(self, maximum: int) -> None:
+        self._maximum = maximum
+        self._in_flight = 0
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary is not None:
+            unary: Any = handler.unary_unary  # typed for sync servers; an async function here
+
+            async def call(request: Any, context: Context) -> Any:
+                await self._enter(context)
+                try:
+                    return await unary(request, context)
+                finally:
+                    self._in_flight -= 1
+
+            return grpc.unary_unary_rpc_method_handler(
+                call, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            stream: Any = handler.unary_stream  # an async generator function here
+
+            async def watch(request: Any, context: Context) -> AsyncIterator[Any]:
+                await self._enter(context)
+                try:
+                    async for message in stream(request, context):
+                        yield message
+                finally:
+                    self._in_flight -= 1
+
+            return grpc.unary_stream_rpc_method_handler(
+                watch, handler.request_deserializer, handler.response_serializer
+            )
+        return handler  # the issuer API has no client-streaming methods
+
+    async def _enter(self, context: Context) -> None:
+        if self._in_flight >= self._maximum:
+            LIMIT_REFUSALS.labels("concurrent_rpcs").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "kubespiffed is busy; retry later")
+        self._in_flight += 1
 
 
 class IssuerService(issuer_pb2_grpc.IssuerServicer):
@@ -96,6 +165,7 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
         x509_ttl: dt.timedelta,
         jwt_ttl: dt.timedelta,
         jwt_issuer: str | None = None,
+        max_streams_per_pod: int = 4,
     ) -> None:
         self._attestor = attestor
         self._registry = registry
@@ -104,6 +174,8 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
         self._x509_ttl = x509_ttl
         self._jwt_ttl = jwt_ttl
         self._jwt_issuer = jwt_issuer
+        self._max_streams = max_streams_per_pod
+        self._streams: Tally[str] = Tally()
 
     async def _attest(self, rpc: str, context: Context, spiffe_id: str = "") -> Caller:
         """Verify the token and the pod, then the identities it is granted (only `spiffe_id` if given)."""
@@ -134,7 +206,7 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
             )
             log.warning("rejected %s reason=%r", who, reason)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
-        return Caller(who, identities)
+        return Caller(who, identities, attested.claims.pod_uid)
 
     async def MintX509SVID(
         self, request: issuer_pb2.MintX509SVIDRequest, context: Context
@@ -223,6 +295,24 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
     ) -> AsyncIterator[issuer_pb2.BundlesResponse]:
         """Complete bundle set on every change; ends with PERMISSION_DENIED once the pod has no identity."""
         caller = await self._attest("bundles", context)
+        uid = caller.pod_uid
+        if self._streams[uid] >= self._max_streams:
+            LIMIT_REFUSALS.labels("streams_per_pod").inc()
+            log.warning("rejected %s reason=%r", caller.who, "too many WatchBundles streams for this pod")
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this pod already has {self._max_streams} WatchBundles streams open",
+            )
+        self._streams[uid] += 1
+        try:
+            async for message in self._bundles(caller, context):
+                yield message
+        finally:
+            self._streams[uid] -= 1
+            if not self._streams[uid]:
+                del self._streams[uid]
+
+    async def _bundles(self, caller: Caller, context: Context) -> AsyncIterator[issuer_pb2.BundlesResponse]:
         token = bearer_token(context)
         sent: bytes | None = None
         version = -1
@@ -253,4 +343,4 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, "no registration matches this pod any more"
             )
-        return Caller(attested.who, identities)
+        return Caller(attested.who, identities, attested.claims.pod_uid)
