@@ -31,15 +31,20 @@ from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.certificates_v1beta1 import ClusterTrustBundle
 from lightkube.resources.core_v1 import Event, Pod, Secret, ServiceAccount
-from lightkube.resources.rbac_authorization_v1 import ClusterRole
 from lightkube.types import PatchType
 
 from kubespiffe.authority.keys import KeyType
 from kubespiffe.authority.x509ca import create_self_signed_ca
 from kubespiffe.constants import ROTATE_ANNOTATION
-from kubespiffe.devenv import helm
 from kubespiffe.devenv.controlplane import ControlPlane
-from kubespiffe.devenv.podcerts import Node, PodKey, make_key, service_account_uid, wait_decided
+from kubespiffe.devenv.podcerts import (
+    Node,
+    PodKey,
+    grant_signer_rules,
+    make_key,
+    service_account_uid,
+    wait_decided,
+)
 from kubespiffe.devenv.stack import (
     NAMESPACE,
     Kubespiffed,
@@ -65,21 +70,6 @@ TD = TrustDomain("example.org")
 NODE = "podcert-node"
 OWN_BUNDLE = f"kubespiffe.io:svid:{TD.name}"
 STALE = {"stale": "true"}
-
-
-async def _grant_chart_podcert_rules(kube: AsyncClient) -> None:
-    """Add to the shipped ClusterRole the rules the chart renders with podCertificates.enabled."""
-    rendered = helm.template("--set", "podCertificates.enabled=true", "--show-only", "templates/rbac.yaml")
-    roles = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "ClusterRole"]
-    rules = [r for r in roles[0]["rules"] if r["apiGroups"] == ["certificates.k8s.io"]]
-    assert {"sign", "attest"} <= {v for r in rules for v in r["verbs"]}, rules
-    role = await kube.get(ClusterRole, "kubespiffe:kubespiffed")
-    current = [r.to_dict() for r in role.rules or []]
-    missing = [r for r in rules if r not in current]
-    if missing:
-        await kube.patch(
-            ClusterRole, "kubespiffe:kubespiffed", {"rules": [*current, *missing]}, patch_type=PatchType.MERGE
-        )
 
 
 @dataclass
@@ -134,7 +124,7 @@ async def _stale_requests(kube: AsyncClient, node: Node, namespace: str) -> dict
 async def cluster(control_plane: ControlPlane, kube: AsyncClient) -> AsyncIterator[Cluster]:
     await install(kube)
     await allow_secret(kube, SECRET)
-    await _grant_chart_podcert_rules(kube)
+    await grant_signer_rules(kube)
     node = await Node.ensure(control_plane, kube, NODE)
     namespace = f"pc-{uuid.uuid4().hex[:8]}"
     await ensure_namespace(kube, namespace)

@@ -30,7 +30,10 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node as NodeResource
 from lightkube.resources.core_v1 import Pod, ServiceAccount
+from lightkube.resources.rbac_authorization_v1 import ClusterRole
+from lightkube.types import PatchType
 
+from kubespiffe.devenv import helm
 from kubespiffe.devenv.controlplane import ControlPlane
 
 PodCertificateRequest = create_namespaced_resource(
@@ -38,6 +41,23 @@ PodCertificateRequest = create_namespaced_resource(
 )
 PodKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 KEY_TYPES = ("ECDSAP256", "ECDSAP384", "ECDSAP521", "ED25519", "RSA3072", "RSA4096")
+
+
+async def grant_signer_rules(admin: AsyncClient, cluster_role: str = "kubespiffe:kubespiffed") -> None:
+    """Add to the shipped ClusterRole the rules the chart renders with podCertificates.enabled (exactly as
+    rendered), as a chart install with that value would grant them."""
+    rendered = helm.template("--set", "podCertificates.enabled=true", "--show-only", "templates/rbac.yaml")
+    roles = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "ClusterRole"]
+    rules = [r for r in roles[0]["rules"] if r["apiGroups"] == ["certificates.k8s.io"]]
+    if not {"sign", "attest"} <= {v for r in rules for v in r["verbs"]}:
+        raise RuntimeError(f"the chart's pod-certificate rules lack sign/attest: {rules}")
+    role = await admin.get(ClusterRole, cluster_role)
+    current = [r.to_dict() for r in role.rules or []]
+    missing = [r for r in rules if r not in current]
+    if missing:
+        await admin.patch(
+            ClusterRole, cluster_role, {"rules": [*current, *missing]}, patch_type=PatchType.MERGE
+        )
 
 
 def make_key(key_type: str) -> PodKey:

@@ -166,7 +166,7 @@ class PodCertificateSigner:
         active_x509: Callable[[], X509Authority],
         leader: LeaderElector,
         default_ttl: dt.timedelta,
-        workers: int = 4,
+        workers: int = 16,
     ) -> None:
         self._client = client
         self.signer_name = signer_name
