@@ -85,9 +85,7 @@ async def burst(plane: ControlPlane, admin: AsyncClient, total: int) -> None:
     print(f"{'':24} {'measured':>10} {'target':>10}")
     print(f"{'burst all Issued (s)':24} {elapsed:>10.2f} {TARGET_SECONDS:>10.2f}")
     print(f"{'signed per second':24} {total / elapsed:>10.0f} {total / TARGET_SECONDS:>10.0f}")
-    print(
-        f"{'Issued after last create':24} {elapsed - all_created:>10.2f}   (s: the signer's lag behind the burst)"
-    )
+    print(f"{'lag after last create (s)':24} {elapsed - all_created:>10.2f}   (the signer behind the burst)")
     print(f"{'create->Issued p50 (ms)':24} {p50:>10.0f}")
     print(f"{'create->Issued p99 (ms)':24} {p99:>10.0f}")
 
