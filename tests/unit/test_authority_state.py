@@ -217,8 +217,7 @@ def test_state_round_trip_for_every_jwt_key_type(jwt_key_type: KeyType) -> None:
 
 def test_state_round_trip_with_prepared_retired_and_chain() -> None:
     upstream = _authority(key_type=KeyType.RSA_2048)
-    p384 = _authority(key_type=KeyType.EC_P384)
-    chained = X509Authority(p384.key, p384.certificate, (upstream.certificate,))
+    chained = _intermediate_under(upstream)
     state = AuthorityState.new(_authority(), KeyType.EC_P256, T0)
     state = state.prepare(new_slot(chained, KeyType.RSA_2048, "prepared", T0))
     assert state.sequence == 2
@@ -227,8 +226,19 @@ def test_state_round_trip_with_prepared_retired_and_chain() -> None:
     assert [s.state for s in rotated.slots] == ["retired", "active"]
     again = AuthorityState.from_secret_data(rotated.to_secret_data())
     _assert_same_state(rotated, again)
-    assert again.active_x509().chain == (upstream.certificate,)
-    assert len(again.trust_bundle()) == 2
+    assert again.active_x509().above == (upstream.certificate,)
+    assert again.active_x509().chain == (chained.certificate,)
+    # The bundle publishes anchors: the first slot's self-signed CA and the upstream root, not the intermediate.
+    assert again.trust_bundle() == [state.slots[0].authority.certificate, upstream.certificate]
+
+
+def test_a_chain_that_does_not_link_is_refused() -> None:
+    """A slot whose chain is not its issuer would hand out SVIDs no verifier accepts."""
+    unrelated = _authority(key_type=KeyType.EC_P384)
+    chained = _intermediate_under(_authority())
+    broken = X509Authority(chained.key, chained.certificate, (unrelated.certificate,))
+    with pytest.raises(StateError, match="the chain is broken above CN=intermediate"):
+        AuthorityState.from_secret_data(AuthorityState.new(broken, now=T0).to_secret_data())
 
 
 @pytest.mark.parametrize("state", [AuthorityState.new(_authority(), now=T0), None], ids=["new", "journal"])
@@ -261,7 +271,9 @@ def test_active_x509_and_trust_bundle() -> None:
     state = _journal()
     retired, active, prepared = state.slots
     assert state.active_x509() is active.authority
-    assert state.trust_bundle() == [s.authority.certificate for s in (retired, active, prepared)]
+    # Anchors are published, not signing CAs: the retired slot is an intermediate, its root is published.
+    assert retired.authority.trust_anchor == retired.authority.above[-1] != retired.authority.certificate
+    assert state.trust_bundle() == [s.authority.trust_anchor for s in (retired, active, prepared)]
     single = AuthorityState.new(_authority(), now=T0)
     assert single.trust_bundle() == [single.active_x509().certificate]
 
@@ -444,8 +456,10 @@ def test_a_state_with_a_chain_keeps_it_in_order() -> None:
     middle = _intermediate_under(root)
     state = AuthorityState((replace(_journal().slots[1], authority=middle),), 1)
     loaded = AuthorityState.from_secret_data(state.to_secret_data())
-    assert loaded.active_x509().chain == (root.certificate,)
+    assert loaded.active_x509().above == (root.certificate,)
     assert loaded.active_x509().certificate == middle.certificate
+    assert loaded.active_x509().chain == (middle.certificate,)
+    assert loaded.trust_bundle() == [root.certificate]
 
 
 # Damage to a single-slot document (GOOD), as opposed to the three-slot journal above.

@@ -9,6 +9,11 @@
 Every replica re-reads the Secret every `poll` seconds and applies what changed: a new published key
 set goes to `trust` (and from there to WatchBundles streams and the bundle endpoint), a new active slot
 goes to the signers and to the `on_activate` callbacks. Only the Lease holder writes.
+
+With an `upstream` (authority.upstream), every new slot's CA is an intermediate the upstream signs, made
+before the step that publishes it; when the upstream cannot sign, the leader logs why, keeps signing with
+the current slot and tries again after `upstream_retry`. A slot the upstream did not sign (a self-signed
+CA from before the upstream was configured, or one under a replaced upstream CA) is rotated out at once.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ from lightkube import AsyncClient
 
 from kubespiffe.authority import store
 from kubespiffe.authority.keys import KeyType
-from kubespiffe.authority.rotation import RotationPolicy, plan
+from kubespiffe.authority.rotation import RotationPolicy, next_step, plan
 from kubespiffe.authority.state import AuthorityState, JwtSigningKey, Slot, new_slot
+from kubespiffe.authority.upstream import Upstream, UpstreamError, new_intermediate
 from kubespiffe.authority.x509ca import X509Authority, create_self_signed_ca
 from kubespiffe.constants import ROTATE_ANNOTATION
 from kubespiffe.kube.leader import LeaderElector
 from kubespiffe.spiffe.bundle import Bundle, BundleSet
-from kubespiffe.spiffe.spiffeid import TrustDomain
+from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 from kubespiffe.versioned import Versioned
 
 log = logging.getLogger("kubespiffed.authority")
@@ -49,6 +55,9 @@ class LiveAuthority:
         policy: RotationPolicy,
         leader: LeaderElector,
         poll: float = 2.0,
+        upstream: Upstream | None = None,
+        probe: tuple[SpiffeId, tuple[str, ...]] | None = None,
+        upstream_retry: dt.timedelta = dt.timedelta(seconds=30),
     ) -> None:
         self._client = client
         self._namespace = namespace
@@ -61,6 +70,11 @@ class LiveAuthority:
         self.policy = policy
         self._leader = leader
         self._poll = poll
+        self._upstream = upstream
+        # The SVID an upstream's intermediate must be able to sign (kubespiffed's own ID and DNS names).
+        self._probe = probe or (SpiffeId(trust_domain, "/kubespiffe/upstream-check"), ())
+        self._upstream_retry = upstream_retry
+        self._upstream_failed_at: dt.datetime | None = None
         self.trust: Versioned[BundleSet] = Versioned(BundleSet(self.bundle()))
         self._on_active: list[Callable[[X509Authority], None]] = []
 
@@ -87,9 +101,32 @@ class LiveAuthority:
         """Call `callback` with each newly active CA (never a prepared one: it must not sign yet)."""
         self._on_active.append(callback)
 
-    def _new_slot(self) -> Slot:
-        now = dt.datetime.now(dt.UTC)
-        ca = create_self_signed_ca(self._trust_domain, self._ca_key_type, self._ca_ttl, now)
+    async def new_x509_authority(self, now: dt.datetime) -> X509Authority:
+        """A new signing CA: self-signed, or an intermediate from the upstream (else UpstreamError)."""
+        if self._upstream is None:
+            return create_self_signed_ca(self._trust_domain, self._ca_key_type, self._ca_ttl, now)
+        probe_id, probe_dns = self._probe
+        return await new_intermediate(
+            self._upstream, self._trust_domain, self._ca_key_type, self._ca_ttl, now, probe_id, probe_dns
+        )
+
+    def _wants_upstream(self, state: AuthorityState) -> bool:
+        """The newest slot is not the upstream's: prepare one that is (a prepared one waits its turn)."""
+        newest = state.prepared or state.active
+        return self._upstream is not None and not self._upstream.adopts(newest.authority)
+
+    async def _new_slot(self, state: AuthorityState, now: dt.datetime) -> Slot | None:
+        """The slot to prepare; None when the upstream cannot sign (logged, retried later)."""
+        failed = self._upstream_failed_at
+        if failed is not None and now < failed + self._upstream_retry:
+            return None
+        try:
+            ca = await self.new_x509_authority(now)
+        except UpstreamError as exc:
+            self._upstream_failed_at = now
+            log.error("cannot prepare a new signing CA, still signing with slot %s: %s", state.active.id, exc)
+            return None
+        self._upstream_failed_at = None
         return new_slot(ca, self._jwt_key_type, "prepared", now)
 
     async def _apply(self, stored: store.Stored) -> None:
@@ -115,7 +152,12 @@ class LiveAuthority:
             return
         if self._leader.is_leader:
             now = dt.datetime.now(dt.UTC)
-            planned = plan(stored.state, self.policy, now, self._new_slot, stored.rotate_requested)
+            rotate = stored.rotate_requested or self._wants_upstream(stored.state)
+            planned = stored.state
+            if next_step(stored.state, self.policy, now, rotate) != "prepare":
+                planned = plan(stored.state, self.policy, now, _no_slot, rotate)
+            elif (slot := await self._new_slot(stored.state, now)) is not None:
+                planned = stored.state.prepare(slot)
             if planned is not stored.state:
                 annotations = dict(stored.annotations)
                 if planned.prepared is not None and stored.state.prepared is None:
@@ -145,3 +187,7 @@ class LiveAuthority:
             except Exception:
                 log.exception("authority refresh failed")
             await asyncio.sleep(self._poll)
+
+
+def _no_slot() -> Slot:
+    raise AssertionError("plan prepared a slot although next_step said it would not")

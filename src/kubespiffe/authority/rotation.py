@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from kubespiffe.authority.state import AuthorityState, Slot
 from kubespiffe.spiffe.x509svid import half_life
@@ -43,6 +44,23 @@ def safe_to_drop(slot: Slot, policy: RotationPolicy, now: dt.datetime) -> bool:
     return slot.state == "retired" and now >= max(x509_done, jwt_done)
 
 
+Step = Literal["drop", "activate", "prepare"]
+
+
+def next_step(
+    state: AuthorityState, policy: RotationPolicy, now: dt.datetime, rotate_requested: bool = False
+) -> Step | None:
+    """What `plan` would do now, so a caller can make a new slot (which may take a network call) first."""
+    if any(safe_to_drop(s, policy, now) for s in state.slots):
+        return "drop"
+    prepared = state.prepared
+    if prepared is not None:
+        return "activate" if now >= prepared.since + policy.publish_ahead else None
+    if rotate_requested or prepare_due(state.active, policy, now):
+        return "prepare"
+    return None
+
+
 def plan(
     state: AuthorityState,
     policy: RotationPolicy,
@@ -51,14 +69,11 @@ def plan(
     rotate_requested: bool = False,
 ) -> AuthorityState:
     """The next state (the same object when nothing is due). One step per call, in journal order."""
-    expired = {s.id for s in state.slots if safe_to_drop(s, policy, now)}
-    if expired:
-        return state.drop(expired)
-    prepared = state.prepared
-    if prepared is not None:
-        if now >= prepared.since + policy.publish_ahead:
-            return state.activate(now)
-        return state
-    if rotate_requested or prepare_due(state.active, policy, now):
+    step = next_step(state, policy, now, rotate_requested)
+    if step == "drop":
+        return state.drop({s.id for s in state.slots if safe_to_drop(s, policy, now)})
+    if step == "activate":
+        return state.activate(now)
+    if step == "prepare":
         return state.prepare(make_slot())
     return state

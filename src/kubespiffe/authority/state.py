@@ -11,6 +11,10 @@ bundle) for humans and tools. Version 1:
     {"version": 1, "sequence": <int >= 1>, "slots": [{"id", "state", "since" (ISO 8601 with zone),
      "certificate" (PEM), "chain" ([PEM], above the CA), "key" (PKCS#8 PEM), "jwtKid", "jwtKey"}]}
 
+"chain" is empty for a self-signed CA; under an upstream CA it runs from the CA's issuer to the upstream
+trust anchor, each certificate issued by the next (checked on read). The bundle publishes each slot's
+anchor, once: the upstream root rather than the intermediates that sign.
+
 A new field that old readers may ignore keeps version 1; anything else needs version 2, which this
 reader refuses rather than misread.
 """
@@ -26,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import Certificate
@@ -109,8 +113,14 @@ class AuthorityState:
         return JwtSigningKey(self.active.jwt_kid, self.active.jwt_key)
 
     def trust_bundle(self) -> list[Certificate]:
-        """Every published X.509 authority: prepared (ahead of use), active, and retired (until safe)."""
-        return [s.authority.certificate for s in self.slots]
+        """Every published X.509 authority: the trust anchor of each slot, prepared (ahead of use), active
+        and retired (until safe), each once (intermediates under one upstream root share it)."""
+        anchors: list[Certificate] = []
+        for slot in self.slots:
+            anchor = slot.authority.trust_anchor
+            if anchor not in anchors:
+                anchors.append(anchor)
+        return anchors
 
     def jwt_authorities(self) -> dict[str, PublicKeyTypes]:
         return {s.jwt_kid: s.jwt_key.public_key() for s in self.slots}
@@ -155,7 +165,7 @@ class AuthorityState:
                     "state": s.state,
                     "since": s.since.isoformat(),
                     "certificate": s.authority.certificate.public_bytes(Encoding.PEM).decode(),
-                    "chain": [c.public_bytes(Encoding.PEM).decode() for c in s.authority.chain],
+                    "chain": [c.public_bytes(Encoding.PEM).decode() for c in s.authority.above],
                     "key": key_to_pem(s.authority.key),
                     "jwtKid": s.jwt_kid,
                     "jwtKey": key_to_pem(s.jwt_key),
@@ -228,7 +238,14 @@ def _slot(raw: Mapping[str, Any]) -> Slot:
     key = key_from_pem(_text(raw, "key"))
     if key.public_key() != certificate.public_key():
         raise ValueError(f"slot {slot_id}: the CA key does not match its certificate")
-    chain = tuple(x509.load_pem_x509_certificate(c.encode()) for c in raw.get("chain", []))
+    above = tuple(x509.load_pem_x509_certificate(c.encode()) for c in raw.get("chain", []))
+    for child, issuer in zip((certificate, *above), above, strict=False):
+        try:
+            child.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+            raise ValueError(
+                f"slot {slot_id}: the chain is broken above {child.subject.rfc4514_string()}"
+            ) from None
     since = dt.datetime.fromisoformat(_text(raw, "since"))
     if since.tzinfo is None:
         raise ValueError(f"slot {slot_id}: since has no time zone")
@@ -236,7 +253,7 @@ def _slot(raw: Mapping[str, Any]) -> Slot:
         id=slot_id,
         state=_state(raw["state"]),
         since=since,
-        authority=X509Authority(key, certificate, chain),
+        authority=X509Authority(key, certificate, above),
         jwt_kid=_text(raw, "jwtKid"),
         jwt_key=key_from_pem(_text(raw, "jwtKey")),
     )

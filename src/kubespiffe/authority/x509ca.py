@@ -1,4 +1,4 @@
-"""The X.509 CA: a self-signed signing CA and X.509-SVIDs signed for a CSR's public key only.
+"""The X.509 CA: a self-signed or upstream-signed signing CA, and X.509-SVIDs for a CSR's public key only.
 
 Profiles follow SPIFFE-CONFORMANCE.md section B. A CSR contributes nothing but its public key: the names,
 subject and extensions it asks for are ignored, so a CSR asking for CA rights or extra names gets a plain
@@ -12,6 +12,9 @@ Profile decisions:
 - Serial numbers are cryptography's random 159-bit values (more than the 128 bits asked for, within the 20
   octets RFC 5280 allows); the CA repeats its serial in the Subject so every CA has a distinct name.
 - Signatures use SHA-384 for P-384 keys and SHA-256 otherwise.
+- Under an operator's CA (docs/upstream-authority.md) the signing CA is an intermediate with the same
+  profile plus pathLen 0 and an authorityKeyIdentifier; it adds no name constraints of its own (the
+  upstream's, if any, apply to every leaf, and `authority.upstream` checks they admit the trust domain).
 """
 
 from __future__ import annotations
@@ -43,11 +46,27 @@ class CsrError(InvalidInput):
 
 @dataclass(frozen=True)
 class X509Authority:
-    """The signing CA: its key, its certificate, and the certificates above it (empty when self-signed)."""
+    """The signing CA: its key, its certificate, and the certificates above it.
+
+    `above` runs from the CA's issuer up to the trust anchor, nearest first; it is empty when the CA is
+    self-signed (its own anchor). Under an upstream CA it is the upstream chain: `chain` is then what every
+    leaf carries after itself (this CA and any upstream intermediates) and `trust_anchor` the upstream root
+    that bundles publish instead of this CA.
+    """
 
     key: SigningKey
     certificate: x509.Certificate
-    chain: tuple[x509.Certificate, ...] = ()
+    above: tuple[x509.Certificate, ...] = ()
+
+    @property
+    def chain(self) -> tuple[x509.Certificate, ...]:
+        """The certificates a leaf signed by this CA is sent with, after the leaf: none when self-signed."""
+        return (self.certificate, *self.above[:-1]) if self.above else ()
+
+    @property
+    def trust_anchor(self) -> x509.Certificate:
+        """The certificate verifiers must hold to accept this CA's leaves: the top of the chain."""
+        return self.above[-1] if self.above else self.certificate
 
 
 def _hash_for(key: SigningKey) -> hashes.SHA256 | hashes.SHA384:
@@ -63,14 +82,8 @@ def _check_inputs(ttl: dt.timedelta, now: dt.datetime) -> None:
         raise ValueError(f"the TTL must be positive (got {ttl})")
 
 
-def create_self_signed_ca(
-    trust_domain: TrustDomain, key_type: KeyType, ttl: dt.timedelta, now: dt.datetime
-) -> X509Authority:
-    """cA=true (critical), keyUsage keyCertSign+cRLSign (critical, no digitalSignature), URI SAN spiffe://td."""
-    _check_inputs(ttl, now)
-    key = generate_key(key_type)
-    serial = x509.random_serial_number()
-    subject = x509.Name(
+def _ca_subject(trust_domain: TrustDomain, serial: int) -> x509.Name:
+    return x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORG),
             # Long trust domains are cut here only; the URI SAN always names the trust domain in full.
@@ -78,36 +91,98 @@ def create_self_signed_ca(
             x509.NameAttribute(NameOID.SERIAL_NUMBER, format(serial, "x")),
         ]
     )
-    certificate = (
+
+
+_CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=False,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
+def _ca_builder(
+    trust_domain: TrustDomain, key: SigningKey, serial: int, path_length: int | None
+) -> x509.CertificateBuilder:
+    """cA=true (critical), keyUsage keyCertSign+cRLSign (critical, no digitalSignature), URI SAN spiffe://td."""
+    return (
         x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
+        .subject_name(_ca_subject(trust_domain, serial))
         .public_key(key.public_key())
         .serial_number(serial)
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + ttl)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(_CA_KEY_USAGE, critical=True)
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(trust_domain.id))]), False
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+
+
+def create_self_signed_ca(
+    trust_domain: TrustDomain, key_type: KeyType, ttl: dt.timedelta, now: dt.datetime
+) -> X509Authority:
+    """The CA profile of `_ca_builder`, self-signed: its own trust anchor."""
+    _check_inputs(ttl, now)
+    key = generate_key(key_type)
+    serial = x509.random_serial_number()
+    certificate = (
+        _ca_builder(trust_domain, key, serial, path_length=None)
+        .issuer_name(_ca_subject(trust_domain, serial))
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + ttl)
         .sign(key, _hash_for(key))
     )
     return X509Authority(key=key, certificate=certificate)
+
+
+def create_intermediate_ca(
+    upstream: X509Authority,
+    trust_domain: TrustDomain,
+    key_type: KeyType,
+    ttl: dt.timedelta,
+    now: dt.datetime,
+) -> X509Authority:
+    """The CA profile of `_ca_builder` signed by an operator's CA, with pathLen 0: it signs leaves only.
+
+    It lives within the upstream CA's validity (cut to its end), and its `above` is the upstream's chain
+    up to the upstream's anchor, so leaves carry it and bundles publish the upstream's root.
+    """
+    _check_inputs(ttl, now)
+    issuer = upstream.certificate
+    if now >= issuer.not_valid_after_utc:
+        raise ValueError(f"the upstream CA expired at {issuer.not_valid_after_utc.isoformat()}")
+    key = generate_key(key_type)
+    certificate = (
+        _ca_builder(trust_domain, key, x509.random_serial_number(), path_length=0)
+        .issuer_name(issuer.subject)
+        .not_valid_before(max(now - CLOCK_SKEW, issuer.not_valid_before_utc))
+        .not_valid_after(min(now + ttl, issuer.not_valid_after_utc))
+        .add_extension(_authority_key_identifier(upstream), critical=False)
+        .sign(upstream.key, _hash_for(upstream.key))
+    )
+    return X509Authority(key=key, certificate=certificate, above=(issuer, *upstream.above))
+
+
+def intermediate_csr(key: SigningKey, trust_domain: TrustDomain) -> x509.CertificateSigningRequest:
+    """What kubespiffed asks an external issuer (cert-manager) to sign: the CA's names and its key.
+
+    The issuer decides the extensions (the CertificateRequest asks for isCA and keyCertSign); the subject
+    carries a random serial so that every intermediate has a distinct name, as self-signed CAs do.
+    """
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_ca_subject(trust_domain, x509.random_serial_number()))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(trust_domain.id))]), False
+        )
+        .sign(key, _hash_for(key))
+    )
 
 
 def load_csr(der: bytes) -> x509.CertificateSigningRequest:

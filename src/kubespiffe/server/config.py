@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from kubespiffe.authority.certmanager import IssuerRef
 from kubespiffe.authority.keys import KeyType
 from kubespiffe.constants import (
     AUDIENCE,
@@ -161,6 +162,16 @@ class ServerConfig:
         "sign PodCertificateRequests for this signer name (e.g. kubespiffe.io/svid) and publish its "
         "ClusterTrustBundles; needs certificates.k8s.io/v1beta1 ('' turns it off)",
     )
+    upstream_ca_secret: str = setting(
+        "",
+        "sign kubespiffed's CAs as intermediates with the CA in this Secret of the namespace (tls.crt, "
+        "tls.key, optional ca.crt); the bundle then holds its root ('' turns it off)",
+    )
+    upstream_cert_manager_issuer: str = setting(
+        "",
+        "get kubespiffed's CAs as intermediates from this cert-manager issuer, kind/name[/group] "
+        "(e.g. ClusterIssuer/corp-ca) through CertificateRequests ('' turns it off)",
+    )
 
     @property
     def jwt_svid_issuer(self) -> str | None:
@@ -182,6 +193,17 @@ class ServerConfig:
         if self.oidc_port and not self.oidc_tls_secret:
             raise ValueError("--oidc-port needs --oidc-tls-secret, the kubernetes.io/tls Secret it serves")
         return issuer
+
+    def upstream_issuer(self) -> IssuerRef | None:
+        """The cert-manager issuer to ask (None when not configured); ValueError says which flag is wrong."""
+        if not self.upstream_cert_manager_issuer:
+            return None
+        if self.upstream_ca_secret:
+            raise ValueError("--upstream-ca-secret and --upstream-cert-manager-issuer exclude each other")
+        try:
+            return IssuerRef.parse(self.upstream_cert_manager_issuer)
+        except ValueError as exc:
+            raise ValueError(f"--upstream-cert-manager-issuer: {exc}") from None
 
     def injection(self) -> InjectionSettings:
         """The sidecar to inject; ValueError says what is wrong with the agent flags."""
@@ -301,6 +323,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     try:
         config.oidc()
         check_pem_key(config.bundle_configmap_key)
+        config.upstream_issuer()
     except ValueError as exc:
         parser.error(str(exc))
     return config
