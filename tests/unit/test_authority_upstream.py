@@ -1,0 +1,378 @@
+"""kubespiffed's CA under an operator's CA: the intermediate profile, the Secret's rules, the probe check.
+
+Upstream CAs are built by tests/unit/certs.py (cryptography alone), as an operator's PKI would be; what
+kubespiffe signs is judged by `spiffe.x509svid.verify_chain`, the verifier SVID consumers run.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+from typing import TypeVar
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption,
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+)
+
+from kubespiffe.authority.certmanager import IssuerRef
+from kubespiffe.authority.keys import KeyType
+from kubespiffe.authority.state import AuthorityState, new_slot
+from kubespiffe.authority.upstream import (
+    MIN_INTERMEDIATE_LIFETIME,
+    UpstreamError,
+    new_intermediate,
+    parse_upstream_secret,
+)
+from kubespiffe.authority.x509ca import (
+    X509Authority,
+    create_intermediate_ca,
+    create_self_signed_ca,
+    intermediate_csr,
+    sign_x509_svid,
+)
+from kubespiffe.errors import KubespiffeError
+from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
+from kubespiffe.spiffe.x509svid import X509SvidError, verify_chain
+from tests.unit.certs import DAY, NOW, Issued, ec_key, make_ca, rsa_key
+
+E = TypeVar("E", bound=x509.ExtensionType)
+TD = TrustDomain("example.org")
+PROBE = SpiffeId(TD, "/kubespiffe/kubespiffed")
+DNS = ("kubespiffed", "kubespiffed.kubespiffe-system.svc")
+YEAR = dt.timedelta(days=365)
+HOUR = dt.timedelta(hours=1)
+WHERE = "upstream Secret ns/corp-ca"
+
+
+def _root(**kwargs: object) -> Issued:
+    """An operator's root CA: no SPIFFE ID, key identifiers as most PKIs set them."""
+    options: dict[str, object] = {
+        "trust_domain": None,
+        "key_identifiers": True,
+        "not_before": NOW - 100 * DAY,
+        "not_after": NOW + 3 * YEAR,
+    }
+    options.update(kwargs)
+    return make_ca("corp root", **options)  # type: ignore[arg-type]
+
+
+def _upstream(issued: Issued, *above: x509.Certificate) -> X509Authority:
+    assert not isinstance(issued.key, type(None))
+    return X509Authority(issued.key, issued.cert, above)  # type: ignore[arg-type]
+
+
+def _ext(cert: x509.Certificate, kind: type[E]) -> x509.Extension[E]:
+    return cert.extensions.get_extension_for_class(kind)
+
+
+def _svid(authority: X509Authority, now: dt.datetime = NOW) -> x509.Certificate:
+    key = ec_key()
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+    return sign_x509_svid(authority, csr, SpiffeId(TD, "/ns/a/sa/b"), [], HOUR, now)
+
+
+# The intermediate profile.
+
+
+@pytest.mark.parametrize("key_type", [KeyType.EC_P256, KeyType.EC_P384, KeyType.RSA_2048])
+def test_intermediate_profile(key_type: KeyType) -> None:
+    root = _root()
+    ca = create_intermediate_ca(_upstream(root), TD, key_type, YEAR, NOW)
+    cert = ca.certificate
+    constraints = _ext(cert, x509.BasicConstraints)
+    assert constraints.critical and constraints.value == x509.BasicConstraints(ca=True, path_length=0)
+    usage = _ext(cert, x509.KeyUsage)
+    assert usage.critical and usage.value.key_cert_sign and usage.value.crl_sign
+    assert not usage.value.digital_signature
+    san = _ext(cert, x509.SubjectAlternativeName).value
+    assert isinstance(san, x509.SubjectAlternativeName)
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://example.org"]
+    assert len(list(san)) == 1
+    root_ski = _ext(root.cert, x509.SubjectKeyIdentifier).value
+    aki = _ext(cert, x509.AuthorityKeyIdentifier).value
+    assert isinstance(root_ski, x509.SubjectKeyIdentifier) and isinstance(aki, x509.AuthorityKeyIdentifier)
+    assert aki.key_identifier == root_ski.digest
+    cert.verify_directly_issued_by(root.cert)
+    assert cert.not_valid_before_utc == NOW - dt.timedelta(seconds=30)
+    assert cert.not_valid_after_utc == NOW + YEAR
+    # What leaves carry and what bundles publish.
+    assert ca.above == (root.cert,)
+    assert ca.chain == (cert,)
+    assert ca.trust_anchor == root.cert
+
+
+def test_every_intermediate_has_its_own_name() -> None:
+    upstream = _upstream(_root())
+    first, second = (create_intermediate_ca(upstream, TD, KeyType.EC_P256, YEAR, NOW) for _ in range(2))
+    assert first.certificate.subject != second.certificate.subject
+
+
+def test_intermediate_never_outlives_the_upstream() -> None:
+    root = _root(not_after=NOW + 10 * DAY, not_before=NOW - DAY)
+    ca = create_intermediate_ca(_upstream(root), TD, KeyType.EC_P256, YEAR, NOW)
+    assert ca.certificate.not_valid_after_utc == root.cert.not_valid_after_utc
+    early = create_intermediate_ca(_upstream(root), TD, KeyType.EC_P256, YEAR, NOW - DAY)
+    assert early.certificate.not_valid_before_utc == root.cert.not_valid_before_utc
+
+
+def test_an_expired_upstream_signs_nothing() -> None:
+    root = _root(not_after=NOW - DAY)
+    with pytest.raises(ValueError, match="upstream CA expired"):
+        create_intermediate_ca(_upstream(root), TD, KeyType.EC_P256, YEAR, NOW)
+
+
+def test_chain_under_an_upstream_intermediate_ends_at_the_root() -> None:
+    root = _root()
+    corp = make_ca("corp issuing", root, trust_domain=None, key_identifiers=True, not_after=NOW + YEAR)
+    ca = create_intermediate_ca(_upstream(corp, root.cert), TD, KeyType.EC_P256, YEAR, NOW)
+    assert ca.above == (corp.cert, root.cert)
+    assert ca.chain == (ca.certificate, corp.cert)
+    assert ca.trust_anchor == root.cert
+    leaf = _svid(ca)
+    assert verify_chain([leaf, *ca.chain], {TD: [root.cert]}, NOW) == SpiffeId(TD, "/ns/a/sa/b")
+    with pytest.raises(X509SvidError):
+        verify_chain([leaf, ca.certificate], {TD: [root.cert]}, NOW)  # the upstream intermediate is needed
+
+
+def test_svids_verify_against_the_root_alone_and_the_state_publishes_it_once() -> None:
+    root = _root()
+    upstream = _upstream(root)
+    first = create_intermediate_ca(upstream, TD, KeyType.EC_P256, YEAR, NOW)
+    second = create_intermediate_ca(upstream, TD, KeyType.EC_P384, YEAR, NOW + DAY)
+    state = AuthorityState.new(first, now=NOW).prepare(new_slot(second, KeyType.EC_P256, "prepared", NOW))
+    assert state.trust_bundle() == [root.cert]
+    again = AuthorityState.from_secret_data(state.to_secret_data())
+    assert again.trust_bundle() == [root.cert]
+    for authority in (first, second, again.active_x509()):
+        leaf = _svid(authority, NOW + DAY)
+        assert verify_chain([leaf, *authority.chain], {TD: again.trust_bundle()}, NOW + DAY)
+    with pytest.raises(X509SvidError):
+        verify_chain([_svid(first)], {TD: [root.cert]}, NOW)  # without the intermediate: no path
+
+
+def test_self_signed_authority_is_its_own_anchor() -> None:
+    ca = create_self_signed_ca(TD, KeyType.EC_P256, YEAR, NOW)
+    assert ca.above == () and ca.chain == () and ca.trust_anchor == ca.certificate
+
+
+def test_intermediate_csr_names_the_trust_domain() -> None:
+    key = ec_key()
+    csr = intermediate_csr(key, TD)
+    assert csr.is_signature_valid and csr.public_key() == key.public_key()
+    san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://example.org"]
+
+
+# The Secret.
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _secret(
+    issued: Issued, *above: x509.Certificate, ca: list[x509.Certificate] | None = None
+) -> dict[str, str]:
+    chain = b"".join(c.public_bytes(Encoding.PEM) for c in (issued.cert, *above))
+    data = {"tls.crt": _b64(chain), "tls.key": _b64(issued.key_pem)}
+    if ca is not None:
+        data["ca.crt"] = _b64(b"".join(c.public_bytes(Encoding.PEM) for c in ca))
+    return data
+
+
+def test_a_root_alone_is_an_upstream() -> None:
+    root = _root()
+    upstream = parse_upstream_secret(_secret(root), NOW, WHERE)
+    assert upstream.certificate == root.cert and upstream.above == ()
+
+
+def test_ca_crt_supplies_the_root_above_an_issuing_ca() -> None:
+    root = _root()
+    other = _root()
+    corp = make_ca("corp issuing", root, trust_domain=None, not_after=NOW + YEAR)
+    upstream = parse_upstream_secret(_secret(corp, ca=[other.cert, root.cert]), NOW, WHERE)
+    assert upstream.certificate == corp.cert and upstream.above == (root.cert,)
+    with_root = parse_upstream_secret(_secret(corp, root.cert, ca=[root.cert]), NOW, WHERE)
+    assert with_root.above == (root.cert,)
+
+
+def test_traditional_key_formats_are_accepted() -> None:
+    root = _root(key=rsa_key())
+    data = _secret(root)
+    data["tls.key"] = _b64(
+        root.key.private_bytes(Encoding.PEM, PrivateFormat.TraditionalOpenSSL, NoEncryption())
+    )
+    assert parse_upstream_secret(data, NOW, WHERE).certificate == root.cert
+
+
+def _bad_cases() -> dict[str, tuple[dict[str, str], str]]:
+    root = _root()
+    corp = make_ca("corp issuing", root, trust_domain=None, not_after=NOW + YEAR)
+    leaf_only = make_ca("not a ca", root, trust_domain=None, ca=False, usage={"digital_signature"})
+    no_cert_sign = make_ca("no certSign", None, trust_domain=None, usage={"digital_signature", "crl_sign"})
+    expired = _root(not_before=NOW - 2 * YEAR, not_after=NOW - DAY)
+    future = _root(not_before=NOW + DAY, not_after=NOW + YEAR)
+    encrypted = _secret(root)
+    encrypted["tls.key"] = _b64(
+        root.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(b"secret"))
+    )
+    mismatched = _secret(root)
+    mismatched["tls.key"] = _secret(_root())["tls.key"]
+    broken = _secret(corp, _root().cert)
+    garbage = _secret(root)
+    garbage["tls.crt"] = _b64(b"-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
+    return {
+        "no keys at all": ({}, r"has no tls\.crt and no tls\.key"),
+        "no tls.key": ({"tls.crt": _secret(root)["tls.crt"]}, r"has no tls\.key \(it needs"),
+        "ca.crt and ca.key (another layout)": (
+            {"ca.crt": _secret(root)["tls.crt"], "ca.key": _secret(root)["tls.key"]},
+            r"has no tls\.crt and no tls\.key",
+        ),
+        "tls.crt not PEM": (garbage, r"tls\.crt is not PEM certificates"),
+        "tls.crt not base64": ({**_secret(root), "tls.crt": "%%%"}, r"tls\.crt is not PEM certificates"),
+        "encrypted key": (encrypted, r"tls\.key is not an unencrypted PEM private key"),
+        "key does not match": (mismatched, r"tls\.key does not match the first certificate of tls\.crt"),
+        "not a CA": (
+            _secret(leaf_only),
+            r"tls\.crt is not a CA that can sign intermediates: .*cA=true missing",
+        ),
+        "no keyCertSign": (_secret(no_cert_sign), r"not a CA that can sign intermediates: .*keyCertSign"),
+        "expired": (_secret(expired), r"CN=corp root,O=kubespiffe tests expired at"),
+        "not yet valid": (_secret(future), r"is not valid before"),
+        "chain does not link": (broken, r"CN=corp issuing,O=kubespiffe tests is not issued by"),
+        "ca.crt is not the issuer": (_secret(corp, ca=[_root().cert]), r"no certificate in ca\.crt issued"),
+    }
+
+
+BAD = _bad_cases()
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_upstream_secrets_are_refused_with_the_reason(case: str) -> None:
+    data, message = BAD[case]
+    with pytest.raises(UpstreamError, match=f"^{WHERE}.*{message}") as caught:
+        parse_upstream_secret(data, NOW, WHERE)
+    assert isinstance(caught.value, KubespiffeError)
+    assert "BEGIN" not in str(caught.value) and "PRIVATE" not in str(caught.value)
+
+
+# The probe: what verifiers will do with SVIDs under the new intermediate, checked before it is used.
+
+
+class _Fixed:
+    """An upstream that signs with a given CA (the Secret's job, without the API server)."""
+
+    def __init__(self, upstream: X509Authority) -> None:
+        self.upstream = upstream
+
+    def __str__(self) -> str:
+        return "test upstream"
+
+    async def sign(
+        self, trust_domain: TrustDomain, key_type: KeyType, ttl: dt.timedelta, now: dt.datetime
+    ) -> X509Authority:
+        return create_intermediate_ca(self.upstream, trust_domain, key_type, ttl, now)
+
+    def adopts(self, authority: X509Authority) -> bool:
+        return authority.above[:1] == (self.upstream.certificate,)
+
+
+def _constrained(permitted: list[x509.GeneralName] | None, excluded: list[x509.GeneralName] | None) -> Issued:
+    constraint = x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=excluded)
+    return _root(extra=[(constraint, True)])
+
+
+async def test_new_intermediate_passes_the_probe() -> None:
+    root = _root()
+    ca = await new_intermediate(_Fixed(_upstream(root)), TD, KeyType.EC_P256, YEAR, NOW, PROBE, DNS)
+    assert ca.trust_anchor == root.cert and ca.chain == (ca.certificate,)
+
+
+@pytest.mark.parametrize(
+    ("issued", "message"),
+    [
+        (
+            _constrained([x509.UniformResourceIdentifier("other.org")], None),
+            r"spiffe://example\.org/kubespiffe/kubespiffed is outside the name constraints",
+        ),
+        (
+            _constrained(None, [x509.UniformResourceIdentifier("example.org")]),
+            r"spiffe://example\.org/kubespiffe/kubespiffed is excluded by the name constraints",
+        ),
+        (
+            _constrained([x509.DNSName("corp.internal")], None),
+            r"kubespiffed is outside the name constraints",
+        ),
+        (_root(path_length=0), r"allows 0 CAs below it"),
+    ],
+    ids=["URI permitted elsewhere", "trust domain excluded", "DNS names not permitted", "pathLen 0"],
+)
+async def test_an_upstream_that_cannot_sign_for_the_trust_domain_is_refused(
+    issued: Issued, message: str
+) -> None:
+    with pytest.raises(
+        UpstreamError, match=f"^test upstream: an SVID for {PROBE} .*would not verify: .*{message}"
+    ):
+        await new_intermediate(_Fixed(_upstream(issued)), TD, KeyType.EC_P256, YEAR, NOW, PROBE, DNS)
+
+
+async def test_name_constraints_that_admit_the_trust_domain_are_fine() -> None:
+    issued = _constrained(
+        [
+            x509.UniformResourceIdentifier("example.org"),
+            x509.DNSName("kubespiffe-system.svc"),
+            x509.DNSName("kubespiffed"),
+        ],
+        None,
+    )
+    ca = await new_intermediate(_Fixed(_upstream(issued)), TD, KeyType.EC_P256, YEAR, NOW, PROBE, DNS)
+    leaf = _svid(ca)
+    assert verify_chain([leaf, *ca.chain], {TD: [issued.cert]}, NOW) == SpiffeId(TD, "/ns/a/sa/b")
+
+
+async def test_an_upstream_about_to_expire_is_refused() -> None:
+    root = _root(not_after=NOW + MIN_INTERMEDIATE_LIFETIME - dt.timedelta(minutes=1))
+    with pytest.raises(
+        UpstreamError, match=r"the intermediate would expire in 0:59:00 .*renew the upstream CA"
+    ):
+        await new_intermediate(_Fixed(_upstream(root)), TD, KeyType.EC_P256, YEAR, NOW, PROBE, DNS)
+
+
+async def test_a_short_upstream_is_used_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    root = _root(not_after=NOW + 10 * DAY)
+    with caplog.at_level(logging.WARNING, "kubespiffed.authority"):
+        ca = await new_intermediate(_Fixed(_upstream(root)), TD, KeyType.EC_P256, YEAR, NOW, PROBE, DNS)
+    assert ca.certificate.not_valid_after_utc == NOW + 10 * DAY
+    assert "before --ca-ttl" in caplog.text
+
+
+# Flags.
+
+
+@pytest.mark.parametrize(
+    ("text", "ref"),
+    [
+        ("ClusterIssuer/corp-ca", IssuerRef("ClusterIssuer", "corp-ca")),
+        ("Issuer/ca", IssuerRef("Issuer", "ca")),
+        (
+            "AWSPCAClusterIssuer/pca/awspca.cert-manager.io",
+            IssuerRef("AWSPCAClusterIssuer", "pca", "awspca.cert-manager.io"),
+        ),
+    ],
+)
+def test_issuer_refs(text: str, ref: IssuerRef) -> None:
+    assert IssuerRef.parse(text) == ref
+    assert str(ref) == text
+
+
+@pytest.mark.parametrize("text", ["corp-ca", "Issuer/", "/ca", "a/b/c/d", "Issuer//g"])
+def test_bad_issuer_refs(text: str) -> None:
+    with pytest.raises(ValueError, match="is not kind/name"):
+        IssuerRef.parse(text)
