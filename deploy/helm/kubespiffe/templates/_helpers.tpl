@@ -118,5 +118,10 @@ except --pod-certificate-signer, which the PodCertificateRequest signer adds.
 {{- if $v.podCertificates.enabled -}}
 {{- $args = append $args (printf "--pod-certificate-signer=%s" $v.podCertificates.signerName) -}}
 {{- end -}}
+{{- if and $v.upstreamAuthority.secret $v.upstreamAuthority.certManagerIssuer -}}
+{{- fail "upstreamAuthority: set secret or certManagerIssuer, not both" -}}
+{{- end -}}
+{{- with $v.upstreamAuthority.secret }}{{ $args = append $args (printf "--upstream-ca-secret=%s" .) }}{{ end -}}
+{{- with $v.upstreamAuthority.certManagerIssuer }}{{ $args = append $args (printf "--upstream-cert-manager-issuer=%s" .) }}{{ end -}}
 {{- toYaml $args -}}
 {{- end -}}
