@@ -50,16 +50,6 @@ def test_an_entry_is_not_served_from_its_refresh_time_on() -> None:
     assert len(cache) == 0
 
 
-def test_entries_due_anyway_leave_before_live_ones() -> None:
-    cache = JwtCache(2)
-    cache.put(_key("short"), _entry("short", refresh_in=5), NOW)
-    cache.put(_key("long"), _entry("long"), NOW)
-    assert cache.get(_key("short"), NOW) is not None  # recently used, but due at NOW + 5 s
-    cache.put(_key("new"), _entry("new"), NOW + 6 * SECOND)
-    assert cache.get(_key("long"), NOW + 6 * SECOND) is not None
-    assert cache.get(_key("new"), NOW + 6 * SECOND) is not None
-
-
 def test_size_zero_caches_nothing_and_negative_is_refused() -> None:
     cache = JwtCache(0)
     cache.put(_key("a"), _entry("a"), NOW)
