@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from kubespiffe.agent.run import Agent, AgentConfig
+from kubespiffe.spiffe.spiffeid import SpiffeIdError, TrustDomain
 
 
 async def _run(config: AgentConfig) -> None:
@@ -52,6 +53,11 @@ def run_agent(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        trust_domain = TrustDomain.parse(args.trust_domain) if args.trust_domain else None
+    except SpiffeIdError as exc:
+        print(f"kubespiffe agent: --trust-domain {args.trust_domain!r}: {exc}", file=sys.stderr)
+        return 2
     config = AgentConfig(
         server=args.server,
         token_file=Path(args.token_file),
@@ -62,6 +68,7 @@ def run_agent(args: argparse.Namespace) -> int:
         server_name=args.server_name,
         socket_mode=socket_mode,
         jwt_cache_size=args.jwt_cache_size,
+        trust_domain=trust_domain,
     )
     asyncio.run(_run(config))
     return 0

@@ -44,8 +44,10 @@ from kubespiffe.agent.issuer_client import (
 from kubespiffe.agent.jwtcache import DEFAULT_SIZE, Entry, JwtCache
 from kubespiffe.agent.state import AgentState, Snapshot
 from kubespiffe.agent.workloadapi import WorkloadAPI
+from kubespiffe.constants import SERVER_ID_PATH
 from kubespiffe.proto import workload_pb2, workload_pb2_grpc, workload_pool
 from kubespiffe.spiffe.bundle import Bundle, BundleSet, parse_pem_certificates
+from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 from kubespiffe.spiffe.x509svid import half_life
 from kubespiffe.versioned import Versioned
 
@@ -75,6 +77,9 @@ class AgentConfig:
     # Any container of the pod may use the socket: the pod is the trust boundary (docs/agent.md).
     socket_mode: int = 0o666
     jwt_cache_size: int = DEFAULT_SIZE
+    # Default: the trust domain the bootstrap bundle's CA names. An operator's root (an upstream authority,
+    # docs/upstream-authority.md) names none, and may anchor other trust domains too: then it is required.
+    trust_domain: TrustDomain | None = None
 
 
 class Agent:
@@ -82,8 +87,12 @@ class Agent:
         self.config = config
         self.state: AgentState = Versioned(None)
         bootstrap = parse_pem_certificates(config.bundle_file.read_bytes())
-        self._client = IssuerClient(config.server, bootstrap, server_name=config.server_name)
-        self._trust_domain = trust_domain_of(bootstrap)
+        self._trust_domain = config.trust_domain or trust_domain_of(bootstrap)
+        # Pinned when given: kubespiffed must be this trust domain's, whatever else the bundle anchors.
+        server_id = SpiffeId(config.trust_domain, SERVER_ID_PATH) if config.trust_domain else None
+        self._client = IssuerClient(
+            config.server, bootstrap, server_id=server_id, server_name=config.server_name
+        )
         self._x509: X509Result | None = None
         self._bundles: BundleSet | None = None
         self._denied: str | None = None

@@ -225,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--jwt-audience", help="with --write-dir: also keep jwt.0.token for this audience")
     agent.add_argument("--server-name", default=DEFAULT_SERVER_NAME)
     agent.add_argument(
+        "--trust-domain",
+        help="kubespiffed's trust domain (default: the one the bundle's CA names; required when the "
+        "bundle holds an operator's root: docs/upstream-authority.md)",
+    )
+    agent.add_argument(
         "--socket-mode",
         default="0666",
         help="octal mode of the socket (default 0666: the pod is the boundary)",

@@ -79,6 +79,8 @@ class InjectionSettings:
     # HOST:PORT the agent dials instead of the Service's cluster DNS name (clusters without DNS for
     # pods, or a fixed ClusterIP); the TLS name checked stays `server_name`.
     server_address: str | None = None
+    # The agent's --trust-domain, for bundles that name none (an upstream authority's root).
+    trust_domain: str = ""
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -152,4 +154,5 @@ class InjectionSettings:
             self.bundle_file,
             "--socket",
             self.socket_path,
+            *(["--trust-domain", self.trust_domain] if self.trust_domain else []),
         ]

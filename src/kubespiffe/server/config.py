@@ -227,6 +227,10 @@ class ServerConfig:
             bundle_configmap=self.bundle_configmap or BUNDLE_CONFIGMAP,
             bundle_key=self.bundle_configmap_key,
             server_address=self.agent_server,
+            # An upstream root names no trust domain, so the agent cannot learn it from the bundle.
+            trust_domain=str(self.trust_domain)
+            if self.upstream_ca_secret or self.upstream_cert_manager_issuer
+            else "",
             **extra,
         )
 
