@@ -49,13 +49,19 @@ DEFAULT_KINDS = (
 ALL_KINDS = (
     "ClusterRole ClusterRoleBinding Deployment FederatedTrustDomain FederatedTrustDomain "
     "MutatingWebhookConfiguration PodDisruptionBudget Role RoleBinding Service Service ServiceAccount "
-    "ServiceMonitor"
+    "ServiceMonitor ValidatingAdmissionPolicy ValidatingAdmissionPolicyBinding"
 )
 
 
 @pytest.mark.parametrize(
     ("objects", "expected"),
-    [(render, f"{DEFAULT_KINDS} ServiceAccount"), (render_all, ALL_KINDS)],
+    [
+        (
+            render,
+            f"{DEFAULT_KINDS} ServiceAccount ValidatingAdmissionPolicy ValidatingAdmissionPolicyBinding",
+        ),
+        (render_all, ALL_KINDS),
+    ],
     ids=["defaults", "all-options"],
 )
 def test_template_renders_named_objects(objects: Any, expected: str) -> None:

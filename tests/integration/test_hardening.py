@@ -15,16 +15,19 @@ from typing import Any
 import grpc
 import jwt
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
-from lightkube import AsyncClient
+from lightkube import AsyncClient, KubeConfig
+from lightkube.core.exceptions import ApiError
 from lightkube.models.authentication_v1 import BoundObjectReference, TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Pod, ServiceAccount, ServiceAccountToken
+from lightkube.resources.core_v1 import ConfigMap, Pod, ServiceAccount, ServiceAccountToken
 
 from kubespiffe.agent.issuer_client import NoIdentity, TokenRefused, X509Result, new_csr
 from kubespiffe.devenv.controlplane import ControlPlane
 from kubespiffe.devenv.stack import Kubespiffed, service_account_token
+from kubespiffe.devenv.workloads import ensure_namespace
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
 from kubespiffe.spiffe.bundle import certificates_to_pem
 
@@ -330,3 +333,41 @@ async def test_idle_and_unfinished_connections_are_closed(limited: Running) -> N
         assert channel.get_state() == grpc.ChannelConnectivity.READY
         await asyncio.sleep(3)
         assert channel.get_state() == grpc.ChannelConnectivity.IDLE, "an idle connection is closed"
+
+
+# Finding 8: kubespiffed's `create` on ConfigMaps cannot be limited by name in RBAC; the shipped
+# ValidatingAdmissionPolicy limits it to the bundle ConfigMap.
+async def test_kubespiffed_may_create_only_the_bundle_configmap(
+    control_plane: ControlPlane, kube: AsyncClient, kubespiffed: Running, namespace: str
+) -> None:
+    served = await kube._client._client.get("/apis/admissionregistration.k8s.io/v1")
+    kinds = {r["kind"] for r in served.json()["resources"]}
+    assert "ValidatingAdmissionPolicy" in kinds, "the API server serves VAP v1 (GA since 1.30)"
+    token = await service_account_token(kube)
+    as_kubespiffed = AsyncClient(KubeConfig.from_dict(yaml.safe_load(control_plane.token_kubeconfig(token))))
+    try:
+        refused: ApiError | None = None
+        deadline = time.monotonic() + 15
+        while refused is None:  # the policy takes effect once the API server has loaded the binding
+            name = f"coredns-custom-{uuid.uuid4().hex[:4]}"
+            try:
+                await as_kubespiffed.create(ConfigMap(metadata=ObjectMeta(name=name, namespace=namespace)))
+            except ApiError as exc:
+                refused = exc
+                break
+            assert time.monotonic() < deadline, "kubespiffed created a ConfigMap of another name"
+            await asyncio.sleep(0.5)
+        assert refused.status.code in (403, 422), refused.status.message
+        assert "kubespiffe-bundle" in (refused.status.message or "")
+        other = f"bundle-{uuid.uuid4().hex[:6]}"
+        await ensure_namespace(kube, other)
+        await as_kubespiffed.create(ConfigMap(metadata=ObjectMeta(name="kubespiffe-bundle", namespace=other)))
+        with pytest.raises(ApiError) as caught:
+            await as_kubespiffed.create(
+                ConfigMap(metadata=ObjectMeta(name="coredns-custom", namespace="kube-system"))
+            )
+        assert caught.value.status.code in (403, 422)
+        # Only kubespiffed is constrained: the admin still creates any ConfigMap.
+        await kube.create(ConfigMap(metadata=ObjectMeta(name="anything", namespace=namespace)))
+    finally:
+        await as_kubespiffed.close()
