@@ -33,4 +33,4 @@ JWT_TTL_MAX: Final = timedelta(hours=24)
 # What one JWT-SVID request may ask for (issue 12): beyond these a request is refused as InvalidArgument
 # by kubespiffed and by the agent alike. Each audience is printable ASCII, so it cannot forge a log line.
 JWT_AUDIENCE_MAX_COUNT: Final = 16
-JWT_AUDIENCE_MAX_LENGTH: Final = 512
+JWT_AUDIENCE_MAX_LENGTH: Final = 256
