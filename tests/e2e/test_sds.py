@@ -26,6 +26,7 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
+from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from kubespiffe.authority.keys import KeyType
 from kubespiffe.authority.x509ca import create_self_signed_ca
@@ -39,6 +40,7 @@ from tests.integration.kubespiffed import Running, register
 
 pytestmark = pytest.mark.e2e
 
+HEADER = (("workload.spiffe.io", "true"),)
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 
@@ -236,8 +238,11 @@ async def test_python_xds_client_and_what_sds_costs_the_agent(
     """xds-protos' own stub fetches from a real agent; loading SDS costs the agent little memory."""
     await register(kube, "py", {"serviceAccountNames": ["py"]}, namespace)
     agent: AgentProcess = await start_agent("py-1", "py")
-    before = _rss_kib(agent.process.pid)
     async with grpc.aio.insecure_channel(agent.address) as channel:
+        # A Workload API call first, so that the difference below is SDS's alone.
+        workload = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+        await workload.FetchX509Bundles(workload_pb2.X509BundlesRequest(), metadata=HEADER).read()
+        before = _rss_kib(agent.process.pid)
         stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
         response = await stub.FetchSecrets(
             discovery_pb2.DiscoveryRequest(type_url=SECRET, resource_names=["default", "ROOTCA"]), timeout=10
