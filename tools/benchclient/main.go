@@ -65,6 +65,8 @@ func main() {
 	cluster := flags.String("cluster", "bench", "spire-mint: k8s_psat cluster name")
 	parent := flags.String("parent", "", "spire-entry: parent SPIFFE ID")
 	selector := flags.String("selector", "", "spire-entry: TYPE:VALUE")
+	rate := flags.Float64("rate", 0, "issuer-mint: calls per second in total on a fixed schedule, every call reported (0: as fast as possible)")
+	duration := flags.Duration("duration", 30*time.Second, "issuer-mint with -rate: how long")
 	timeout := flags.Duration("timeout", 120*time.Second, "overall deadline")
 	_ = flags.Parse(args)
 
@@ -79,7 +81,7 @@ func main() {
 	case "jwt-mint":
 		err = jwtMint(ctx, *socket, *clients, *count)
 	case "issuer-mint":
-		err = issuerMint(ctx, *addr, *bundle, *serverName, *tokenFile, *descriptor, *clients, *count)
+		err = issuerMint(ctx, *addr, *bundle, *serverName, *tokenFile, *descriptor, *clients, *count, *rate, *duration)
 	case "spire-mint":
 		err = spireMint(ctx, *addr, *bundle, *tokenFile, *cluster, *clients, *count)
 	case "spire-entry":
@@ -211,9 +213,12 @@ func run[T any](ctx context.Context, clients, n int, setup func() (T, func(), er
 	}
 	sort.Float64s(all)
 	emit(map[string]any{
-		"clients": clients, "calls": len(all), "seconds": elapsed.Seconds(),
+		"clients":    clients,
+		"calls":      len(all),
+		"seconds":    elapsed.Seconds(),
 		"per_second": float64(len(all)) / elapsed.Seconds(),
-		"p50_ms": all[len(all)/2], "p99_ms": all[min(len(all)-1, len(all)*99/100)],
+		"p50_ms":     all[len(all)/2],
+		"p99_ms":     all[min(len(all)-1, len(all)*99/100)],
 	})
 	return nil
 }
@@ -269,7 +274,7 @@ func readToken(path string) (string, error) {
 
 // issuerMint calls kubespiffe's MintX509SVID as the agent does: TLS verified against the trust bundle,
 // the pod's token as a bearer token, a P-256 CSR (one, reused: the server verifies it on every call).
-func issuerMint(ctx context.Context, addr, bundlePath, serverName, tokenFile, descriptorPath string, clients, n int) error {
+func issuerMint(ctx context.Context, addr, bundlePath, serverName, tokenFile, descriptorPath string, clients, n int, rate float64, duration time.Duration) error {
 	pool, err := pemPool(bundlePath)
 	if err != nil {
 		return err
@@ -315,7 +320,7 @@ func issuerMint(ctx context.Context, addr, bundlePath, serverName, tokenFile, de
 		}
 		return conn, func() { _ = conn.Close() }, nil
 	}
-	return run(ctx, clients, n, setup, func(ctx context.Context, conn *grpc.ClientConn) error {
+	mint := func(ctx context.Context, conn *grpc.ClientConn) error {
 		response := dynamicpb.NewMessage(method.Output())
 		if err := conn.Invoke(ctx, fullMethod, request, response); err != nil {
 			return err
@@ -324,7 +329,11 @@ func issuerMint(ctx context.Context, addr, bundlePath, serverName, tokenFile, de
 			return errors.New("MintX509SVID returned no SVID")
 		}
 		return nil
-	})
+	}
+	if rate > 0 {
+		return paced(ctx, clients, rate, duration, setup, mint)
+	}
+	return run(ctx, clients, n, setup, mint)
 }
 
 // spireMint attests as a SPIRE agent would (k8s_psat), then calls BatchNewX509SVID for one entry whose

@@ -1,0 +1,347 @@
+"""kubespiffed with 10,000 pods and 1,000 registrations in the API server: memory, startup, issuance, relist.
+
+    .venv/bin/python bench/scale.py [--pods 10000] [--registrations 1000] [--rate 100]
+
+Not part of the test suite. Runs a real control plane (no kubelet: pods are plain API objects, created
+with bounded concurrency before kubespiffed starts), spread over namespaces of 100 pods, each namespace with
+registrations selecting its pods by an `app` label. Then it reports, next to issue 9's targets:
+
+- startup -> ready: kubespiffed exec until /readyz answers 200 (its caches listed);
+- RSS and PSS of kubespiffed (with any worker processes) once ready, after steady load, and after a relist;
+- issuance in steady state: MintX509SVID from tools/benchclient at a fixed rate (an open loop: every call is
+  scheduled in advance, so a stall shows as latency rather than as fewer calls), p50/p99/max;
+- issuance while kubespiffed relists: the same paced load while kube-apiserver is restarted (same flags,
+  keys and etcd: what an API server upgrade does). Every watch kubespiffed holds breaks; its watch caches
+  list everything again when the server is back. kube-apiserver is stopped for --downtime seconds first,
+  so the relist happens against a server that also rebuilds its own watch cache. p50/p99/max and failed
+  calls are reported for the whole window from the restart to 10 s after kubespiffed logged its relists.
+  (kubespiffed also relists every pod when a watch ends after its 300 s timeout; this is the same work.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from lightkube import AsyncClient, KubeConfig
+from lightkube.core.exceptions import ApiError
+from lightkube.models.core_v1 import Container, PodSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace, Pod, ServiceAccount
+from stack import percentiles  # bench/stack.py (benchmarks run as scripts)
+from vs_spire import bench_client, descendants, tree_memory_mb
+
+from kubespiffe.devenv.controlplane import ControlPlane
+from kubespiffe.devenv.stack import Kubespiffed, authority_bundle_pem, install, service_account_token
+from kubespiffe.devenv.workloads import pod_token
+from kubespiffe.kube.client import WorkloadRegistration
+from kubespiffe.proto import issuer_pb2
+
+PODS_PER_NAMESPACE = 100
+APPS = 10  # label values per namespace; registrations per namespace select one each
+CONCURRENCY = 32
+
+
+async def bounded(count: int, make: Any) -> None:
+    """Run make(i) for i in range(count), at most CONCURRENCY at a time."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(count):
+        queue.put_nowait(i)
+
+    async def worker() -> None:
+        while not queue.empty():
+            await make(queue.get_nowait())
+
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+
+
+async def populate(kube: AsyncClient, pods: int, registrations: int) -> float:
+    namespaces = max(1, -(-pods // PODS_PER_NAMESPACE))
+    per_namespace = -(-registrations // namespaces)
+    start = time.monotonic()
+
+    async def namespace(n: int) -> None:
+        name = f"scale-{n:03d}"
+        await kube.create(Namespace(metadata=ObjectMeta(name=name)))
+        await kube.create(ServiceAccount(metadata=ObjectMeta(name="app", namespace=name)))
+
+    await bounded(namespaces, namespace)
+
+    async def registration(i: int) -> None:
+        n, k = divmod(i, per_namespace)
+        spec = {
+            "podSelector": {"matchLabels": {"app": f"a{k % APPS}"}},
+            "spiffeIDTemplate": f"spiffe://{{trustDomain}}/ns/{{namespace}}/app/a{k % APPS}/r{k}",
+        }
+        meta = ObjectMeta(name=f"r{k}", namespace=f"scale-{n:03d}")
+        await kube.create(WorkloadRegistration(metadata=meta, spec=spec))
+
+    await bounded(registrations, registration)
+
+    async def pod(i: int) -> None:
+        n, k = divmod(i, PODS_PER_NAMESPACE)
+        meta = ObjectMeta(name=f"pod-{k}", namespace=f"scale-{n:03d}", labels={"app": f"a{k % APPS}"})
+        spec = PodSpec(
+            serviceAccountName="app",
+            automountServiceAccountToken=False,
+            containers=[Container(name="app", image="registry.invalid/app:latest")],
+        )
+        for attempt in range(5):
+            try:
+                await kube.create(Pod(metadata=meta, spec=spec))
+                return
+            except ApiError as exc:
+                if exc.status.code not in (429, 500, 503, 504) or attempt == 4:
+                    raise
+                await asyncio.sleep(0.5)
+
+    await bounded(pods, pod)
+    return time.monotonic() - start
+
+
+def memory(daemon: Kubespiffed) -> tuple[float, float, int]:
+    assert daemon.process is not None
+    return tree_memory_mb(daemon.process.pid)
+
+
+async def paced_mint(client: Path, daemon: Kubespiffed, work: Path, rate: float, seconds: float) -> list[Any]:
+    """MintX509SVID at `rate` per second from 4 clients for `seconds`; every call's start and latency."""
+    proc = await asyncio.create_subprocess_exec(
+        str(client), "issuer-mint", "-addr", daemon.address, "-bundle", str(work / "bundle.pem"),
+        "-token-file", str(work / "pod.token"), "-descriptor", str(work / "issuer.desc"),
+        "-clients", "4", "-rate", str(rate), "-duration", f"{seconds}s", "-timeout", f"{seconds + 60}s",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"spiffe-bench issuer-mint failed: {err.decode().strip()}")
+    samples: list[Any] = json.loads(out)["samples"]
+    return samples
+
+
+def describe(samples: list[Any]) -> str:
+    ok = [s["ms"] / 1000 for s in samples if not s.get("error")]
+    failed = len(samples) - len(ok)
+    if not ok:
+        return f"{len(samples)} calls, all failed"
+    p50, p99 = percentiles(ok)
+    slowest = max(ok) * 1000
+    calls = f"{len(samples)} calls, {failed} failed"
+    return f"p50 {p50:.1f} ms  p99 {p99:.1f} ms  max {slowest:.0f} ms  ({calls})"
+
+
+def worst(samples: list[Any]) -> str:
+    """The one-second slice with the slowest call: when it was (from the first call) and its p99/max."""
+    if not samples:
+        return "-"
+    first = min(s["start_ns"] for s in samples)
+    slices: dict[int, list[float]] = {}
+    for s in samples:
+        slices.setdefault(int((s["start_ns"] - first) // 1e9), []).append(s["ms"])
+    second, values = max(slices.items(), key=lambda item: max(item[1]))
+    return f"+{second} s: {len(values)} calls, max {max(values):.0f} ms"
+
+
+def restart_apiserver(plane: ControlPlane, downtime: float, admin: Path) -> float:
+    """Stop kube-apiserver and start it again with the same arguments (keys, certificates, etcd unchanged).
+
+    ControlPlane has no restart of its own (starting it anew would make new ServiceAccount keys and so
+    invalidate every token), so this replaces its process in place; ControlPlane.stop() still stops it.
+    """
+    procs = plane._procs
+    assert plane.binaries is not None
+    apiserver = str(plane.binaries.kube_apiserver)
+    index = next(i for i, p in enumerate(procs) if isinstance(p.args, list) and p.args[0] == apiserver)
+    old = procs[index]
+    old.terminate()
+    old.wait(30)
+    time.sleep(downtime)
+    with (plane.log_dir / f"{plane.name}-kube-apiserver.log").open("ab") as log:
+        procs[index] = subprocess.Popen(
+            old.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    context = ssl.create_default_context(cadata=plane.ca_pem.decode())
+    context.load_cert_chain(admin.with_suffix(".crt"), admin.with_suffix(".key"))
+    started = time.monotonic()
+    while time.monotonic() - started < 120:
+        try:
+            url = f"{plane.server}/readyz"  # https, loopback
+            with urllib.request.urlopen(url, timeout=2, context=context) as resp:  # noqa: S310
+                if resp.status == 200:
+                    return time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("kube-apiserver did not come back")
+
+
+def relist_lines(log: Path, offset: int, word: str = "relist") -> list[str]:
+    """kubespiffed's log lines after `offset` that mention `word`."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    return [line for line in text.splitlines() if word in line.lower()]
+
+
+def cpu_seconds(daemon: Kubespiffed) -> float:
+    """User + system CPU time of kubespiffed (and its workers) so far."""
+    assert daemon.process is not None
+    total = 0.0
+    for pid in descendants(daemon.process.pid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def peak_rss_mb(daemon: Kubespiffed) -> float:
+    """VmHWM: the most kubespiffed's main process was ever resident (a relist's peak included)."""
+    assert daemon.process is not None
+    for line in Path(f"/proc/{daemon.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def cpu_trace(daemon: Kubespiffed, seconds: float) -> list[tuple[int, float]]:
+    """kubespiffed's CPU use per half second: (Unix ns, CPU seconds used in that half second)."""
+    trace, last = [], cpu_seconds(daemon)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        await asyncio.sleep(0.5)
+        now = cpu_seconds(daemon)
+        trace.append((time.time_ns(), now - last))
+        last = now
+    return trace
+
+
+def busiest(trace: list[tuple[int, float]], since_ns: int) -> str:
+    burst = [(t, used) for t, used in trace if used > 0.3]  # > 60 % of a core for half a second
+    if not burst:
+        return "no CPU burst above 60 % of a core"
+    first, last = burst[0][0], burst[-1][0]
+    return (
+        f"CPU > 60 % of a core from +{(first - since_ns) / 1e9:.1f} s to +{(last - since_ns) / 1e9:.1f} s "
+        f"({sum(u for _, u in burst):.1f} CPU s)"
+    )
+
+
+def report(label: str, value: str, target: str) -> None:
+    print(f"{label:<58} {value:<70} target: {target}", flush=True)
+
+
+async def main(args: argparse.Namespace) -> None:
+    client = bench_client()
+    shm = Path("/dev/shm")
+    work = Path(tempfile.mkdtemp(prefix="kubespiffe-scale-", dir=str(shm) if shm.is_dir() else None))
+    with ControlPlane("scale", log_dir=work) as plane:
+        kubeconfig = work / "admin.kubeconfig"
+        kubeconfig.write_text(plane.admin_kubeconfig())
+        kube = AsyncClient(KubeConfig.from_file(kubeconfig))
+        daemon = Kubespiffed(plane, log_path=work / "kubespiffed.log")
+        try:
+            await install(kube)
+            took = await populate(kube, args.pods, args.registrations)
+            print(
+                f"created {args.pods} pods, {args.registrations} registrations in {took:.0f} s; work {work}"
+            )
+            print(f"issuance: MintX509SVID at {args.rate:.0f}/s from 4 clients (tools/benchclient, paced)")
+            token = await service_account_token(kube)
+            started = time.monotonic()
+            daemon.start(token)
+            bundle = await authority_bundle_pem(kube, timeout=120)
+            (work / "bundle.pem").write_bytes(bundle)
+            await asyncio.to_thread(daemon.wait_ready, bundle, 300)
+            ready_at = time.monotonic()
+            report("startup -> ready (exec to /readyz 200)", f"{ready_at - started:.1f} s", "reported")
+            rss, pss, count = memory(daemon)
+            report(
+                "kubespiffed RSS when ready",
+                f"{rss:.0f} MB (PSS {pss:.0f} MB, {count} process(es))",
+                "<= 150 MB",
+            )
+            pod = await kube.get(Pod, "pod-0", namespace="scale-000")
+            (work / "pod.token").write_text(await pod_token(kube, pod, expiration_seconds=3600))
+            (work / "issuer.desc").write_bytes(issuer_pb2.DESCRIPTOR.serialized_pb)
+
+            steady = await paced_mint(client, daemon, work, args.rate, args.seconds)
+            report("issuance, steady state", describe(steady), "p99 <= 15 ms")
+            rss, pss, count = memory(daemon)
+            report("kubespiffed RSS after steady load", f"{rss:.0f} MB (PSS {pss:.0f} MB)", "<= 150 MB")
+
+            # Every watch kubespiffed holds ends after its 300 s timeout and it lists again: the relist
+            # every cluster sees, with no fault needed. The pods' watch began just before /readyz said 200.
+            relist_at = ready_at + 300
+            await asyncio.sleep(max(0.0, relist_at - 20 - time.monotonic()))
+            begin = time.time_ns()
+            trace_task = asyncio.create_task(cpu_trace(daemon, 45))
+            samples = await paced_mint(client, daemon, work, args.rate, 45)
+            trace = await trace_task
+            report("issuance around the 300 s watch timeout relist (45 s)", describe(samples), "no stall")
+            report("  worst second", worst(samples), "")
+            report("  kubespiffed CPU", busiest(trace, begin + 20 * 10**9), "(relist expected near +0 s)")
+            rss, pss, count = memory(daemon)
+            report("kubespiffed RSS after the relist", f"{rss:.0f} MB (PSS {pss:.0f} MB)", "<= 150 MB")
+            report("kubespiffed peak RSS (VmHWM) so far", f"{peak_rss_mb(daemon):.0f} MB", "<= 150 MB")
+
+            # The relist an API server restart forces (an upgrade): every watch breaks at once.
+            log = work / "kubespiffed.log"
+            offset = log.stat().st_size
+            minting = asyncio.create_task(paced_mint(client, daemon, work, args.rate, args.downtime + 40))
+            await asyncio.sleep(5)
+            restart_at = time.time_ns()
+            back = await asyncio.to_thread(restart_apiserver, plane, args.downtime, plane.dir / "admin")
+            samples = await minting
+            window = [s for s in samples if s["start_ns"] >= restart_at]
+            report(
+                f"issuance, kube-apiserver restarted ({args.downtime:.0f} s down, ready after {back:.1f} s)",
+                describe(window),
+                "no stall",
+            )
+            report("  worst second", worst(window), "")
+            assert daemon.process is not None
+            if daemon.process.poll() is not None:
+                fatal = [
+                    line for line in relist_lines(log, offset, "error") if "ERROR" in line or "Error:" in line
+                ]
+                report(
+                    "  kubespiffed EXITED",
+                    f"code {daemon.process.returncode}: {fatal[-1][:120] if fatal else '?'}",
+                    "",
+                )
+            else:
+                rss, pss, count = memory(daemon)
+                report("kubespiffed RSS after the restart", f"{rss:.0f} MB (PSS {pss:.0f} MB)", "<= 150 MB")
+                report("kubespiffed peak RSS (VmHWM)", f"{peak_rss_mb(daemon):.0f} MB", "<= 150 MB")
+            print(f"kubespiffed log lines about watches after the restart: {len(relist_lines(log, offset))}")
+        finally:
+            daemon.stop()
+            await kube.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pods", type=int, default=10000, help="pods (max 20000)")
+    parser.add_argument("--registrations", type=int, default=1000, help="registrations (max 5000)")
+    parser.add_argument("--rate", type=float, default=100, help="issuances per second (max 1000)")
+    parser.add_argument("--seconds", type=float, default=20, help="steady-state measurement (max 120)")
+    parser.add_argument(
+        "--downtime", type=float, default=3, help="seconds kube-apiserver stays down (max 30)"
+    )
+    cli = parser.parse_args()
+    cli.pods, cli.registrations = min(cli.pods, 20000), min(cli.registrations, 5000)
+    cli.rate, cli.seconds, cli.downtime = min(cli.rate, 1000), min(cli.seconds, 120), min(cli.downtime, 30)
+    asyncio.run(main(cli))
