@@ -59,7 +59,12 @@ async def kubespiffed(control_plane: ControlPlane, kube: AsyncClient) -> AsyncIt
         control_plane,
         trust_domain="example.org",
         # Fast federation for the two-cluster tests: peers publish a 2 s refresh hint.
-        extra_args=("--federation-min-refresh=1s", "--bundle-refresh-hint=2s"),
+        # Peers are local (loopback): allowed explicitly, as kubespiffed refuses non-public peers by default.
+        extra_args=(
+            "--federation-min-refresh=1s",
+            "--bundle-refresh-hint=2s",
+            "--federation-allowed-networks=127.0.0.0/8",
+        ),
     )
     daemon.start(await service_account_token(kube))
     bundle = await authority_bundle_pem(kube)

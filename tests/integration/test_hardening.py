@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import re
 import ssl
 import time
@@ -22,14 +24,18 @@ from lightkube import AsyncClient, KubeConfig
 from lightkube.core.exceptions import ApiError
 from lightkube.models.authentication_v1 import BoundObjectReference, TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import ConfigMap, Pod, ServiceAccount, ServiceAccountToken
+from lightkube.resources.core_v1 import ConfigMap, Event, Pod, ServiceAccount, ServiceAccountToken
 
 from kubespiffe.agent.issuer_client import NoIdentity, TokenRefused, X509Result, new_csr
+from kubespiffe.authority.keys import KeyType
+from kubespiffe.authority.x509ca import create_self_signed_ca
 from kubespiffe.devenv.controlplane import ControlPlane
 from kubespiffe.devenv.stack import Kubespiffed, service_account_token
 from kubespiffe.devenv.workloads import ensure_namespace
+from kubespiffe.kube.client import FederatedTrustDomain
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
-from kubespiffe.spiffe.bundle import certificates_to_pem
+from kubespiffe.spiffe.bundle import Bundle, bundle_to_json, certificates_to_pem
+from kubespiffe.spiffe.spiffeid import TrustDomain
 
 from .kubespiffed import Running, pod_with_token, register, unregister
 
@@ -371,3 +377,82 @@ async def test_kubespiffed_may_create_only_the_bundle_configmap(
         await kube.create(ConfigMap(metadata=ObjectMeta(name="anything", namespace=namespace)))
     finally:
         await as_kubespiffed.close()
+
+
+# Finding 9: federation: a slow peer delayed every other; a recreated FederatedTrustDomain kept the old
+# one's schedule (no fetch for minutes); Events told the failure apart (a port-scan oracle).
+_PEER_CA = create_self_signed_ca(
+    TrustDomain("peer.test"), KeyType.EC_P256, dt.timedelta(days=1), dt.datetime.now(dt.UTC)
+)
+
+
+def _ftd(name: str, url: str) -> FederatedTrustDomain:
+    return FederatedTrustDomain(
+        metadata=ObjectMeta(name=name),
+        spec={
+            "trustDomain": f"{name}.test",
+            "bundleEndpointURL": url,
+            "bundleEndpointProfile": {
+                "type": "https_spiffe",
+                "endpointSPIFFEID": f"spiffe://{name}.test/kubespiffe/kubespiffed",
+            },
+            "trustDomainBundle": bundle_to_json(
+                Bundle(TrustDomain(f"{name}.test"), (_PEER_CA.certificate,))
+            ).decode(),
+        },
+    )
+
+
+async def _fetch_outcome(kube: AsyncClient, name: str, uid: str, timeout: float) -> dict[str, Any]:
+    """The Ready condition kubespiffed wrote after fetching object `uid` (waits up to `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = (await kube.get(FederatedTrustDomain, name)).to_dict()
+        assert obj["metadata"]["uid"] == uid
+        for condition in (obj.get("status") or {}).get("conditions") or []:
+            if condition["type"] == "Ready" and condition["reason"] in ("Fetched", "FetchFailed"):
+                return dict(condition)
+        assert time.monotonic() < deadline, f"{name} was not fetched within {timeout} s"
+        await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+async def silent_peer() -> AsyncIterator[str]:
+    """A bundle endpoint that accepts connections and never answers (kubespiffed waits its 10 s timeout)."""
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+        writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    yield f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+    server.close()
+
+
+async def test_federation_fetches_concurrently_and_a_recreated_peer_at_once(
+    kube: AsyncClient, kubespiffed: Running, silent_peer: str
+) -> None:
+    names = [f"slow-{uuid.uuid4().hex[:6]}", f"gone-{uuid.uuid4().hex[:6]}"]
+    try:
+        await kube.create(_ftd(names[0], silent_peer))
+        await asyncio.sleep(1.5)  # the slow fetch is under way
+        created = await kube.create(_ftd(names[1], "https://127.0.0.1:1/"))
+        failed = await _fetch_outcome(kube, names[1], created.metadata.uid, timeout=5)
+        assert failed["reason"] == "FetchFailed"
+        assert "127.0.0.1:1" in failed["message"], (
+            "status keeps the reason for the FederatedTrustDomain's owner"
+        )
+        events = [e async for e in kube.list(Event, namespace="default") if e.involvedObject.name == names[1]]
+        assert events and all("127.0.0.1" not in (e.message or "") for e in events), "Event text is generic"
+        assert all("refused" not in (e.message or "") for e in events)
+        await kube.delete(FederatedTrustDomain, names[1])
+        await asyncio.sleep(1)
+        again = await kube.create(_ftd(names[1], "https://127.0.0.1:1/"))
+        assert again.metadata.uid != created.metadata.uid
+        assert (await _fetch_outcome(kube, names[1], again.metadata.uid, timeout=5))[
+            "reason"
+        ] == "FetchFailed"
+    finally:
+        for name in names:
+            with contextlib.suppress(ApiError):
+                await kube.delete(FederatedTrustDomain, name)

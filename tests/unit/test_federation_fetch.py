@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from kubespiffe.federation.fetch import BundleFetchError, Endpoint, choose, fetch_bundle, next_refresh
+from kubespiffe.federation import fetch
+from kubespiffe.federation.fetch import BundleFetchError, Endpoint, choose, next_refresh, parse_networks
 from kubespiffe.spiffe.bundle import Bundle, bundle_to_json
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 from tests.unit.certs import Issued, make_ca, make_leaf
@@ -28,6 +30,13 @@ from tests.unit.certs import Issued, make_ca, make_leaf
 TD = TrustDomain("b.test")
 ENDPOINT_ID = SpiffeId.parse("spiffe://b.test/kubespiffe/kubespiffed")
 SLOW = b"<slow>"
+LOOPBACK = parse_networks("127.0.0.0/8,::1/128")
+
+
+async def fetch_bundle(endpoint: Endpoint, trust: Bundle | None, **kwargs: Any) -> Bundle:
+    """The test servers listen on loopback, which kubespiffed refuses unless allowed: allow it here."""
+    return await fetch.fetch_bundle(endpoint, trust, **{"allowed_networks": LOOPBACK, **kwargs})
+
 
 # ---------------------------------------------------------------- PKI
 
@@ -565,3 +574,54 @@ def test_next_refresh_clamps_hint() -> None:
     assert next_refresh(None, 30, 100) == 100  # the default is bounded too
     with pytest.raises(ValueError, match="above the maximum"):
         next_refresh(None, 600, 30)
+
+
+# ---------------------------------------------------------------- redirect and address rules (issue 12, 9)
+
+
+async def test_cross_host_redirect_refused_before_connecting(
+    tmp_path: Path, pki: Pki, served_bundle: Bundle, bootstrap: Bundle
+) -> None:
+    body = bundle_to_json(served_bundle)
+    async with serve(tmp_path, pki.svid, bundle_routes(body)) as good, serve(tmp_path, pki.svid, {}) as front:
+        port = good.base.rsplit(":", 1)[1]
+        front.routes["/elsewhere"] = redirect(f"https://localhost:{port}/bundle")
+        with pytest.raises(BundleFetchError, match="redirected to another host"):
+            await fetch_bundle(spiffe_endpoint(front.base + "/elsewhere"), bootstrap)
+    assert good.requests == []
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("169.254.169.254", "link-local"),
+        ("10.1.2.3", "private"),
+        ("::1", "loopback"),
+    ],
+)
+async def test_non_public_addresses_refused_unless_allowed(
+    address: str, kind: str, bootstrap: Bundle
+) -> None:
+    host = f"[{address}]" if ":" in address else address
+    with pytest.raises(BundleFetchError, match=f"{kind}.*--federation-allowed-networks"):
+        await fetch.fetch_bundle(spiffe_endpoint(f"https://{host}:1/bundle"), bootstrap, timeout=2)
+
+
+async def test_loopback_allowed_explicitly(
+    tmp_path: Path, pki: Pki, served_bundle: Bundle, bootstrap: Bundle
+) -> None:
+    async with serve(tmp_path, pki.svid, bundle_routes(bundle_to_json(served_bundle))) as server:
+        endpoint = spiffe_endpoint(server.base + "/bundle")
+        with pytest.raises(BundleFetchError, match="loopback"):
+            await fetch.fetch_bundle(endpoint, bootstrap)
+        assert server.requests == []
+        allowed = parse_networks("127.0.0.1/32")
+        assert (await fetch.fetch_bundle(endpoint, bootstrap, allowed_networks=allowed)).sequence == 7
+
+
+def test_parse_networks() -> None:
+    assert parse_networks("") == ()
+    assert [str(n) for n in parse_networks(" 10.0.0.0/8 , fd00::/8 ")] == ["10.0.0.0/8", "fd00::/8"]
+    with pytest.raises(ValueError, match="not a network"):
+        parse_networks("10.0.0.0/33")

@@ -35,6 +35,9 @@ from kubespiffe.kube.client import FederatedTrustDomain
 from kubespiffe.spiffe.bundle import Bundle, bundle_to_json
 from kubespiffe.spiffe.spiffeid import TrustDomain
 
+LOCAL_PEERS = "--federation-allowed-networks=127.0.0.0/8"
+"""Every local cluster's bundle endpoint is on loopback; kubespiffed fetches from there only if allowed."""
+
 
 @dataclass
 class Cluster:
@@ -49,7 +52,9 @@ class Cluster:
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "logs").mkdir(exist_ok=True)
         self.plane = ControlPlane(self.name, log_dir=self.directory / "logs")
-        self.daemon = Kubespiffed(self.plane, trust_domain=self.trust_domain, extra_args=self.extra_args)
+        # Local peers' bundle endpoints are on loopback, which kubespiffed refuses unless allowed.
+        args = (LOCAL_PEERS, *self.extra_args)
+        self.daemon = Kubespiffed(self.plane, trust_domain=self.trust_domain, extra_args=args)
 
     @property
     def kubeconfig(self) -> Path:

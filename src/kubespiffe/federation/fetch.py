@@ -11,6 +11,13 @@ an authority of the trust bundle; intermediates the server sends are not used. k
 serves an SVID signed by a bundle CA, which passes. On 3.13+ the public `SSLObject.get_unverified_chain()`
 is used when present, so intermediates are honoured there.
 
+Where it may connect: a redirect stays on the configured URL's host (the port may change), and every
+address a URL resolves to must be public (not loopback, link-local, private, shared, multicast or
+otherwise reserved) unless it lies in `allowed_networks` (kubespiffed's --federation-allowed-networks).
+The connection goes to the address that was checked, so a DNS answer cannot change between check and use.
+A hostile peer therefore cannot make kubespiffed reach the API server, a cloud metadata service or
+anything else on the cluster's networks.
+
 Bounds: `timeout` (10 s) for the whole fetch, redirects included; `max_redirects` (3) hops; the response head
 at most `MAX_HEADER_BYTES` of header fields and `MAX_HEADERS` fields, after at most `MAX_INTERIM_RESPONSES`
 1xx responses (h11 holds at most `MAX_HEADER_BYTES` plus one `_READ_CHUNK` read of an incomplete head, chunk
@@ -26,6 +33,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import Literal
@@ -52,6 +60,61 @@ _CLOSE_WAIT = 1.0
 
 class BundleFetchError(KubespiffeError):
     """A bundle fetch failed; the message is one sentence naming what failed (connect, TLS, HTTP...)."""
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """Comma-separated CIDRs (the --federation-allowed-networks flag); ValueError names a bad one."""
+    networks: list[Network] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item))
+        except ValueError:
+            raise ValueError(f"{item!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from None
+    return tuple(networks)
+
+
+def _address_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why kubespiffed must not connect to `ip` by default (None: a public address)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_private:
+        return "private"
+    if ip.is_multicast or ip.is_unspecified or ip.is_reserved or not ip.is_global:
+        return "non-public"
+    return None
+
+
+async def _resolve(target: _Target, allowed: tuple[Network, ...]) -> str:
+    """The address to connect to: every address the host resolves to must be public or allowed."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            target.host, target.port, type=socket.SOCK_STREAM
+        )
+    except OSError as exc:
+        raise BundleFetchError(
+            f"bundle endpoint host {target.host} does not resolve: {exc.strerror}"
+        ) from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise BundleFetchError(f"bundle endpoint host {target.host} does not resolve")
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        kind = _address_kind(ip)
+        if kind is not None and not any(ip in network for network in allowed):
+            raise BundleFetchError(
+                f"bundle endpoint {target.host} resolves to {ip}, a {kind} address; allow its network with "
+                "--federation-allowed-networks if this peer is meant to be there"
+            )
+    return addresses[0]
 
 
 @dataclass(frozen=True)
@@ -292,15 +355,21 @@ def _header(head: h11.Response, name: bytes) -> list[str]:
 
 
 async def _get(
-    endpoint: Endpoint, trust: Bundle | None, target: _Target, max_bytes: int, now: dt.datetime
+    endpoint: Endpoint,
+    trust: Bundle | None,
+    target: _Target,
+    max_bytes: int,
+    now: dt.datetime,
+    allowed: tuple[Network, ...],
 ) -> _Response:
     """One verified GET. The body is read only for a 200; the peer is checked before the request is sent."""
     where = f"{target.host}:{target.port}"
     exchange = _Exchange(where)
     request = exchange.request(target)
+    address = await _resolve(target, allowed)
     try:
         reader, writer = await asyncio.open_connection(
-            target.host, target.port, ssl=_ssl_context(endpoint), server_hostname=target.host
+            address, target.port, ssl=_ssl_context(endpoint), server_hostname=target.host
         )
     except ssl.SSLCertVerificationError as exc:
         raise BundleFetchError(
@@ -344,21 +413,29 @@ async def fetch_bundle(
     max_bytes: int = MAX_BUNDLE_BYTES,
     max_redirects: int = 3,
     now: dt.datetime | None = None,
+    allowed_networks: tuple[Network, ...] = (),
 ) -> Bundle:
     """GET and parse `endpoint`'s bundle, or raise BundleFetchError (E.7: the caller keeps its last good
     bundle).
 
     `trust` (https_spiffe only) is the bootstrap bundle on the first fetch and the latest fetched bundle
     afterwards (E.4). Redirects get the same checks on every hop (E.5); the caller starts from the
-    configured URL on every refresh. `timeout` bounds the whole fetch, redirects included.
+    configured URL on every refresh. `timeout` bounds the whole fetch, redirects included. A redirect to
+    another host is refused, and so is any non-public address outside `allowed_networks`.
     """
     when = now or dt.datetime.now(dt.UTC)
     url = endpoint.url
+    origin = _parse_url(url).host.lower()
     try:
         async with asyncio.timeout(timeout):
             for _ in range(max_redirects + 1):
                 target = _parse_url(url)
-                response = await _get(endpoint, trust, target, max_bytes, when)
+                if target.host.lower() != origin:
+                    raise BundleFetchError(
+                        f"bundle endpoint {endpoint.url} redirected to another host; only redirects within "
+                        f"{origin} are followed"
+                    )
+                response = await _get(endpoint, trust, target, max_bytes, when, allowed_networks)
                 if response.location is None:
                     break
                 url = urljoin(url, response.location)

@@ -7,7 +7,13 @@ Lease holder fetches them from the peers' bundle endpoints and writes that statu
 
 Serving from status means a restart (or a new replica) keeps the last good bundle without fetching, and
 all replicas hand workloads the same bundle. A failed fetch never replaces the last good bundle: it only
-sets Ready=False with the reason, and an Event.
+sets Ready=False with the reason in status, and an Event with generic text (the exact failure, e.g.
+"connection refused" against "timed out", would tell whoever can read Events about hosts and ports the
+peer's URL pointed at).
+
+Peers are fetched concurrently, each on its own schedule, so one slow peer (up to the fetch timeout) does
+not delay the rest. The schedule is keyed by the object's UID: a FederatedTrustDomain deleted and created
+again under the same name is a new relationship and is fetched at once.
 """
 
 from __future__ import annotations
@@ -23,7 +29,14 @@ from lightkube.models.core_v1 import ObjectReference
 from lightkube.types import PatchType
 
 from kubespiffe.constants import API_VERSION
-from kubespiffe.federation.fetch import BundleFetchError, Endpoint, choose, fetch_bundle, next_refresh
+from kubespiffe.federation.fetch import (
+    BundleFetchError,
+    Endpoint,
+    Network,
+    choose,
+    fetch_bundle,
+    next_refresh,
+)
 from kubespiffe.kube.client import FederatedTrustDomain as FederatedTrustDomainResource
 from kubespiffe.kube.events import record_warning
 from kubespiffe.kube.leader import LeaderElector
@@ -41,6 +54,9 @@ from kubespiffe.spiffe.spiffeid import TrustDomain
 from kubespiffe.versioned import Versioned
 
 log = logging.getLogger("kubespiffed.federation")
+FETCH_FAILED_EVENT = (
+    "Fetching the bundle failed; the last good bundle is kept. The reason is in status and kubespiffed's log."
+)
 
 
 def bootstrap_bundle(ftd: FederatedTrustDomain) -> Bundle | None:
@@ -72,6 +88,7 @@ class Federation:
         leader: LeaderElector,
         min_refresh: float,
         max_refresh: float,
+        allowed_networks: tuple[Network, ...] = (),
     ) -> None:
         self._client = client
         self._own = own
@@ -81,7 +98,9 @@ class Federation:
         self._max = max_refresh
         self.cache = WatchCache(client, FederatedTrustDomainResource)
         self.cache.add_listener(self._changed)
-        self._due: dict[str, float] = {}
+        self._allowed = allowed_networks
+        self._due: dict[str, float] = {}  # by UID
+        self._fetching: dict[str, asyncio.Task[None]] = {}  # by UID
         self._publishing: set[asyncio.Task[None]] = set()
 
     def _parsed(self) -> list[FederatedTrustDomain]:
@@ -126,13 +145,27 @@ class Federation:
 
     async def _refresh_loop(self) -> None:
         await self.cache.synced.wait()
-        while True:
-            if self._leader.is_leader:
-                now = asyncio.get_running_loop().time()
-                for ftd in self._parsed():
-                    if ftd.trust_domain != self._own and now >= self._due.get(ftd.name, 0.0):
-                        self._due[ftd.name] = now + await self.refresh(ftd)
-            await asyncio.sleep(0.5)
+        async with asyncio.TaskGroup() as group:
+            while True:
+                current = {ftd.uid: ftd for ftd in self._parsed() if ftd.trust_domain != self._own}
+                for uid in set(self._due) - set(current):  # deleted: forget its schedule
+                    del self._due[uid]
+                if self._leader.is_leader:
+                    now = asyncio.get_running_loop().time()
+                    for uid, ftd in current.items():
+                        if uid not in self._fetching and now >= self._due.get(uid, 0.0):
+                            self._fetching[uid] = group.create_task(self._refresh_one(ftd))
+                await asyncio.sleep(0.5)
+
+    async def _refresh_one(self, ftd: FederatedTrustDomain) -> None:
+        try:
+            delay = await self.refresh(ftd)
+        except Exception:
+            log.exception("refreshing FederatedTrustDomain %s failed", ftd.name)
+            delay = self._min
+        finally:
+            del self._fetching[ftd.uid]
+        self._due[ftd.uid] = asyncio.get_running_loop().time() + delay
 
     async def refresh(self, ftd: FederatedTrustDomain) -> float:
         """Fetch one trust domain's bundle and record the outcome; returns seconds until the next fetch."""
@@ -140,12 +173,12 @@ class Federation:
         endpoint = Endpoint(ftd.trust_domain, ftd.url, ftd.profile, ftd.endpoint_id, None)
         now = dt.datetime.now(dt.UTC)
         try:
-            fetched = await fetch_bundle(endpoint, current)
+            fetched = await fetch_bundle(endpoint, current, allowed_networks=self._allowed)
         except BundleFetchError as exc:
             delay = next_refresh(current, self._min, self._max)
             log.warning("bundle fetch failed trust_domain=%s url=%s: %s", ftd.trust_domain, ftd.url, exc)
             await self._write(ftd, None, now, delay, "FetchFailed", str(exc))
-            await self._event(ftd, "FetchFailed", str(exc))
+            await self._event(ftd, "FetchFailed", FETCH_FAILED_EVENT)
             return delay
         chosen = choose(current if ftd.status_bundle else None, fetched)
         delay = next_refresh(chosen, self._min, self._max)

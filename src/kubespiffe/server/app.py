@@ -39,6 +39,7 @@ from kubespiffe.authority.store import load_or_create
 from kubespiffe.authority.upstream import SecretUpstream, Upstream, UpstreamError, new_intermediate
 from kubespiffe.authority.x509ca import X509Authority, create_self_signed_ca
 from kubespiffe.constants import JWT_TTL_MAX, X509_TTL_MAX
+from kubespiffe.federation.fetch import parse_networks
 from kubespiffe.federation.handler import bundle_endpoint
 from kubespiffe.federation.watch import Federation
 from kubespiffe.kube.client import get_raw_json, load_config, make_client
@@ -105,6 +106,7 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
         leader,
         config.federation_min_refresh.total_seconds(),
         config.federation_max_refresh.total_seconds(),
+        parse_networks(config.federation_allowed_networks),
     )
     loops: list[Callable[[], Any]] = [registry.run, attestor.run, leader.run, authority.run, federation.run]
     if config.bundle_configmap:
