@@ -182,3 +182,18 @@ def busybox_archive() -> Path:
     return write_docker_archive(
         archive, BUSYBOX_IMAGE, entries, {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"}
     )
+
+
+def interop_archive(binary: Path) -> tuple[str, Path]:
+    """go-spiffe's reference client (tools/interop, a static Go binary) as a pod image, tagged by its hash.
+
+    Test and benchmark pods run it as the unmodified application: it only knows SPIFFE_ENDPOINT_SOCKET.
+    """
+    data = binary.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    name = f"kubespiffe.local/spiffe-interop:{digest}"
+    archive = _images_dir() / f"spiffe-interop-image-{digest}.tar"
+    if not archive.exists():
+        entries = [Entry("/spiffe-interop", data=data), Entry("/tmp", 0o1777)]
+        write_docker_archive(archive, name, entries, {"Entrypoint": ["/spiffe-interop"], "User": "65532"})
+    return name, archive
