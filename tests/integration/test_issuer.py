@@ -157,7 +157,7 @@ def _resign(control_plane: ControlPlane, token: str, **changes: object) -> str:
     ("case", "reason"),
     [
         ("other_key", "signature does not verify"),
-        ("unknown_kid", "TokenReview refused"),
+        ("unknown_kid", "not in the cluster JWKS"),
         ("expired", "expired"),
         ("wrong_audience", "audience"),
         ("wrong_issuer", "issuer"),
