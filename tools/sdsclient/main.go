@@ -23,6 +23,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -170,7 +171,9 @@ func delta(ctx context.Context, client secretv3.SecretDiscoveryServiceClient) er
 	if err != nil {
 		return err
 	}
-	if err := s.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: secretTypeURL, ResourceNamesSubscribe: []string{"default"}}); err != nil {
+	// io.EOF from Send: the server has already ended the call; Recv says how.
+	err = s.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: secretTypeURL, ResourceNamesSubscribe: []string{"default"}})
+	if err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
 	_, err = s.Recv()
@@ -200,7 +203,20 @@ func stream(ctx context.Context, client secretv3.SecretDiscoveryServiceClient, o
 			}
 		}
 	}()
-	if err := s.Send(request(o, "", "")); err != nil {
+	send := func(req *discoveryv3.DiscoveryRequest) error {
+		err := s.Send(req)
+		if !errors.Is(err, io.EOF) {
+			return err
+		}
+		// The server has already ended the call: its status comes with the next receive.
+		for r := range responses {
+			if r.err != nil {
+				return r.err
+			}
+		}
+		return err
+	}
+	if err := send(request(o, "", "")); err != nil {
 		return err
 	}
 	acked := ""
@@ -225,7 +241,7 @@ func stream(ctx context.Context, client secretv3.SecretDiscoveryServiceClient, o
 			// A NACK: the version last applied (none yet), the nonce answered, and why.
 			nack := request(o, acked, r.resp.Nonce)
 			nack.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: "sdsclient rejects this on purpose"}
-			if err := s.Send(nack); err != nil {
+			if err := send(nack); err != nil {
 				return err
 			}
 			select {
@@ -242,13 +258,13 @@ func stream(ctx context.Context, client secretv3.SecretDiscoveryServiceClient, o
 			continue
 		}
 		acked = r.resp.VersionInfo
-		if err := s.Send(request(o, acked, r.resp.Nonce)); err != nil {
+		if err := send(request(o, acked, r.resp.Nonce)); err != nil {
 			return err
 		}
 		if n == 0 && o.staleNonce {
 			stale := request(o, acked, "not-a-nonce-the-server-sent")
 			stale.ResourceNames = append(append([]string{}, o.names...), "ROOTCA")
-			if err := s.Send(stale); err != nil {
+			if err := send(stale); err != nil {
 				return err
 			}
 			select {
