@@ -180,7 +180,7 @@ async def test_namespace_without_label_is_not_injected(env: Env, kube: AsyncClie
     assert not pod.spec.initContainers
     assert [v.name for v in pod.spec.volumes or [] if v.name.startswith("kubespiffe")] == []
     assert INJECTED_ANNOTATION not in (pod.metadata.annotations or {})
-    assert "SPIFFE_ENDPOINT_SOCKET" in await logs(kube, "plain", namespace)
+    assert "socket address is not configured" in await logs(kube, "plain", namespace)
 
 
 async def test_unregistered_pod_is_refused(env: Env, kube: AsyncClient) -> None:

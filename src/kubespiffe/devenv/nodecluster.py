@@ -14,6 +14,7 @@ while still checking kubespiffed's certificate for the Service's DNS name and SP
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import sys
@@ -25,13 +26,16 @@ from typing import Any
 
 import yaml
 from lightkube import AsyncClient, Client, KubeConfig
+from lightkube.core.exceptions import ApiError
+from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.core_v1 import Pod
+from lightkube.resources.core_v1 import Namespace, Pod
 
 from kubespiffe.devenv import helm, image
 from kubespiffe.devenv.controlplane import ControlPlane
 from kubespiffe.devenv.node import LOCK_FILE, Node, NodeError
 from kubespiffe.devenv.stack import authority_bundle_pem
+from kubespiffe.injection.settings import INJECT_ENABLED, INJECT_LABEL
 from kubespiffe.server.config import ServerConfig
 
 # A fixed address in the node's Service range (controlplane.SERVICE_CIDR) for kubespiffed's Service.
@@ -147,7 +151,8 @@ class NodeCluster:
             _write_private(self.kubeconfig, self.plane.admin_kubeconfig())
             stamp = time.monotonic()
             self._install()
-            self.wait_ready(float(os.environ.get("KSP_READY_TIMEOUT", "120")))
+            self.wait_ready()
+            self.wait_injecting()
             self.timings["install_to_ready"] = time.monotonic() - stamp
             bundle = asyncio.run(self._bundle())
             (self.directory / "bundle.pem").write_bytes(bundle)
@@ -188,6 +193,37 @@ class NodeCluster:
                 return
             time.sleep(0.2)
         raise NodeError(f"kubespiffed not Ready after {timeout:.0f}s:\n{self.describe_kubespiffed()}")
+
+    def wait_injecting(self, timeout: float = 60.0) -> None:
+        """Until a pod created in a labelled namespace gets the sidecar (a server-side dry run).
+
+        Ready pods are not enough: the webhook's caBundle and kube-proxy's rules for the Service follow a
+        moment later, and with failurePolicy Ignore a pod created in between would silently go without.
+        """
+        client = self.client()
+        check = "kubespiffe-injection-check"
+        client.create(Namespace(metadata=ObjectMeta(name=check, labels={INJECT_LABEL: INJECT_ENABLED})))
+        pod = Pod.from_dict(
+            {
+                "metadata": {"name": "check"},
+                "spec": {
+                    "containers": [{"name": "app", "image": "none"}],
+                    "automountServiceAccountToken": False,
+                },
+            }
+        )
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                with contextlib.suppress(ApiError):  # e.g. the ServiceAccount `default` not made yet
+                    created = client.create(pod, namespace=check, dry_run=True)
+                    if created.spec is not None and created.spec.initContainers:
+                        return
+                if time.monotonic() > deadline:
+                    raise NodeError(f"pods are not injected {timeout:.0f}s after kubespiffed was Ready")
+                time.sleep(0.2)
+        finally:
+            client.delete(Namespace, check)
 
     def describe_kubespiffed(self) -> str:
         """Each kubespiffed pod's container state and the end of its logs, from the kubelet's log files."""
