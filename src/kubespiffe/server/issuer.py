@@ -10,7 +10,10 @@ WatchBundles streams are bounded per pod (UID). Each refusal is RESOURCE_EXHAUST
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import hashlib
 import logging
 import time
 from collections import Counter as Tally
@@ -26,6 +29,7 @@ from kubespiffe.attestation.pod import AttestedPod, PodAttestor
 from kubespiffe.attestation.token import TokenRejected
 from kubespiffe.authority.state import JwtSigningKey
 from kubespiffe.authority.x509ca import CsrError, X509Authority, load_csr, sign_x509_svid
+from kubespiffe.constants import JWT_AUDIENCE_MAX_COUNT, JWT_AUDIENCE_MAX_LENGTH
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
 from kubespiffe.registry.live import Registry
 from kubespiffe.registry.match import Identity
@@ -69,8 +73,9 @@ class Signer(Protocol):
 ENTITLEMENT_RECHECK_SECONDS = 5.0
 # JWT-SVID audiences: a few short, printable ASCII strings (URLs, service names). Bounded so one call
 # cannot make a huge token (or cache entry in the agent), and printable so no audience can forge a log line.
-MAX_AUDIENCES = 16
-MAX_AUDIENCE_LENGTH = 256
+# The agent enforces the same bounds (constants.py).
+MAX_AUDIENCES = JWT_AUDIENCE_MAX_COUNT
+MAX_AUDIENCE_LENGTH = JWT_AUDIENCE_MAX_LENGTH
 
 
 def audience_problem(audience: list[str]) -> str | None:
@@ -225,7 +230,8 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
             authority = self._signer.active_x509()
             chain_der = [c.public_bytes(Encoding.DER) for c in authority.chain]
             response = issuer_pb2.MintX509SVIDResponse(
-                bundle=[c.public_bytes(Encoding.DER) for c in self._trust.current.own.x509_authorities]
+                bundle=[c.public_bytes(Encoding.DER) for c in self._trust.current.own.x509_authorities],
+                grant=grant(caller.identities)[1],
             )
             for identity in caller.identities:
                 leaf = sign_x509_svid(
@@ -293,24 +299,96 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
     async def WatchBundles(
         self, request: issuer_pb2.WatchBundlesRequest, context: Context
     ) -> AsyncIterator[issuer_pb2.BundlesResponse]:
-        """Complete bundle set on every change; ends with PERMISSION_DENIED once the pod has no identity."""
+        """Complete bundle set on every change; ends with PERMISSION_DENIED once the pod has no identity.
+
+        Agents before WatchIdentity use it; `kubespiffe validate --server` reads its first message."""
         caller = await self._attest("bundles", context)
+        async with self._stream_slot(caller, context, "WatchBundles"):
+            async for message in self._bundles(caller, context):
+                yield message
+
+    @contextlib.asynccontextmanager
+    async def _stream_slot(self, caller: Caller, context: Context, rpc: str) -> AsyncIterator[None]:
+        """One of the pod's `max_streams_per_pod` streams (WatchBundles and WatchIdentity together)."""
         uid = caller.pod_uid
         if self._streams[uid] >= self._max_streams:
             LIMIT_REFUSALS.labels("streams_per_pod").inc()
-            log.warning("rejected %s reason=%r", caller.who, "too many WatchBundles streams for this pod")
+            log.warning("rejected %s reason=%r", caller.who, f"too many {rpc} streams for this pod")
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"this pod already has {self._max_streams} WatchBundles streams open",
+                f"this pod already has {self._max_streams} {rpc} streams open",
             )
         self._streams[uid] += 1
         try:
-            async for message in self._bundles(caller, context):
-                yield message
+            yield
         finally:
             self._streams[uid] -= 1
             if not self._streams[uid]:
                 del self._streams[uid]
+
+    async def WatchIdentity(
+        self, request: issuer_pb2.WatchIdentityRequest, context: Context
+    ) -> AsyncIterator[issuer_pb2.IdentityResponse]:
+        """The pod's grant and bundles at once and after every change, whatever the pod is granted.
+
+        Woken by the registry's change signal for this pod (its registrations, the pod, its namespace),
+        by a bundle change, and every ENTITLEMENT_RECHECK_SECONDS to re-check the token; a message is
+        sent only when it differs from the last one. Ends with UNAUTHENTICATED when the token is refused.
+        """
+        token = bearer_token(context)
+        attested = await self._attest_token("identity", token, context)
+        caller = Caller(attested.who, (), attested.claims.pod_uid)
+        async with self._stream_slot(caller, context, "WatchIdentity"):
+            sent = b""
+            while True:
+                pod = attested.pod
+                assert pod.metadata is not None
+                with self._registry.changes.watching(
+                    pod.metadata.namespace or "", pod.metadata.name or ""
+                ) as changed:
+                    version = self._trust.version
+                    message = self._identity_message(pod)
+                    encoded = message.SerializeToString()
+                    if encoded != sent:
+                        if sent:
+                            log.info(
+                                "grant changed %s spiffe_ids=%s",
+                                attested.who,
+                                ",".join(i.spiffe_id for i in message.identities) or "(none)",
+                            )
+                        yield message
+                        sent = encoded
+                    await _first_of(
+                        changed.wait(), self._trust.wait_newer(version), timeout=ENTITLEMENT_RECHECK_SECONDS
+                    )
+                attested = await self._attest_token("identity", token, context, renewal=True)
+
+    async def _attest_token(
+        self, rpc: str, token: str, context: Context, *, renewal: bool = False
+    ) -> AttestedPod:
+        try:
+            return await self._attestor.attest(token)
+        except TokenRejected as exc:
+            if not renewal:
+                DECISIONS.labels(rpc, "token_rejected").inc()
+                log.warning("rejected reason=%r", str(exc))
+            refused = "token no longer valid, reconnect" if renewal else "token refused"
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{refused}: {exc}")
+            raise
+
+    def _identity_message(self, pod: Any) -> issuer_pb2.IdentityResponse:
+        identities = self._registry.identities(pod).identities
+        granted, digest = grant(identities)
+        federates = {td for i in identities for td in i.federates_with}
+        return issuer_pb2.IdentityResponse(
+            identities=granted,
+            grant=digest,
+            reason="" if identities else "no registration matches this pod",
+            bundles=[
+                issuer_pb2.TrustBundle(trust_domain=str(b.trust_domain), spiffe_bundle=bundle_to_json(b))
+                for b in self._trust.current.for_federation(federates).bundles()
+            ],
+        )
 
     async def _bundles(self, caller: Caller, context: Context) -> AsyncIterator[issuer_pb2.BundlesResponse]:
         token = bearer_token(context)
@@ -344,3 +422,33 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
                 grpc.StatusCode.PERMISSION_DENIED, "no registration matches this pod any more"
             )
         return Caller(attested.who, identities, attested.claims.pod_uid)
+
+
+def grant(identities: tuple[Identity, ...]) -> tuple[list[issuer_pb2.GrantedIdentity], bytes]:
+    """The identities as the issuer API describes them, and their digest: equal exactly when the grant is."""
+    granted = [
+        issuer_pb2.GrantedIdentity(
+            spiffe_id=str(i.spiffe_id),
+            dns_names=i.dns_names,
+            x509_ttl_seconds=int(i.x509_ttl.total_seconds()) if i.x509_ttl else 0,
+            jwt_ttl_seconds=int(i.jwt_ttl.total_seconds()) if i.jwt_ttl else 0,
+            hint=i.hint or "",
+            federates_with=[str(td) for td in i.federates_with],
+        )
+        for i in identities
+    ]
+    digest = hashlib.sha256()
+    for message in granted:
+        encoded = message.SerializeToString(deterministic=True)
+        digest.update(len(encoded).to_bytes(4, "big") + encoded)
+    return granted, digest.digest()
+
+
+async def _first_of(*waits: Awaitable[Any], timeout: float) -> None:
+    """Until the first of `waits` finishes or `timeout` passes; the others are cancelled."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
