@@ -7,12 +7,12 @@
     │   ├── JwtSvidError                   spiffe.jwtsvid      a JWT-SVID
     │   ├── BundleError                    spiffe.bundle       a bundle document or certificate list
     │   ├── CsrError                       authority.x509ca    a CSR sent for signing
-    │   ├── PodKeyRefused                  authority.podcert   a PodCertificateRequest's key (Denied)
+    │   ├── PodKeyRefused                  authority.podcert   a PodCertificateRequest's key
     │   ├── StateError                     authority.state     the authority Secret's document
     │   ├── RegistrationError              registry.models     a (Cluster)WorkloadRegistration's spec
     │   ├── TemplateError                  registry.template   a SPIFFE ID or DNS name template
     │   ├── TenancyError                   registry.tenancy    an ID outside what its registration may grant
-    │   ├── PodCertificateDenied           registry.podcert    a PodCertificateRequest's pod or identity (Denied)
+    │   ├── PodCertificateDenied           registry.podcert    a PodCertificateRequest's pod or identity
     │   ├── FederationSpecError            registry.federation a FederatedTrustDomain's spec
     │   ├── OidcIssuerError                federation.oidc     an OIDC issuer URL
     │   ├── SdsRequestError                agent.sdsresources  an SDS request for a resource the pod lacks
@@ -23,12 +23,12 @@
     ├── UpstreamError                    authority.upstream  the upstream CA cannot give a usable intermediate
     ├── BundleFetchError                 federation.fetch    a peer's bundle endpoint failed or lied
     ├── IssuerError                      agent.issuer_client kubespiffed said no or could not be asked
-        ├── NoIdentity                     (exit 3) the pod has no identity (or not the one asked for)
-        ├── TokenRefused                   (exit 4) kubespiffed refused the token
-        ├── ServerUnreachable              (exit 5) kubespiffed could not be reached
-        ├── ServerIdentityWrong            (exit 6) whoever answered is not kubespiffed
-        └── RequestFailed                  (exit 7) any other refusal, or an answer that cannot be used
-            └── RequestInvalid               (exit 7) kubespiffed found the request invalid
+    │   ├── NoIdentity                     (exit 3) the pod has no identity (or not the one asked for)
+    │   ├── TokenRefused                   (exit 4) kubespiffed refused the token
+    │   ├── ServerUnreachable              (exit 5) kubespiffed could not be reached
+    │   ├── ServerIdentityWrong            (exit 6) whoever answered is not kubespiffed
+    │   └── RequestFailed                  (exit 7) any other refusal, or an answer that cannot be used
+    │       └── RequestInvalid             (exit 7) kubespiffed found the request invalid
     └── WorkloadError                    cli.workload        a Workload API call from the CLI failed
 
 Each class is defined next to the rule it guards (the module named above); this module holds the root
