@@ -187,12 +187,13 @@ async def test_unregistered_pod_is_refused(env: Env, kube: AsyncClient) -> None:
     """Injected, but no registration names its ServiceAccount: no SVID, and kubespiffed says why."""
     namespace = await new_namespace(kube, inject=True, accounts=("stranger",))
     await kube.create(app_pod("stranger", env.interop_image, "stranger", ["fetch-x509"]), namespace=namespace)
+    who = f"pod=stranger namespace={namespace}"
     deadline = time.monotonic() + 60
-    while f"{namespace}/stranger" not in (text := await kubespiffed_logs(kube)):
+    while who not in (text := await kubespiffed_logs(kube)):
         assert time.monotonic() < deadline, "kubespiffed never logged the unregistered pod"
         await asyncio.sleep(0.5)
-    line = next(entry for entry in text.splitlines() if f"{namespace}/stranger" in entry)
-    assert "denied" in line or "rejected" in line or "no identity" in line, line
+    line = next(entry for entry in text.splitlines() if who in entry)
+    assert "rejected" in line and "no registration matches this pod" in line, line
     pod = await kube.get(Pod, "stranger", namespace=namespace)
     statuses = (pod.status.containerStatuses if pod.status else None) or []
     assert all(s.state is None or s.state.running is None for s in statuses), (

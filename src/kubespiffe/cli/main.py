@@ -105,8 +105,13 @@ def cmd_authority(args: argparse.Namespace) -> int:
 
 
 def cmd_dev_up(args: argparse.Namespace) -> int:
-    from kubespiffe.devenv.up import dev_up
+    from kubespiffe.devenv.up import dev_up, dev_up_node
 
+    if args.node:
+        if args.clusters != 1:
+            print("kubespiffe dev up: --node runs one cluster (one node per machine)", file=sys.stderr)
+            return 2
+        return dev_up_node(Path(args.dir), args.trust_domain)
     return dev_up(Path(args.dir), args.trust_domain, args.clusters)
 
 
@@ -261,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[1, 2],
         default=1,
         help="2: clusters a and b (trust domains a and b), federated; files under DIR/a and DIR/b",
+    )
+    up.add_argument(
+        "--node",
+        action="store_true",
+        help="as root: also a real node (containerd, kubelet, kube-proxy), kubespiffe installed from its "
+        "image and Helm chart with sidecar injection; writes DIR/image (the local image reference) too",
     )
     up.set_defaults(func=cmd_dev_up)
     return parser

@@ -162,6 +162,61 @@ def dev_up(directory: Path, trust_domain: str, clusters: int = 1) -> int:
         print("stopped", file=sys.stderr, flush=True)
 
 
+def dev_up_node(directory: Path, trust_domain: str) -> int:
+    """`dev up --node`: the real node with kubespiffe from its chart, until SIGINT/SIGTERM; then the host
+    is restored (and checked: a leftover is reported and the exit code is 1)."""
+    from kubespiffe.devenv.image import ImageError
+    from kubespiffe.devenv.node import NodeError
+    from kubespiffe.devenv.nodecluster import NAMESPACE, NodeCluster, refuse_if_running
+
+    try:
+        refuse_if_running()
+    except NodeError as exc:
+        print(f"kubespiffe dev up --node: {exc}", file=sys.stderr)
+        return 1
+    _interrupt_on_signals()
+    cluster = NodeCluster(directory, trust_domain)
+    started = False
+    try:
+        cluster.start()
+        started = True
+        assert cluster.image is not None
+        print(
+            f"kubespiffe installed with helm in namespace {NAMESPACE} (image {cluster.image.name}); pods in "
+            "namespaces labelled kubespiffe.io/inject=enabled get the agent",
+            file=sys.stderr,
+        )
+        print("ready", flush=True)
+        while True:
+            time.sleep(3600)
+    except (NodeError, ImageError) as exc:
+        print(f"kubespiffe dev up --node: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if started:
+            cluster.stop()
+        try:
+            cluster.check_clean()
+        except AssertionError as exc:
+            print(f"the host is not as it was before: {exc}", file=sys.stderr, flush=True)
+            return 1  # a leftover outranks how the run ended
+        except RuntimeError:
+            pass  # the node never started: nothing to check
+        print("stopped; host restored", file=sys.stderr, flush=True)
+
+
+def _interrupt_on_signals() -> None:
+    """SIGINT and SIGTERM both unwind the stack (KeyboardInterrupt), so teardown runs in `finally`."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
 class _Stop:
     def __init__(self) -> None:
         self.flag = False
