@@ -30,7 +30,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if os.geteuid() != 0:
         terminalreporter.section("local node")
         terminalreporter.write_line(
-            "tests/node SKIPPED: not root (containerd, a kubelet, iptables); CI runs them as root", yellow=True
+            "tests/node SKIPPED: not root (containerd, a kubelet, iptables); CI runs them as root",
+            yellow=True,
         )
     if TIMINGS:
         terminalreporter.section("local node timings (seconds)")
