@@ -22,13 +22,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
-from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
-from lightkube.types import PatchType
 
 from kubespiffe.agent.issuer_client import X509Result, fetch_x509
-from kubespiffe.authority.state import AuthorityState
-from kubespiffe.constants import ROTATE_ANNOTATION, SERVER_ID_PATH
+from kubespiffe.constants import SERVER_ID_PATH
 from kubespiffe.devenv.controlplane import ControlPlane
 from kubespiffe.devenv.stack import NAMESPACE, Kubespiffed, authority_bundle_pem, service_account_token
 from kubespiffe.spiffe.bundle import parse_pem_certificates
@@ -36,7 +33,7 @@ from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 from kubespiffe.spiffe.x509svid import verify_chain
 
 from .kubespiffed import Running, allow_secret, pod_with_token, register
-from .upstream import CorpCa, corp_ca, create_secret, grant_as_the_chart_does
+from .upstream import CorpCa, authority_state, corp_ca, create_secret, grant_as_the_chart_does, rotate
 
 pytestmark = pytest.mark.integration
 
@@ -46,11 +43,6 @@ SERVER_ID = SpiffeId(TD, SERVER_ID_PATH)
 
 def _name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-async def _state(kube: AsyncClient, secret: str) -> AuthorityState:
-    obj = await kube.get(Secret, secret, namespace=NAMESPACE)
-    return AuthorityState.from_secret_data(obj.data)
 
 
 @pytest.fixture
@@ -119,7 +111,7 @@ async def test_svids_chain_to_the_upstream_root_and_rotation_keeps_it(
     expected = SpiffeId(TD, f"/ns/{namespace}/sa/upstream")
     first = await _fetch(daemon, token, root)
     svid = first.svids[0]
-    intermediate = (await _state(kube, authority)).active_x509().certificate
+    intermediate = (await authority_state(kube, authority)).active_x509().certificate
     assert svid.chain == (svid.leaf, intermediate)
     assert intermediate.issuer == root.subject
     assert verify_chain(list(svid.chain), {TD: [root]}, dt.datetime.now(dt.UTC)) == expected
@@ -127,18 +119,7 @@ async def test_svids_chain_to_the_upstream_root_and_rotation_keeps_it(
     assert _bundle_endpoint_x5c(daemon, root) == [root.public_bytes(Encoding.DER)]
 
     # Rotation: a new intermediate under the same root; old and new SVIDs verify with the same bundle.
-    before = await _state(kube, authority)
-    await kube.patch(
-        Secret,
-        authority,
-        Secret(metadata=ObjectMeta(annotations={ROTATE_ANNOTATION: "test"})),
-        namespace=NAMESPACE,
-        patch_type=PatchType.MERGE,
-    )
-    deadline = time.monotonic() + 30
-    while (after := await _state(kube, authority)).active.id == before.active.id:
-        assert time.monotonic() < deadline, "the prepared intermediate never became active"
-        await asyncio.sleep(0.5)
+    after = await rotate(kube, authority)
     assert after.trust_bundle() == [root]
     new_intermediate = after.active_x509().certificate
     assert new_intermediate != intermediate and new_intermediate.issuer == root.subject
@@ -172,7 +153,7 @@ async def test_a_self_signed_authority_moves_under_the_upstream(
     daemon.start(token)
     await asyncio.to_thread(daemon.wait_ready, old_pem)
     deadline = time.monotonic() + 30
-    while not (state := await _state(kube, authority)).active_x509().above:
+    while not (state := await authority_state(kube, authority)).active_x509().above:
         assert time.monotonic() < deadline, "the upstream's intermediate never became active"
         await asyncio.sleep(0.5)
     assert state.trust_bundle() == [self_signed, corp.certificate]

@@ -3,8 +3,10 @@ describe, and granted to kubespiffed with exactly the Role rules the chart rende
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,7 +20,10 @@ from lightkube import AsyncClient
 from lightkube.codecs import from_dict
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
+from lightkube.types import PatchType
 
+from kubespiffe.authority.state import AuthorityState
+from kubespiffe.constants import ROTATE_ANNOTATION
 from kubespiffe.devenv import helm
 from kubespiffe.devenv.stack import NAMESPACE, SERVICE_ACCOUNT
 
@@ -116,3 +121,25 @@ async def grant_as_the_chart_does(kube: AsyncClient, name: str, *values: str) ->
     }
     for obj in (role, binding):
         await kube.apply(from_dict(obj), field_manager="kubespiffe-tests", force=True)
+
+
+async def authority_state(kube: AsyncClient, secret: str) -> AuthorityState:
+    obj = await kube.get(Secret, secret, namespace=NAMESPACE)
+    return AuthorityState.from_secret_data(obj.data)
+
+
+async def rotate(kube: AsyncClient, secret: str, timeout: float = 30.0) -> AuthorityState:
+    """Ask for a rotation as `kubespiffe ca rotate` does and wait until the prepared slot is active."""
+    before = await authority_state(kube, secret)
+    await kube.patch(
+        Secret,
+        secret,
+        Secret(metadata=ObjectMeta(annotations={ROTATE_ANNOTATION: "test"})),
+        namespace=NAMESPACE,
+        patch_type=PatchType.MERGE,
+    )
+    deadline = time.monotonic() + timeout
+    while (after := await authority_state(kube, secret)).active.id == before.active.id:
+        assert time.monotonic() < deadline, "the prepared intermediate never became active"
+        await asyncio.sleep(0.5)
+    return after
