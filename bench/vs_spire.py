@@ -677,24 +677,17 @@ async def measure(bench: Bench, args: argparse.Namespace, ks_token: Path, mint_t
         long[side].append(value)
     print(f"long waits done: {long}", flush=True)
 
-    rows.append(
-        (
-            "registration -> SVID, unregistered 2-12 s before: median / max (s)",
-            summary(short["spire"]),
-            summary(short["kubespiffe"]),
-            f"{statistics.median(short['kubespiffe']) / statistics.median(short['spire']):.2f} / "
-            f"{max(short['kubespiffe']) / max(short['spire']):.2f}",
-        )
-    )
-    rows.append(
-        (
-            "registration -> SVID, unregistered 65-98 s before: median / max (s)",
-            summary(long["spire"]),
-            summary(long["kubespiffe"]),
-            f"{statistics.median(long['kubespiffe']) / statistics.median(long['spire']):.2f} / "
-            f"{max(long['kubespiffe']) / max(long['spire']):.2f}",
-        )
-    )
+    for label, values in (("2-12", short), ("65-98", long)):
+        if values["spire"] and values["kubespiffe"]:
+            s, k = values["spire"], values["kubespiffe"]
+            rows.append(
+                (
+                    f"registration -> SVID, unregistered {label} s before: median / max (s)",
+                    summary(s),
+                    summary(k),
+                    f"{statistics.median(k) / statistics.median(s):.2f} / {max(k) / max(s):.2f}",
+                )
+            )
     for key, name in (("x509_ms", "cached FetchX509SVID"), ("jwt_ms", "cached FetchJWTSVID")):
         s50, s99 = percentiles(fetch["spire"][key])
         k50, k99 = percentiles(fetch["kubespiffe"][key])
