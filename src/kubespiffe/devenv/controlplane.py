@@ -96,6 +96,9 @@ class ControlPlane:
         self.server = f"https://{self.address}:{self.port}"
         self._procs: list[subprocess.Popen[bytes]] = []
         self.binaries: ControlPlaneBinaries | None = None
+        # For restarts (fault tests): the same ports, data, keys and flags; API servers keyed by port.
+        self._etcd_ports: tuple[int, int] = (free_port(), free_port())
+        self._apiservers: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def service_account_key(self) -> Path:
@@ -156,7 +159,7 @@ class ControlPlane:
 
     def _start_etcd(self, timeout: float) -> None:
         assert self.binaries is not None
-        client, peer = free_port(), free_port()
+        client, peer = self._etcd_ports
         self.etcd_url = f"http://127.0.0.1:{client}"
         proc = self._spawn(
             [
@@ -173,10 +176,12 @@ class ControlPlane:
             ],
             f"{self.name}-etcd.log",
         )
+        self._etcd = proc
         self._wait(lambda: _http_ok(f"{self.etcd_url}/health"), proc, timeout, "etcd")
 
-    def _start_apiserver(self, timeout: float) -> None:
+    def _start_apiserver(self, timeout: float, port: int | None = None) -> None:
         assert self.binaries is not None
+        port = port or self.port
         ca_file = self.ca_file
         ca_file.write_bytes(self.ca_pem)
         # With nodes, pods dial the `kubernetes` Service's ClusterIP (in-cluster config) and reach this
@@ -188,13 +193,15 @@ class ControlPlane:
             server_ips=ips,
         )
         tls_cert, tls_key = pki.write_pair(self.dir, "apiserver", serving)
-        sa_key, sa_pub = pki.write_service_account_keys(self.dir)
+        sa_key, sa_pub = self.service_account_key, self.dir / "sa.pub"
+        if not sa_key.exists():  # a restart keeps the key: every token issued so far stays valid
+            pki.write_service_account_keys(self.dir)
         proc = self._spawn(
             [
                 str(self.binaries.kube_apiserver),
                 f"--advertise-address={self.address}",
                 f"--bind-address={self.address}",
-                f"--secure-port={self.port}",
+                f"--secure-port={port}",
                 f"--etcd-servers={self.etcd_url}",
                 f"--etcd-prefix=/{self.name}",
                 f"--tls-cert-file={tls_cert}",
@@ -217,13 +224,42 @@ class ControlPlane:
                 "--v=1",
                 *self._kubelet_flags(),
             ],
-            f"{self.name}-kube-apiserver.log",
+            f"{self.name}-kube-apiserver{'' if port == self.port else f'-{port}'}.log",
         )
+        self._apiservers[port] = proc
         admin = self.ca.issue("kubespiffe-devenv-admin", organization="system:masters")
         cert, key = pki.write_pair(self.dir, "admin", admin)
         context = ssl.create_default_context(cadata=self.ca_pem.decode())
         context.load_cert_chain(cert, key)
-        self._wait(lambda: _http_ok(f"{self.server}/readyz", context), proc, timeout, "kube-apiserver")
+        url = f"https://{self.address}:{port}/readyz"
+        self._wait(lambda: _http_ok(url, context), proc, timeout, "kube-apiserver")
+
+    def stop_apiserver(self, port: int | None = None) -> None:
+        """Stop one kube-apiserver (default: the main one) alone; etcd, keys and certificates stay."""
+        self._halt(self._apiservers.pop(port or self.port))
+
+    def start_apiserver(self, port: int | None = None, timeout: float = 90.0) -> str:
+        """Start the main kube-apiserver again after stop_apiserver(), or another one on `port` that shares
+        etcd and keys (an HA control plane's second server); returns its URL. stop() stops it too."""
+        self._start_apiserver(timeout, port)
+        return f"https://{self.address}:{port or self.port}"
+
+    def stop_etcd(self) -> None:
+        """Stop etcd alone (the API servers keep running and fail until start_etcd())."""
+        self._halt(self._etcd)
+
+    def start_etcd(self, timeout: float = 90.0) -> None:
+        """Start etcd again on the same ports and data directory."""
+        self._start_etcd(timeout)
+
+    def _halt(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self._procs.remove(proc)
 
     def _kubelet_flags(self) -> list[str]:
         """How the API server reaches kubelets for logs/exec: by InternalIP (node names do not resolve here),
