@@ -3,10 +3,9 @@
 //
 // cert-manager's cmd/controller is a Go module of its own that the module proxy does not serve, so this
 // program does what its app package does for the controllers it needs (and the CA issuer type they look
-// up by name), with the packages of the
-// github.com/cert-manager/cert-manager module: build a controller context, construct the registered
-// controllers by name, start the shared informers, run until SIGTERM. The certificate logic (the CA
-// issuer, the approver, the Issuer readiness check) is cert-manager's, unchanged.
+// up by name), with the packages of the github.com/cert-manager/cert-manager module: build a controller
+// context, construct the registered controllers by name, start the shared informers, run until SIGTERM.
+// The certificate logic (the CA issuer, the approver, the Issuer readiness check) is cert-manager's.
 package main
 
 import (
