@@ -39,6 +39,12 @@ class LeaderElector:
                 leading = False
                 if exc.status.code != 409:
                     log.warning("lease %s/%s: %s", self._namespace, self._name, exc)
+            except Exception as exc:
+                # The API server cannot be reached (restarting, network): step down, keep serving from
+                # the caches, and renew or take the Lease again once it answers. Ending here would end
+                # kubespiffed, which cannot start again until the API server is back.
+                leading = False
+                log.warning("lease %s/%s: API server unreachable: %r", self._namespace, self._name, exc)
             if leading != self.is_leader:
                 log.info("%s leadership of %s/%s", "took" if leading else "lost", self._namespace, self._name)
             self.is_leader = leading
