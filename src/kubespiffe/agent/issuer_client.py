@@ -14,7 +14,7 @@ import contextlib
 import datetime as dt
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -75,6 +75,17 @@ class RequestInvalid(RequestFailed):
 class X509Result:
     svids: tuple[X509Svid, ...]
     bundle: tuple[x509.Certificate, ...]
+    grant: bytes = b""  # the grant they were signed for (Grant.digest)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One WatchIdentity message: what the pod is granted now (no identity: `reason` says why)."""
+
+    spiffe_ids: tuple[SpiffeId, ...]
+    digest: bytes
+    reason: str
+    bundles: BundleSet
 
 
 def trust_domain_of(bundle: list[x509.Certificate]) -> TrustDomain:
@@ -216,7 +227,8 @@ class IssuerClient:
             )
             if not svids or any(not s.chain for s in svids):
                 raise ValueError("no X.509-SVID in it")
-            return X509Result(svids, tuple(x509.load_der_x509_certificate(c) for c in response.bundle))
+            bundle = tuple(x509.load_der_x509_certificate(c) for c in response.bundle)
+            return X509Result(svids, bundle, response.grant)
 
     async def mint_jwt(self, token: str, audience: list[str], spiffe_id: str = "") -> list[JWTSVID]:
         stub = await self._stub()
@@ -249,13 +261,25 @@ class IssuerClient:
         try:
             async for message in stream:
                 with _answer("bundle"):
-                    bundles = BundleSet.from_bundles(
-                        [
-                            parse_bundle_json(TrustDomain.parse(b.trust_domain), b.spiffe_bundle)
-                            for b in message.bundles
-                        ]
-                    )
+                    bundles = _bundle_set(message.bundles)
                 yield bundles
+        except grpc.aio.AioRpcError as exc:
+            raise self._failed(exc) from None
+
+    async def watch_identity(self, token: str) -> AsyncIterator[Grant]:
+        """Every message of the WatchIdentity stream, parsed: the pod's grant and bundles."""
+        stub = await self._stub()
+        stream = stub.WatchIdentity(issuer_pb2.WatchIdentityRequest(), metadata=self._metadata(token))
+        try:
+            async for message in stream:
+                with _answer("identity"):
+                    grant = Grant(
+                        spiffe_ids=tuple(SpiffeId.parse(i.spiffe_id) for i in message.identities),
+                        digest=message.grant,
+                        reason=message.reason,
+                        bundles=_bundle_set(message.bundles),
+                    )
+                yield grant
         except grpc.aio.AioRpcError as exc:
             raise self._failed(exc) from None
 
@@ -263,6 +287,12 @@ class IssuerClient:
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
             self._drop()
         return _translate(exc, self.address)
+
+
+def _bundle_set(bundles: Iterable[issuer_pb2.TrustBundle]) -> BundleSet:
+    return BundleSet.from_bundles(
+        [parse_bundle_json(TrustDomain.parse(b.trust_domain), b.spiffe_bundle) for b in bundles]
+    )
 
 
 @contextlib.contextmanager

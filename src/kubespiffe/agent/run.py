@@ -2,14 +2,16 @@
 
 - X.509-SVIDs: a new key and CSR per renewal, renewed at half-life; the token file is re-read for every
   call to kubespiffed because the kubelet rotates it.
-- Bundles: one WatchBundles stream from kubespiffed; every change is pushed to open Workload API streams.
+- Grant and bundles: one WatchIdentity stream from kubespiffed, open whatever the pod is granted. A new
+  grant (an identity gained, lost or changed) is minted at once, whatever the retry backoff; no identity
+  left publishes a denied snapshot at once; every bundle change is pushed to open Workload API streams.
 - JWT-SVIDs: minted on demand, cached per (identity, audiences) until half-life, at most
   `jwt_cache_size` answers (least recently used leave first).
-- Losing the identity (PERMISSION_DENIED / token refused) publishes a denied snapshot: open streams end
-  with PermissionDenied; the X.509 loop then asks again every few seconds, so a regained identity is
-  served within seconds. kubespiffed unreachable: keep serving what is still valid, retry with backoff.
+- Losing the identity (pushed, or PERMISSION_DENIED / token refused) publishes a denied snapshot: open
+  streams end with PermissionDenied. Errors are retried with backoff (0.5 s doubling to 30 s); the push
+  of a new grant bypasses it. kubespiffed unreachable: keep serving what is still valid.
 - Every SVID is withdrawn when it expires (stream, files, jwt.0.token), whatever else is going on.
-- The bundle stream is ended by kubespiffed when the token it was opened with expires: it reconnects at
+- The WatchIdentity stream is ended by kubespiffed when the token it was opened with expires: it reconnects at
   once with the current token (the kubelet has refreshed it by then), which is not an outage; if that
   token is refused too (the pod was deleted), the identity is lost.
 """
@@ -34,6 +36,7 @@ from kubespiffe.agent import sdslazy
 from kubespiffe.agent.files import remove_x509_svid, write_atomic, write_x509_svids
 from kubespiffe.agent.issuer_client import (
     JWTSVID,
+    Grant,
     IssuerClient,
     IssuerError,
     NoIdentity,
@@ -54,9 +57,6 @@ from kubespiffe.versioned import Versioned
 log = logging.getLogger("kubespiffe.agent")
 
 _BACKOFF_MIN, _BACKOFF_MAX = 0.5, 30.0
-# With no identity, ask again at least this often: kubespiffed re-checks entitlement every 5 s, so an
-# identity comes back about as fast as it goes.
-_DENIED_RETRY_MAX = 5.0
 _JWT_FILE_RETRY = 5.0
 # gRPC health service names on the agent's socket: "" = an SVID is in hand (startup/readiness),
 # UPSTREAM = kubespiffed answered the last call (renewal keeps working).
@@ -95,13 +95,14 @@ class Agent:
         )
         self._x509: X509Result | None = None
         self._bundles: BundleSet | None = None
+        self._grant: bytes | None = None  # the digest of the newest grant pushed (None: none yet)
         self._denied: str | None = None
         self._jwt_cache = JwtCache(config.jwt_cache_size)
         # Files mode: expiry of what is on disk, by identity index, and of jwt.0.token.
         self._on_disk: dict[int, dt.datetime] = {}
         self._jwt_file_expires: dt.datetime | None = None
-        # Wake-ups: the X.509 loop to ask now, the bundle loop to reconnect now, the withdrawal loop to
-        # look at what is held again.
+        # Wake-ups: the X.509 loop to ask now, the WatchIdentity loop to reconnect now, the withdrawal
+        # loop to look at what is held again.
         self._renew_now = asyncio.Event()
         self._reconnect_now = asyncio.Event()
         self._held_changed = asyncio.Event()
@@ -140,7 +141,7 @@ class Agent:
             except (NoIdentity, TokenRefused) as exc:
                 await self._deny(str(exc))
                 await _pause(backoff, self._renew_now)
-                backoff = min(backoff * 2, _DENIED_RETRY_MAX)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
             except (IssuerError, OSError) as exc:
                 log.warning("cannot renew X.509-SVIDs (%s); retrying in %.1fs", exc, backoff)
@@ -149,8 +150,10 @@ class Agent:
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
             backoff = _BACKOFF_MIN
+            if self._grant in (None, result.grant):
+                self._renew_now.clear()  # a push that arrived meanwhile asked for exactly these
             if self._denied is not None:
-                self._reconnect_now.set()  # the bundle stream was refused too; no need to wait for it
+                self._reconnect_now.set()  # the stream's token may have been refused too; ask again now
             self._x509, self._denied = result, None
             self._trust_domain = result.svids[0].spiffe_id.trust_domain
             await self._publish()
@@ -220,44 +223,55 @@ class Agent:
             (directory / "jwt.0.token").unlink(missing_ok=True)
             self._jwt_file_expires = None
 
-    # --- bundles -------------------------------------------------------------------------------------
+    # --- grant and bundles --------------------------------------------------------------------------
 
-    async def _bundle_loop(self) -> None:
+    async def _watch_loop(self) -> None:
+        """One WatchIdentity stream: bundles, and the pod's grant as soon as kubespiffed sees it change."""
         backoff = _BACKOFF_MIN
         while True:
             delivered = False
             try:
-                async for bundles in self._client.watch_bundles(self._token()):
+                async for grant in self._client.watch_identity(self._token()):
                     delivered = True
                     backoff = _BACKOFF_MIN
                     self._reconnect_now.clear()
-                    if self._denied is not None:
-                        self._renew_now.set()  # kubespiffed streams only to pods with an identity
                     await self.health.set(UPSTREAM, _SERVING)
-                    self._bundles = bundles
-                    self._trust_domain = bundles.trust_domain
-                    self._client.set_trust(list(bundles.own.x509_authorities))
-                    log.info("bundles updated: %s", ", ".join(str(b.trust_domain) for b in bundles.bundles()))
-                    await self._publish()
+                    await self._on_grant(grant)
             except TokenRefused as exc:
                 if delivered:
                     # The token the stream was opened with expired (or the pod is gone): ask again at
                     # once with the file's current token; a refusal then is the answer.
-                    log.info("bundle stream ended for its token (%s); reconnecting with the current one", exc)
+                    log.info(
+                        "identity stream ended for its token (%s); reconnecting with the current one", exc
+                    )
                     continue
                 await self._lose_identity(str(exc))
-            except NoIdentity as exc:
-                # kubespiffed re-checks the pod's entitlement on the stream: losing it ends the stream.
-                await self._lose_identity(str(exc))
             except (IssuerError, OSError) as exc:
-                log.warning("bundle stream ended (%s); reconnecting in %.1fs", exc, backoff)
+                log.warning("identity stream ended (%s); reconnecting in %.1fs", exc, backoff)
                 await self.health.set(UPSTREAM, _NOT_SERVING)
             await _pause(backoff, self._reconnect_now)
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
+    async def _on_grant(self, grant: Grant) -> None:
+        if grant.bundles != self._bundles:
+            self._bundles = grant.bundles
+            self._trust_domain = grant.bundles.trust_domain
+            self._client.set_trust(list(grant.bundles.own.x509_authorities))
+            log.info("bundles updated: %s", ", ".join(str(b.trust_domain) for b in grant.bundles.bundles()))
+            await self._publish()
+        previous, self._grant = self._grant, grant.digest
+        if previous is not None and previous != grant.digest:
+            log.info("grant changed: %s", ",".join(map(str, grant.spiffe_ids)) or "no identity")
+            self._jwt_cache.clear()  # JWT-SVIDs of the old grant
+        if not grant.spiffe_ids:
+            if self._denied is None:
+                await self._deny(grant.reason or "no registration matches this pod")
+        elif self._x509 is None or self._x509.grant != grant.digest:
+            self._renew_now.set()  # mint now, whatever the backoff
+
     async def _lose_identity(self, reason: str) -> None:
-        """The bundle stream learnt it first: deny, and have the X.509 loop poll for the identity's return
-        instead of sleeping until the old SVIDs' half-life."""
+        """The stream's token was refused: deny, and have the X.509 loop ask (with backoff) instead of
+        sleeping until the old SVIDs' half-life."""
         await self._deny(reason)
         self._renew_now.set()
 
@@ -327,7 +341,7 @@ class Agent:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._x509_loop())
-                group.create_task(self._bundle_loop())
+                group.create_task(self._watch_loop())
                 group.create_task(self._withdraw_loop())
                 if self.config.write_dir and self.config.jwt_audience:
                     group.create_task(self._jwt_file_loop())

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cissuer.proto\x12\x14kubespiffe.issuer.v1\"5\n\x13MintX509SVIDRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\"S\n\x08X509SVID\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x12\n\ncert_chain\x18\x02 \x03(\x0c\x12\x0c\n\x04hint\x18\x03 \x01(\t\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\"U\n\x14MintX509SVIDResponse\x12-\n\x05svids\x18\x01 \x03(\x0b\x32\x1e.kubespiffe.issuer.v1.X509SVID\x12\x0e\n\x06\x62undle\x18\x02 \x03(\x0c\"9\n\x12MintJWTSVIDRequest\x12\x10\n\x08\x61udience\x18\x01 \x03(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\"M\n\x07JWTSVID\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0c\n\x04hint\x18\x03 \x01(\t\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\"C\n\x13MintJWTSVIDResponse\x12,\n\x05svids\x18\x01 \x03(\x0b\x32\x1d.kubespiffe.issuer.v1.JWTSVID\"\x15\n\x13WatchBundlesRequest\":\n\x0bTrustBundle\x12\x14\n\x0ctrust_domain\x18\x01 \x01(\t\x12\x15\n\rspiffe_bundle\x18\x02 \x01(\x0c\"E\n\x0f\x42undlesResponse\x12\x32\n\x07\x62undles\x18\x01 \x03(\x0b\x32!.kubespiffe.issuer.v1.TrustBundle2\xb7\x02\n\x06Issuer\x12\x65\n\x0cMintX509SVID\x12).kubespiffe.issuer.v1.MintX509SVIDRequest\x1a*.kubespiffe.issuer.v1.MintX509SVIDResponse\x12\x62\n\x0bMintJWTSVID\x12(.kubespiffe.issuer.v1.MintJWTSVIDRequest\x1a).kubespiffe.issuer.v1.MintJWTSVIDResponse\x12\x62\n\x0cWatchBundles\x12).kubespiffe.issuer.v1.WatchBundlesRequest\x1a%.kubespiffe.issuer.v1.BundlesResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cissuer.proto\x12\x14kubespiffe.issuer.v1\"5\n\x13MintX509SVIDRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\"S\n\x08X509SVID\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x12\n\ncert_chain\x18\x02 \x03(\x0c\x12\x0c\n\x04hint\x18\x03 \x01(\t\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\"d\n\x14MintX509SVIDResponse\x12-\n\x05svids\x18\x01 \x03(\x0b\x32\x1e.kubespiffe.issuer.v1.X509SVID\x12\x0e\n\x06\x62undle\x18\x02 \x03(\x0c\x12\r\n\x05grant\x18\x03 \x01(\x0c\"9\n\x12MintJWTSVIDRequest\x12\x10\n\x08\x61udience\x18\x01 \x03(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\"M\n\x07JWTSVID\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0c\n\x04hint\x18\x03 \x01(\t\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\"C\n\x13MintJWTSVIDResponse\x12,\n\x05svids\x18\x01 \x03(\x0b\x32\x1d.kubespiffe.issuer.v1.JWTSVID\"\x15\n\x13WatchBundlesRequest\":\n\x0bTrustBundle\x12\x14\n\x0ctrust_domain\x18\x01 \x01(\t\x12\x15\n\rspiffe_bundle\x18\x02 \x01(\x0c\"E\n\x0f\x42undlesResponse\x12\x32\n\x07\x62undles\x18\x01 \x03(\x0b\x32!.kubespiffe.issuer.v1.TrustBundle\"\x16\n\x14WatchIdentityRequest\"\x90\x01\n\x0fGrantedIdentity\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x11\n\tdns_names\x18\x02 \x03(\t\x12\x18\n\x10x509_ttl_seconds\x18\x03 \x01(\x03\x12\x17\n\x0fjwt_ttl_seconds\x18\x04 \x01(\x03\x12\x0c\n\x04hint\x18\x05 \x01(\t\x12\x16\n\x0e\x66\x65\x64\x65rates_with\x18\x06 \x03(\t\"\xa0\x01\n\x10IdentityResponse\x12\x39\n\nidentities\x18\x01 \x03(\x0b\x32%.kubespiffe.issuer.v1.GrantedIdentity\x12\r\n\x05grant\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x32\n\x07\x62undles\x18\x04 \x03(\x0b\x32!.kubespiffe.issuer.v1.TrustBundle2\x9e\x03\n\x06Issuer\x12\x65\n\x0cMintX509SVID\x12).kubespiffe.issuer.v1.MintX509SVIDRequest\x1a*.kubespiffe.issuer.v1.MintX509SVIDResponse\x12\x62\n\x0bMintJWTSVID\x12(.kubespiffe.issuer.v1.MintJWTSVIDRequest\x1a).kubespiffe.issuer.v1.MintJWTSVIDResponse\x12\x62\n\x0cWatchBundles\x12).kubespiffe.issuer.v1.WatchBundlesRequest\x1a%.kubespiffe.issuer.v1.BundlesResponse0\x01\x12\x65\n\rWatchIdentity\x12*.kubespiffe.issuer.v1.WatchIdentityRequest\x1a&.kubespiffe.issuer.v1.IdentityResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,19 +36,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_X509SVID']._serialized_start=93
   _globals['_X509SVID']._serialized_end=176
   _globals['_MINTX509SVIDRESPONSE']._serialized_start=178
-  _globals['_MINTX509SVIDRESPONSE']._serialized_end=263
-  _globals['_MINTJWTSVIDREQUEST']._serialized_start=265
-  _globals['_MINTJWTSVIDREQUEST']._serialized_end=322
-  _globals['_JWTSVID']._serialized_start=324
-  _globals['_JWTSVID']._serialized_end=401
-  _globals['_MINTJWTSVIDRESPONSE']._serialized_start=403
-  _globals['_MINTJWTSVIDRESPONSE']._serialized_end=470
-  _globals['_WATCHBUNDLESREQUEST']._serialized_start=472
-  _globals['_WATCHBUNDLESREQUEST']._serialized_end=493
-  _globals['_TRUSTBUNDLE']._serialized_start=495
-  _globals['_TRUSTBUNDLE']._serialized_end=553
-  _globals['_BUNDLESRESPONSE']._serialized_start=555
-  _globals['_BUNDLESRESPONSE']._serialized_end=624
-  _globals['_ISSUER']._serialized_start=627
-  _globals['_ISSUER']._serialized_end=938
+  _globals['_MINTX509SVIDRESPONSE']._serialized_end=278
+  _globals['_MINTJWTSVIDREQUEST']._serialized_start=280
+  _globals['_MINTJWTSVIDREQUEST']._serialized_end=337
+  _globals['_JWTSVID']._serialized_start=339
+  _globals['_JWTSVID']._serialized_end=416
+  _globals['_MINTJWTSVIDRESPONSE']._serialized_start=418
+  _globals['_MINTJWTSVIDRESPONSE']._serialized_end=485
+  _globals['_WATCHBUNDLESREQUEST']._serialized_start=487
+  _globals['_WATCHBUNDLESREQUEST']._serialized_end=508
+  _globals['_TRUSTBUNDLE']._serialized_start=510
+  _globals['_TRUSTBUNDLE']._serialized_end=568
+  _globals['_BUNDLESRESPONSE']._serialized_start=570
+  _globals['_BUNDLESRESPONSE']._serialized_end=639
+  _globals['_WATCHIDENTITYREQUEST']._serialized_start=641
+  _globals['_WATCHIDENTITYREQUEST']._serialized_end=663
+  _globals['_GRANTEDIDENTITY']._serialized_start=666
+  _globals['_GRANTEDIDENTITY']._serialized_end=810
+  _globals['_IDENTITYRESPONSE']._serialized_start=813
+  _globals['_IDENTITYRESPONSE']._serialized_end=973
+  _globals['_ISSUER']._serialized_start=976
+  _globals['_ISSUER']._serialized_end=1390
 # @@protoc_insertion_point(module_scope)

@@ -85,6 +85,9 @@ class MintX509SVIDResponse(_message.Message):
 
     SVIDS_FIELD_NUMBER: _builtins.int
     BUNDLE_FIELD_NUMBER: _builtins.int
+    GRANT_FIELD_NUMBER: _builtins.int
+    grant: _builtins.bytes
+    """The grant these SVIDs were signed for (IdentityResponse.grant): equal grants, nothing to renew."""
     @_builtins.property
     def svids(self) -> _containers.RepeatedCompositeFieldContainer[Global___X509SVID]:
         """In registration order; the first is the default identity."""
@@ -98,10 +101,11 @@ class MintX509SVIDResponse(_message.Message):
         *,
         svids: _abc.Iterable[Global___X509SVID] | None = ...,
         bundle: _abc.Iterable[_builtins.bytes] | None = ...,
+        grant: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "svids", b"svids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "grant", b"grant", "svids", b"svids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -235,3 +239,93 @@ class BundlesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BundlesResponse: _TypeAlias = BundlesResponse  # noqa: Y015
+
+@_typing.final
+class WatchIdentityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchIdentityRequest: _TypeAlias = WatchIdentityRequest  # noqa: Y015
+
+@_typing.final
+class GrantedIdentity(_message.Message):
+    """One identity as a registration grants it: what its X.509-SVID and JWT-SVIDs would hold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPIFFE_ID_FIELD_NUMBER: _builtins.int
+    DNS_NAMES_FIELD_NUMBER: _builtins.int
+    X509_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    JWT_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    HINT_FIELD_NUMBER: _builtins.int
+    FEDERATES_WITH_FIELD_NUMBER: _builtins.int
+    spiffe_id: _builtins.str
+    x509_ttl_seconds: _builtins.int
+    """0: kubespiffed's default."""
+    jwt_ttl_seconds: _builtins.int
+    hint: _builtins.str
+    @_builtins.property
+    def dns_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def federates_with(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        spiffe_id: _builtins.str = ...,
+        dns_names: _abc.Iterable[_builtins.str] | None = ...,
+        x509_ttl_seconds: _builtins.int = ...,
+        jwt_ttl_seconds: _builtins.int = ...,
+        hint: _builtins.str = ...,
+        federates_with: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dns_names", b"dns_names", "federates_with", b"federates_with", "hint", b"hint", "jwt_ttl_seconds", b"jwt_ttl_seconds", "spiffe_id", b"spiffe_id", "x509_ttl_seconds", b"x509_ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantedIdentity: _TypeAlias = GrantedIdentity  # noqa: Y015
+
+@_typing.final
+class IdentityResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTITIES_FIELD_NUMBER: _builtins.int
+    GRANT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    BUNDLES_FIELD_NUMBER: _builtins.int
+    grant: _builtins.bytes
+    """SHA-256 of `identities` serialized: changes exactly when what the pod is granted does."""
+    reason: _builtins.str
+    """Why the pod has no identity; empty while it has one."""
+    @_builtins.property
+    def identities(self) -> _containers.RepeatedCompositeFieldContainer[Global___GrantedIdentity]:
+        """In registration order; empty: the pod has no identity (see `reason`)."""
+
+    @_builtins.property
+    def bundles(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrustBundle]:
+        """As in BundlesResponse: the own trust domain's bundle first, then those `identities` federate with."""
+
+    def __init__(
+        self,
+        *,
+        identities: _abc.Iterable[Global___GrantedIdentity] | None = ...,
+        grant: _builtins.bytes = ...,
+        reason: _builtins.str = ...,
+        bundles: _abc.Iterable[Global___TrustBundle] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundles", b"bundles", "grant", b"grant", "identities", b"identities", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IdentityResponse: _TypeAlias = IdentityResponse  # noqa: Y015

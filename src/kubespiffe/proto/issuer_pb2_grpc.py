@@ -49,6 +49,11 @@ class IssuerStub:
                 request_serializer=issuer__pb2.WatchBundlesRequest.SerializeToString,
                 response_deserializer=issuer__pb2.BundlesResponse.FromString,
                 _registered_method=True)
+        self.WatchIdentity = channel.unary_stream(
+                '/kubespiffe.issuer.v1.Issuer/WatchIdentity',
+                request_serializer=issuer__pb2.WatchIdentityRequest.SerializeToString,
+                response_deserializer=issuer__pb2.IdentityResponse.FromString,
+                _registered_method=True)
 
 
 class IssuerServicer:
@@ -79,6 +84,17 @@ class IssuerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchIdentity(self, request, context):
+        """What the caller's pod is granted and the bundles it may use, now and after every change: sent as
+        soon as kubespiffed's caches see a registration, the pod or its namespace change what the pod is
+        granted, or a bundle change. Stays open while the pod has no identity (empty `identities`), so an
+        agent learns at once when it gains one. UNAUTHENTICATED ends it when the token is refused (the token
+        it was opened with expired: reconnect with the current one; the pod was deleted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IssuerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +112,11 @@ def add_IssuerServicer_to_server(servicer, server):
                     servicer.WatchBundles,
                     request_deserializer=issuer__pb2.WatchBundlesRequest.FromString,
                     response_serializer=issuer__pb2.BundlesResponse.SerializeToString,
+            ),
+            'WatchIdentity': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchIdentity,
+                    request_deserializer=issuer__pb2.WatchIdentityRequest.FromString,
+                    response_serializer=issuer__pb2.IdentityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +200,33 @@ class Issuer:
             '/kubespiffe.issuer.v1.Issuer/WatchBundles',
             issuer__pb2.WatchBundlesRequest.SerializeToString,
             issuer__pb2.BundlesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kubespiffe.issuer.v1.Issuer/WatchIdentity',
+            issuer__pb2.WatchIdentityRequest.SerializeToString,
+            issuer__pb2.IdentityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,13 @@ class IssuerStub:
     """The bundles the caller's pod may use, now and after every change: its own trust domain's bundle
     first, then those of the trust domains its registrations federate with. Each message is complete.
     """
+    WatchIdentity: _grpc.UnaryStreamMultiCallable[_issuer_pb2.WatchIdentityRequest, _issuer_pb2.IdentityResponse]
+    """What the caller's pod is granted and the bundles it may use, now and after every change: sent as
+    soon as kubespiffed's caches see a registration, the pod or its namespace change what the pod is
+    granted, or a bundle change. Stays open while the pod has no identity (empty `identities`), so an
+    agent learns at once when it gains one. UNAUTHENTICATED ends it when the token is refused (the token
+    it was opened with expired: reconnect with the current one; the pod was deleted).
+    """
 
 @_typing.type_check_only
 class IssuerAsyncStub(IssuerStub):
@@ -65,6 +72,13 @@ class IssuerAsyncStub(IssuerStub):
     WatchBundles: _aio.UnaryStreamMultiCallable[_issuer_pb2.WatchBundlesRequest, _issuer_pb2.BundlesResponse]  # type: ignore[assignment]
     """The bundles the caller's pod may use, now and after every change: its own trust domain's bundle
     first, then those of the trust domains its registrations federate with. Each message is complete.
+    """
+    WatchIdentity: _aio.UnaryStreamMultiCallable[_issuer_pb2.WatchIdentityRequest, _issuer_pb2.IdentityResponse]  # type: ignore[assignment]
+    """What the caller's pod is granted and the bundles it may use, now and after every change: sent as
+    soon as kubespiffed's caches see a registration, the pod or its namespace change what the pod is
+    granted, or a bundle change. Stays open while the pod has no identity (empty `identities`), so an
+    agent learns at once when it gains one. UNAUTHENTICATED ends it when the token is refused (the token
+    it was opened with expired: reconnect with the current one; the pod was deleted).
     """
 
 class IssuerServicer(metaclass=_abc_1.ABCMeta):
@@ -97,6 +111,19 @@ class IssuerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_issuer_pb2.BundlesResponse], _abc.AsyncIterator[_issuer_pb2.BundlesResponse]]:
         """The bundles the caller's pod may use, now and after every change: its own trust domain's bundle
         first, then those of the trust domains its registrations federate with. Each message is complete.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchIdentity(
+        self,
+        request: _issuer_pb2.WatchIdentityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_issuer_pb2.IdentityResponse], _abc.AsyncIterator[_issuer_pb2.IdentityResponse]]:
+        """What the caller's pod is granted and the bundles it may use, now and after every change: sent as
+        soon as kubespiffed's caches see a registration, the pod or its namespace change what the pod is
+        granted, or a bundle change. Stays open while the pod has no identity (empty `identities`), so an
+        agent learns at once when it gains one. UNAUTHENTICATED ends it when the token is refused (the token
+        it was opened with expired: reconnect with the current one; the pod was deleted).
         """
 
 def add_IssuerServicer_to_server(servicer: IssuerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -28,6 +28,7 @@ from lightkube.types import PatchType
 from kubespiffe.kube.client import ClusterWorkloadRegistration, WorkloadRegistration
 from kubespiffe.kube.events import record_warning
 from kubespiffe.kube.watchcache import WatchCache
+from kubespiffe.registry.changes import Changes
 from kubespiffe.registry.match import MatchResult, identities_for, order_key
 from kubespiffe.registry.models import Registration, RegistrationError
 from kubespiffe.registry.status import evaluate_object, status_document
@@ -65,8 +66,12 @@ class Registry:
         self._parsed: dict[str | None, dict[RegKey, Registration]] = {}
         self._sorted: dict[str | None, list[Registration]] = {}
         self._status_queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # Wakes the WatchIdentity streams whose pod's grant may have changed (registry/changes.py).
+        self.changes = Changes()
         self._namespaced.add_listener(self._on_registration)
         self._cluster.add_listener(self._on_registration)
+        self.pods.add_listener(self._on_pod)
+        self.namespaces.add_listener(self._on_namespace)
 
     @property
     def caches(self) -> tuple[WatchCache[Any], ...]:
@@ -81,12 +86,22 @@ class Registry:
     async def wait_synced(self) -> None:
         await asyncio.gather(*(cache.synced.wait() for cache in self.caches))
 
+    def _on_pod(self, event: str, pod: Any) -> None:
+        self.changes.changed(pod.metadata.namespace or "", pod.metadata.name)
+
+    def _on_namespace(self, event: str, namespace: Any) -> None:
+        self.changes.changed(namespace.metadata.name)  # its labels select pods for registrations
+
     def _on_registration(self, event: str, obj: Any) -> None:
         raw = _as_dict(obj)
         meta = raw.get("metadata", {})
         key: RegKey = (raw.get("kind", ""), meta.get("namespace"), meta.get("name", ""))
         scope = self._parsed.setdefault(key[1], {})
         self._sorted.pop(key[1], None)
+        if key[1] is None:
+            self.changes.changed_everywhere()
+        else:
+            self.changes.changed(key[1])
         if event == "DELETED":
             scope.pop(key, None)
             if not scope:
