@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import pytest
 from cryptography import x509
@@ -20,10 +21,16 @@ from cryptography.hazmat.primitives.serialization import (
     NoEncryption,
     PrivateFormat,
 )
+from lightkube import AsyncClient
+from lightkube.models.meta_v1 import ObjectMeta
 
-from kubespiffe.authority.certmanager import IssuerRef
+from kubespiffe.authority.certmanager import CertificateRequest, CertManagerUpstream, IssuerRef
 from kubespiffe.authority.keys import KeyType
+from kubespiffe.authority.live import LiveAuthority
+from kubespiffe.authority.podcert import sign_pod_certificate
+from kubespiffe.authority.rotation import RotationPolicy
 from kubespiffe.authority.state import AuthorityState, new_slot
+from kubespiffe.authority.store import Stored
 from kubespiffe.authority.upstream import (
     MIN_INTERMEDIATE_LIFETIME,
     UpstreamError,
@@ -38,9 +45,11 @@ from kubespiffe.authority.x509ca import (
     sign_x509_svid,
 )
 from kubespiffe.errors import KubespiffeError
+from kubespiffe.kube.leader import LeaderElector
+from kubespiffe.server.config import parse_args
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 from kubespiffe.spiffe.x509svid import X509SvidError, verify_chain
-from tests.unit.certs import DAY, NOW, Issued, ec_key, make_ca, rsa_key
+from tests.unit.certs import CA_USAGE, DAY, NOW, Issued, ec_key, key_usage, make_ca, rsa_key
 
 E = TypeVar("E", bound=x509.ExtensionType)
 TD = TrustDomain("example.org")
@@ -376,3 +385,201 @@ def test_issuer_refs(text: str, ref: IssuerRef) -> None:
 def test_bad_issuer_refs(text: str) -> None:
     with pytest.raises(ValueError, match="is not kind/name"):
         IssuerRef.parse(text)
+
+
+def test_flags_exclude_each_other_and_the_webhook_passes_the_trust_domain(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    base = ["--trust-domain", "example.org", "--namespace", "ks"]
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--upstream-ca-secret", "a", "--upstream-cert-manager-issuer", "Issuer/b"])
+    assert "exclude each other" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--upstream-cert-manager-issuer", "corp-ca"])
+    assert "--upstream-cert-manager-issuer: 'corp-ca' is not kind/name" in capsys.readouterr().err
+    webhook = [*base, "--webhook-port", "9446", "--agent-image", "agent:1"]
+    plain = parse_args(webhook).injection().agent_command()
+    assert "--trust-domain" not in plain  # a self-signed CA names its trust domain in the bundle
+    for flag in (["--upstream-ca-secret", "corp-ca"], ["--upstream-cert-manager-issuer", "ClusterIssuer/c"]):
+        command = parse_args([*webhook, *flag]).injection().agent_command()
+        assert command[-2:] == ["--trust-domain", "example.org"]
+
+
+def test_pod_certificates_carry_the_intermediate() -> None:
+    root = _root()
+    ca = create_intermediate_ca(_upstream(root), TD, KeyType.EC_P256, YEAR, NOW)
+    key = ec_key()
+    issued = sign_pod_certificate(ca, key.public_key(), SpiffeId(TD, "/ns/a/sa/b"), [], HOUR, 24 * HOUR, NOW)
+    chain = x509.load_pem_x509_certificates(issued.chain_pem.encode())
+    assert chain == [issued.leaf, ca.certificate]
+    assert verify_chain(chain, {TD: [root.cert]}, NOW)
+
+
+# cert-manager: what each state of a CertificateRequest becomes (the real controller runs in
+# tests/integration/test_upstream_certmanager.py).
+
+
+class _FakeRequests:
+    """Enough of lightkube's AsyncClient for CertManagerUpstream: one request, whose status a test sets."""
+
+    def __init__(self, status: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self._status = status
+        self.created: dict[str, Any] = {}
+        self.deleted: list[str] = []
+
+    async def create(self, obj: Any) -> Any:
+        self.created = obj.to_dict()
+        return CertificateRequest(metadata=ObjectMeta(name="kubespiffe-intermediate-x", namespace="ks"))
+
+    async def get(self, kind: Any, name: str, namespace: str) -> Any:
+        return CertificateRequest.from_dict({**self.created, "status": self._status(self.created)})
+
+    async def delete(self, kind: Any, name: str, namespace: str) -> None:
+        self.deleted.append(name)
+
+
+def _issue(root: Issued, with_ca: bool = True) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """What cert-manager's CA issuer writes: the CSR's key certified as a CA by `root`."""
+
+    def status(created: dict[str, Any]) -> dict[str, Any]:
+        csr = x509.load_pem_x509_csr(base64.b64decode(created["spec"]["request"]))
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(csr.subject)
+            .issuer_name(root.cert.subject)
+            .public_key(csr.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - HOUR)
+            .not_valid_after(now + YEAR)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .add_extension(key_usage(CA_USAGE), True)
+            .add_extension(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value, False)
+            .sign(root.key, hashes.SHA256())
+        )
+        result = {
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Issued"}],
+            "certificate": _b64(cert.public_bytes(Encoding.PEM)),
+        }
+        if with_ca:
+            result["ca"] = _b64(root.cert_pem)
+        return result
+
+    return status
+
+
+def _root_now() -> Issued:
+    return _root(not_before=dt.datetime.now(dt.UTC) - DAY, not_after=dt.datetime.now(dt.UTC) + 3 * YEAR)
+
+
+async def test_cert_manager_request_and_result() -> None:
+    root = _root_now()
+    fake = _FakeRequests(_issue(root))
+    upstream = CertManagerUpstream(
+        cast(AsyncClient, fake), "ks", IssuerRef("ClusterIssuer", "corp"), poll=0.01
+    )
+    ca = await upstream.sign(TD, KeyType.EC_P256, YEAR, dt.datetime.now(dt.UTC))
+    spec = fake.created["spec"]
+    assert spec["isCA"] is True and spec["usages"] == ["cert sign", "crl sign"]
+    assert spec["issuerRef"] == {"kind": "ClusterIssuer", "name": "corp", "group": "cert-manager.io"}
+    assert spec["duration"] == f"{int(YEAR.total_seconds())}s"
+    assert fake.created["metadata"]["labels"]["app.kubernetes.io/component"] == "upstream-authority"
+    assert ca.above == (root.cert,) and ca.trust_anchor == root.cert and fake.deleted
+    assert upstream.adopts(ca) and not upstream.adopts(create_self_signed_ca(TD, KeyType.EC_P256, YEAR, NOW))
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (
+            {"conditions": [{"type": "Denied", "status": "True", "message": "policy says no"}]},
+            "is Denied: policy says no",
+        ),
+        (
+            {"conditions": [{"type": "Ready", "status": "False", "reason": "Failed", "message": "bad CSR"}]},
+            "failed: bad CSR",
+        ),
+        (
+            {"conditions": [{"type": "InvalidRequest", "status": "True", "message": "no"}]},
+            "is InvalidRequest: no",
+        ),
+        (
+            {
+                "conditions": [
+                    {"type": "Ready", "status": "False", "reason": "Pending", "message": "issuer not found"}
+                ]
+            },
+            r"not Ready after 0s \(Ready=False Pending: issuer not found\); is cert-manager running",
+        ),
+    ],
+    ids=["denied", "failed", "invalid", "pending"],
+)
+async def test_cert_manager_refusals_are_upstream_errors(status: dict[str, Any], message: str) -> None:
+    fake = _FakeRequests(lambda _: status)
+    upstream = CertManagerUpstream(
+        cast(AsyncClient, fake), "ks", IssuerRef("Issuer", "corp"), timeout=0.05, poll=0.01
+    )
+    with pytest.raises(
+        UpstreamError,
+        match=f"^cert-manager Issuer/corp: CertificateRequest kubespiffe-intermediate-x {message}",
+    ):
+        await upstream.sign(TD, KeyType.EC_P256, YEAR, dt.datetime.now(dt.UTC))
+    assert fake.deleted == ["kubespiffe-intermediate-x"]
+
+
+async def test_cert_manager_without_a_ca_to_publish_is_refused() -> None:
+    fake = _FakeRequests(_issue(_root_now(), with_ca=False))
+    upstream = CertManagerUpstream(cast(AsyncClient, fake), "ks", IssuerRef("Issuer", "corp"), poll=0.01)
+    with pytest.raises(UpstreamError, match=r"returned no CA certificate \(status\.ca\) to publish"):
+        await upstream.sign(TD, KeyType.EC_P256, YEAR, dt.datetime.now(dt.UTC))
+
+
+# The leader: an upstream that cannot sign leaves the current slot signing, and is asked again later.
+
+
+class _Failing(_Fixed):
+    def __init__(self, upstream: X509Authority) -> None:
+        super().__init__(upstream)
+        self.calls = 0
+        self.fail = True
+
+    async def sign(
+        self, trust_domain: TrustDomain, key_type: KeyType, ttl: dt.timedelta, now: dt.datetime
+    ) -> X509Authority:
+        self.calls += 1
+        if self.fail:
+            raise UpstreamError("test upstream: down for maintenance")
+        return await super().sign(trust_domain, key_type, ttl, now)
+
+
+async def test_the_leader_keeps_signing_when_the_upstream_cannot(caplog: pytest.LogCaptureFixture) -> None:
+    now = dt.datetime.now(dt.UTC)
+    root = _root_now()
+    upstream = _Failing(_upstream(root))
+    state = AuthorityState.new(create_self_signed_ca(TD, KeyType.EC_P256, YEAR, now), now=now)
+    authority = LiveAuthority(
+        cast(AsyncClient, None),
+        namespace="ks",
+        secret="authority",
+        stored=Stored(state, "1"),
+        trust_domain=TD,
+        ca_key_type=KeyType.EC_P256,
+        ca_ttl=YEAR,
+        jwt_key_type=KeyType.EC_P256,
+        policy=RotationPolicy(dt.timedelta(minutes=5), dt.timedelta(days=30), dt.timedelta(hours=24)),
+        leader=cast(LeaderElector, None),
+        upstream=upstream,
+        probe=(PROBE, DNS),
+        upstream_retry=dt.timedelta(seconds=30),
+    )
+    assert authority._wants_upstream(state)  # a self-signed slot is not the upstream's: rotate at once
+    with caplog.at_level(logging.ERROR, "kubespiffed.authority"):
+        assert await authority._new_slot(state, now) is None
+    assert f"still signing with slot {state.active.id}: test upstream: down for maintenance" in caplog.text
+    upstream.fail = False
+    assert await authority._new_slot(state, now + dt.timedelta(seconds=10)) is None  # not asked again yet
+    assert upstream.calls == 1
+    slot = await authority._new_slot(state, now + dt.timedelta(seconds=31))
+    assert slot is not None and slot.authority.trust_anchor == root.cert and upstream.calls == 2
+    assert not authority._wants_upstream(state.prepare(slot))
+    assert authority.bundle().x509_authorities == (state.active_x509().certificate,)
