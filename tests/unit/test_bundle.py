@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -839,3 +839,24 @@ def test_arbitrary_json_is_parsed_or_refused_with_bundle_error(doc: Any) -> None
             continue
         assert isinstance(bundle, Bundle)
         assert isinstance(candidate, dict) and isinstance(candidate.get("keys"), list)
+
+
+def _x5c_bundle(certificate_der: bytes) -> bytes:
+    document = json.loads(bundle_to_json(Bundle(TD, (EC_CA,))))
+    document["keys"][0]["x5c"] = [base64.b64encode(certificate_der).decode()]
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize("broken", ["point off the curve", "unknown key algorithm"])
+def test_an_x5c_certificate_whose_key_cannot_be_loaded_is_a_bundle_error(broken: str) -> None:
+    """Found by fuzzing (tests/fuzz, bundle_json/bundle_der): cryptography parses a certificate's key
+    only when asked, so a peer's x5c with a broken key escaped as ValueError or UnsupportedAlgorithm."""
+    certificate = der(EC_CA)
+    point = EC_KEY.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    ec_public_key_oid = bytes.fromhex("06072a8648ce3d0201")
+    if broken == "point off the curve":
+        certificate = certificate.replace(point, point[:-1] + bytes([point[-1] ^ 1]))
+    else:
+        certificate = certificate.replace(ec_public_key_oid, ec_public_key_oid[:-1] + b"\x09")
+    with pytest.raises(BundleError, match="x5c"):
+        parse_bundle_json(TD, _x5c_bundle(certificate))

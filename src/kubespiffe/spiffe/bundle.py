@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -222,7 +223,11 @@ def _x509_authority(jwk: Mapping[str, Any], where: str) -> x509.Certificate:
         certificate = x509.load_der_x509_certificate(base64.b64decode(x5c[0], validate=True))
     except ValueError:  # binascii.Error included
         raise BundleError(f"{where}: x5c[0] is not a standard-base64 DER certificate") from None
-    if certificate.public_key() != _load_jwk(jwk, where):
+    try:  # cryptography decodes the key only now
+        public_key = certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise BundleError(f"{where}: the x5c certificate's public key cannot be loaded") from None
+    if public_key != _load_jwk(jwk, where):
         raise BundleError(f"{where}: key parameters do not match the x5c certificate")
     return certificate
 
