@@ -142,6 +142,16 @@ REFUSED: list[tuple[str, Callable[[], str], str]] = [
     ("two parts", lambda: "a.b", "compact"),
     ("not base64 json", lambda: "!!.@@.##", "well-formed"),
     ("empty", lambda: "", "empty"),
+    # Found by fuzzing (tests/fuzz, jwtsvid and jwtsvid_signed): both escaped as TypeError or
+    # UnicodeEncodeError. A trusted (say, federated) key can sign any exp; argv can carry lone surrogates.
+    (
+        "exp a string",
+        lambda: jwt.encode(
+            _claims(exp=str(int(_now().timestamp()) + 300)), EC, "ES256", headers={"kid": "ec"}
+        ),
+        "exp",
+    ),
+    ("not ASCII", lambda: mint(EC, "ec", ID, ["a"], dt.timedelta(minutes=5), _now()) + "\udcff", "ASCII"),
 ]
 
 

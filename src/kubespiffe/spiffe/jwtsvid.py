@@ -96,6 +96,8 @@ def validate(
         raise JwtSvidError("audience is empty")
     if len(token) > MAX_TOKEN_BYTES:
         raise JwtSvidError(f"token is larger than {MAX_TOKEN_BYTES} bytes")
+    if not token.isascii():  # base64url and dots; PyJWT would fail to encode a lone surrogate
+        raise JwtSvidError("token is not ASCII (a JWS compact serialization never is)")
     header = _segment_json(token, 0)
     alg = header.get("alg")
     if alg not in ALLOWED_ALGORITHMS:
@@ -138,6 +140,9 @@ def validate(
         raise JwtSvidError(f"token has no {exc.claim} claim") from None
     except jwt.PyJWTError as exc:
         raise JwtSvidError(f"token is invalid: {exc}") from None
-    if claims["exp"] <= now.timestamp():
+    exp = claims["exp"]
+    if not isinstance(exp, int | float) or isinstance(exp, bool):  # PyJWT also takes "123" (int() works)
+        raise JwtSvidError("exp is not a number (RFC 7519 NumericDate)")
+    if exp <= now.timestamp():
         raise JwtSvidError("token has expired")
     return ValidatedJwtSvid(subject, claims)
