@@ -281,3 +281,32 @@ async def test_verified_tokens_are_cached_until_they_expire(monkeypatch: pytest.
     monkeypatch.setattr(time, "time", lambda: now + 120)
     await v.verify(token)
     assert len(checked) == 2, "an expired cache entry must not answer"
+
+
+# Found by fuzzing (tests/fuzz, token*): each escaped as another exception (UnicodeEncodeError,
+# OverflowError/ValueError from datetime) instead of TokenRejected.
+async def test_a_non_ascii_token_is_refused() -> None:
+    with pytest.raises(TokenRejected, match="ASCII"):
+        await verifier(Jwks((KEY, "k1"))).verify(sign(claims()) + "\udcff")
+
+
+async def test_an_expiry_beyond_datetime_is_refused() -> None:
+    with pytest.raises(TokenRejected, match="expiry"):
+        await verifier(Jwks((KEY, "k1"))).verify(sign(claims(exp=10**20)))
+
+
+async def test_an_expiry_beyond_datetime_is_refused_after_token_review() -> None:
+    async def review(token: str, audience: str) -> Mapping[str, Any]:
+        user = {
+            "username": "system:serviceaccount:team:web",
+            "extra": {
+                "authentication.kubernetes.io/pod-name": ["web-1"],
+                "authentication.kubernetes.io/pod-uid": ["u"],
+            },
+        }
+        return {"authenticated": True, "audiences": [audience], "user": user}
+
+    jwks = Jwks((KEY, "k1"))
+    jwks.fail = True
+    with pytest.raises(TokenRejected, match="expiry"):
+        await verifier(jwks, review).verify(sign(claims(exp=1e300)))

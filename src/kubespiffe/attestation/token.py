@@ -163,6 +163,8 @@ class TokenVerifier:
             raise TokenRejected("no token was presented")
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenRejected(f"token is larger than {MAX_TOKEN_BYTES} bytes")
+        if not token.isascii():
+            raise TokenRejected("token is not ASCII (a JWS compact serialization never is)")
         digest = hashlib.sha256(token.encode()).digest()
         cached = self._cache.get(digest)
         if cached is not None and cached.expires_at.timestamp() > time.time():
@@ -271,6 +273,14 @@ def _precheck_unverified(token: str, issuer: str, audience: str) -> None:
         raise TokenRejected("token has expired")
 
 
+def _expires_at(exp: Any) -> dt.datetime:
+    """`exp` as a datetime; one the API server would never sign (past year 9999) is refused, not raised."""
+    try:
+        return dt.datetime.fromtimestamp(int(exp), dt.UTC)
+    except (ValueError, TypeError, OverflowError, OSError):
+        raise TokenRejected("token expiry is not a usable time") from None
+
+
 def _pod_claims(claims: Mapping[str, Any]) -> PodClaims:
     k8s = claims.get("kubernetes.io")
     if not isinstance(k8s, Mapping):
@@ -294,7 +304,7 @@ def _pod_claims(claims: Mapping[str, Any]) -> PodClaims:
         pod_name=str(pod["name"]),
         pod_uid=str(pod["uid"]),
         node_name=str(node["name"]) if node.get("name") else None,
-        expires_at=dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC),
+        expires_at=_expires_at(claims["exp"]),
         service_account_uid=str(sa_uid),
     )
 
@@ -321,6 +331,6 @@ def _claims_from_review(user: Mapping[str, Any], token: str) -> PodClaims:
         pod_name=pod_name,
         pod_uid=pod_uid,
         node_name=one("node-name"),
-        expires_at=dt.datetime.fromtimestamp(int(exp), dt.UTC),
+        expires_at=_expires_at(exp),
         service_account_uid=str(user["uid"]) if user.get("uid") else None,
     )
