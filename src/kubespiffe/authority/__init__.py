@@ -8,5 +8,6 @@
 
 Modules: `keys` (key types and PEM), `x509ca` (CA creation, CSR loading, leaf signing), `state` (the
 journal of slots as a document), `rotation` (pure plan: when to prepare, activate, drop), `store` (the
-Secret, with optimistic concurrency), `live` (all of it running in kubespiffed).
+Secret, with optimistic concurrency), `live` (all of it running in kubespiffed), `upstream` (the CA
+as an intermediate under an operator's CA in a Secret) and `certmanager` (or from a cert-manager issuer).
 """
