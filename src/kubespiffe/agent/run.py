@@ -88,8 +88,9 @@ class Agent:
         self.state: AgentState = Versioned(None)
         bootstrap = parse_pem_certificates(config.bundle_file.read_bytes())
         self._trust_domain = config.trust_domain or trust_domain_of(bootstrap)
-        # Pinned when given: kubespiffed must be this trust domain's, whatever else the bundle anchors.
-        server_id = SpiffeId(config.trust_domain, SERVER_ID_PATH) if config.trust_domain else None
+        # kubespiffed's ID is pinned once: later bundles may name no trust domain (a trust domain moving
+        # under an upstream root drops its self-signed CA), and may anchor other trust domains too.
+        server_id = SpiffeId(self._trust_domain, SERVER_ID_PATH)
         self._client = IssuerClient(
             config.server, bootstrap, server_id=server_id, server_name=config.server_name
         )
