@@ -21,6 +21,7 @@
     ├── StaleStateError                  authority.store     another replica wrote the authority Secret first
     ├── PodCertificateFailed             authority.podcert   the CA cannot issue what the API accepts (Failed)
     ├── UpstreamError                    authority.upstream  the upstream CA cannot give a usable intermediate
+    ├── WorkerFailed                     server.workers      an issuer API worker process cannot start
     ├── BundleFetchError                 federation.fetch    a peer's bundle endpoint failed or lied
     ├── IssuerError                      agent.issuer_client kubespiffed said no or could not be asked
     │   ├── NoIdentity                     (exit 3) the pod has no identity (or not the one asked for)

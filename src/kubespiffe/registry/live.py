@@ -53,8 +53,12 @@ class Registry:
         trust_domain: TrustDomain,
         reserved_dns_names: frozenset[str],
         cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
+        *,
+        write_status: bool = True,
     ) -> None:
         self._client = client
+        # Off in kubespiffed's extra --workers processes: the primary alone writes status.
+        self._write_status_enabled = write_status
         self._trust_domain = trust_domain
         self._reserved = reserved_dns_names
         self._cluster_domain = cluster_domain
@@ -81,7 +85,8 @@ class Registry:
         async with asyncio.TaskGroup() as group:
             for cache in self.caches:
                 group.create_task(cache.run())
-            group.create_task(self._status_worker())
+            if self._write_status_enabled:
+                group.create_task(self._status_worker())
 
     async def wait_synced(self) -> None:
         await asyncio.gather(*(cache.synced.wait() for cache in self.caches))
@@ -112,7 +117,8 @@ class Registry:
             scope[key] = Registration.from_object(raw)
         except RegistrationError:
             scope.pop(key, None)
-        self._status_queue.put_nowait(raw)
+        if self._write_status_enabled:
+            self._status_queue.put_nowait(raw)
 
     def _in_order(self, namespace: str | None) -> list[Registration]:
         ordered = self._sorted.get(namespace)

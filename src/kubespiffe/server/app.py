@@ -7,6 +7,9 @@
    `oidc_endpoint` (server/oidc.py): OIDC discovery for clouds.
 5. `run_until_stopped`: the background loops (registry, leader election, authority, federation, bundle
    ConfigMaps), readiness once the caches are synced, and a clean stop on SIGTERM/SIGINT.
+
+With `--workers N` the process above is the primary and starts N-1 workers (server/workers.py); each runs
+`serve_worker`: steps 2 and 3 only, following the authority Secret the primary writes.
 """
 
 from __future__ import annotations
@@ -31,11 +34,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kubespiffe.attestation.pod import PodAttestor
 from kubespiffe.attestation.token import JwksCache, TokenVerifier
+from kubespiffe.authority import store
 from kubespiffe.authority.certmanager import CertManagerUpstream
 from kubespiffe.authority.live import LiveAuthority
 from kubespiffe.authority.rotation import RotationPolicy
 from kubespiffe.authority.state import AuthorityState
-from kubespiffe.authority.store import load_or_create
 from kubespiffe.authority.upstream import SecretUpstream, Upstream, UpstreamError, new_intermediate
 from kubespiffe.authority.x509ca import X509Authority, create_self_signed_ca
 from kubespiffe.constants import JWT_TTL_MAX, X509_TTL_MAX
@@ -55,6 +58,7 @@ from kubespiffe.server.oidc import oidc_endpoint
 from kubespiffe.server.podcert import pod_certificates
 from kubespiffe.server.tls import ServingIdentity
 from kubespiffe.server.webhook import CaBundleSync, inject_route
+from kubespiffe.server.workers import WorkerPool, announce_ready, primary_gone
 
 log = logging.getLogger("kubespiffed")
 
@@ -67,14 +71,33 @@ async def run(config: ServerConfig) -> None:
         await client.close()
 
 
-async def serve(config: ServerConfig, client: AsyncClient) -> None:
-    leader = LeaderElector(
-        # One leader per authority: the Lease is named after the authority Secret.
+def lease(config: ServerConfig, client: AsyncClient) -> LeaderElector:
+    """One leader per authority: the Lease is named after the authority Secret."""
+    return LeaderElector(
         client,
         config.namespace,
         f"{config.authority_secret}-leader",
         f"{socket.gethostname()}-{os.getpid()}",
     )
+
+
+def issuer_service(
+    config: ServerConfig, attestor: PodAttestor, registry: Registry, authority: LiveAuthority
+) -> IssuerService:
+    return IssuerService(
+        attestor=attestor,
+        registry=registry,
+        signer=authority,
+        trust=authority.trust,
+        x509_ttl=config.x509_svid_ttl,
+        jwt_ttl=config.jwt_svid_ttl,
+        jwt_issuer=config.jwt_svid_issuer,
+        max_streams_per_pod=config.max_streams_per_pod,
+    )
+
+
+async def serve(config: ServerConfig, client: AsyncClient) -> None:
+    leader = lease(config, client)
     authority = await load_authority(config, client, leader)
     identity = ServingIdentity(authority.active_x509(), config.server_id, config.server_dns_names)
     authority.on_activate(identity.set_authority)
@@ -82,20 +105,7 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
         client, config.trust_domain, frozenset(config.server_dns_names), config.cluster_domain
     )
     attestor, token_issuer = await pod_attestor(config, client, registry)
-    server = issuer_server(
-        config,
-        identity,
-        IssuerService(
-            attestor=attestor,
-            registry=registry,
-            signer=authority,
-            trust=authority.trust,
-            x509_ttl=config.x509_svid_ttl,
-            jwt_ttl=config.jwt_svid_ttl,
-            jwt_issuer=config.jwt_svid_issuer,
-            max_streams_per_pod=config.max_streams_per_pod,
-        ),
-    )
+    server = issuer_server(config, identity, issuer_service(config, attestor, registry, authority))
     ready = asyncio.Event()
     podcert_loops, podcert_readyz = await pod_certificates(config, client, registry, authority, leader)
     endpoints = await http_endpoints(config, client, identity, authority, registry, ready, podcert_readyz)
@@ -126,6 +136,9 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
     if served:
         endpoints.append(served[0])
         loops.append(served[1].run)
+    workers = WorkerPool(config, config.workers - 1) if config.workers > 1 else None
+    if workers is not None:
+        loops.append(workers.run)
 
     async def until_ready() -> None:
         await registry.wait_synced()
@@ -147,7 +160,63 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
             config.audience,
         )
 
-    await run_until_stopped(loops, until_ready, Shutdown(server, endpoints))
+    await run_until_stopped(loops, until_ready, Shutdown(server, endpoints, workers))
+
+
+async def run_worker(config: ServerConfig, index: int) -> None:
+    """Worker `index` of --workers (server/workers.py starts it)."""
+    client = make_client(load_config(config.kubeconfig))
+    try:
+        await serve_worker(config, client, index)
+    finally:
+        await client.close()
+
+
+async def serve_worker(config: ServerConfig, client: AsyncClient, index: int) -> None:
+    """The issuer API only, from what the primary keeps: the authority Secret (the primary created it
+    before starting any worker), the registry and FederatedTrustDomain status. The Lease elector is never
+    run, so this process never leads: the authority and federation only follow, the registry writes no
+    status, and nothing else the Lease holder does is started here."""
+    follower = lease(config, client)
+    stored = await store.load(client, config.namespace, config.authority_secret)
+    if stored is None:
+        raise SystemExit(f"kubespiffed worker {index}: no authority Secret {config.authority_secret}")
+    authority = live_authority(config, client, stored, follower, upstream=None)  # only the leader asks it
+    identity = ServingIdentity(authority.active_x509(), config.server_id, config.server_dns_names)
+    authority.on_activate(identity.set_authority)
+    registry = Registry(
+        client,
+        config.trust_domain,
+        frozenset(config.server_dns_names),
+        config.cluster_domain,
+        write_status=False,
+    )
+    attestor, _ = await pod_attestor(config, client, registry)
+    server = issuer_server(config, identity, issuer_service(config, attestor, registry, authority))
+    federation = Federation(
+        client,
+        config.trust_domain,
+        authority.trust,
+        follower,
+        config.federation_min_refresh.total_seconds(),
+        config.federation_max_refresh.total_seconds(),
+        parse_networks(config.federation_allowed_networks),
+    )
+
+    async def stop_with_primary() -> None:
+        await primary_gone()
+        log.warning("the primary kubespiffed process is gone; stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    async def until_ready() -> None:
+        await registry.wait_synced()
+        await attestor.wait_synced()
+        await federation.cache.synced.wait()
+        await server.start()  # binds the port: no connection reaches a worker before this
+        announce_ready()
+
+    loops = [registry.run, attestor.run, authority.run, federation.run, stop_with_primary]
+    await run_until_stopped(loops, until_ready, Shutdown(server, []))
 
 
 async def load_authority(config: ServerConfig, client: AsyncClient, leader: LeaderElector) -> LiveAuthority:
@@ -190,8 +259,28 @@ async def load_authority(config: ServerConfig, client: AsyncClient, leader: Lead
         log.info("creating a new %s CA and JWT signing key for %s", kind, config.trust_domain)
         return AuthorityState.new(ca, config.jwt_key_type, now)
 
-    stored = await load_or_create(client, config.namespace, config.authority_secret, new_state)
-    authority = LiveAuthority(
+    stored = await store.load_or_create(client, config.namespace, config.authority_secret, new_state)
+    authority = live_authority(config, client, stored, leader, upstream)
+    log.info(
+        "authority loaded trust_domain=%s ca_expires=%s jwt_kid=%s sequence=%d secret=%s/%s",
+        config.trust_domain,
+        authority.active_x509().certificate.not_valid_after_utc.isoformat(),
+        authority.active_jwt().kid,
+        authority.state.sequence,
+        config.namespace,
+        config.authority_secret,
+    )
+    return authority
+
+
+def live_authority(
+    config: ServerConfig,
+    client: AsyncClient,
+    stored: store.Stored,
+    leader: LeaderElector,
+    upstream: Upstream | None,
+) -> LiveAuthority:
+    return LiveAuthority(
         client,
         namespace=config.namespace,
         secret=config.authority_secret,
@@ -205,16 +294,6 @@ async def load_authority(config: ServerConfig, client: AsyncClient, leader: Lead
         upstream=upstream,
         probe=(config.server_id, config.server_dns_names),
     )
-    log.info(
-        "authority loaded trust_domain=%s ca_expires=%s jwt_kid=%s sequence=%d secret=%s/%s",
-        config.trust_domain,
-        authority.active_x509().certificate.not_valid_after_utc.isoformat(),
-        authority.active_jwt().kid,
-        authority.state.sequence,
-        config.namespace,
-        config.authority_secret,
-    )
-    return authority
 
 
 async def pod_attestor(
@@ -315,14 +394,16 @@ async def bundle_endpoint_tls(
 
 @dataclass(frozen=True)
 class Shutdown:
-    """What to stop, in order, once a signal arrives: the issuer API (in-flight calls get 5 s), then HTTP."""
+    """What to stop, in order, once a signal arrives: the issuer API (in-flight calls get 5 s; the
+    workers' too, at the same time), then HTTP."""
 
     server: grpc.aio.Server
     endpoints: list[https.HttpsServer]
+    workers: WorkerPool | None = None
 
     async def __call__(self) -> None:
         log.info("shutting down")
-        await self.server.stop(grace=5)
+        await asyncio.gather(self.server.stop(grace=5), *([self.workers.stop()] if self.workers else []))
         for endpoint in self.endpoints:
             await endpoint.wait_closed()
 

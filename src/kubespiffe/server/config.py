@@ -172,6 +172,13 @@ class ServerConfig:
         "get kubespiffed's CAs as intermediates from this cert-manager issuer, kind/name[/group] "
         "(e.g. ClusterIssuer/corp-ca) through CertificateRequests ('' turns it off)",
     )
+    workers: int = setting(
+        1,
+        "processes serving the issuer API on its port (SO_REUSEPORT); the first also does the Lease "
+        "holder's work and the HTTPS endpoints; each one holds its own watch caches (memory x N)",
+        low=1,
+        high=16,
+    )
 
     @property
     def jwt_svid_issuer(self) -> str | None:

@@ -1,0 +1,169 @@
+"""`--workers N`: the issuer API served by N processes that share its port.
+
+Why processes: a MintX509SVID call spends nearly all its time holding the GIL (gRPC's asyncio layer,
+verifying the CSR, building and signing the leaf), so one process signs with one core at most. Each worker
+binds the issuer API's port with SO_REUSEPORT (grpc sets it on Linux by default) and the kernel spreads
+new connections over the processes listening; a connection, and so an agent, stays with one process.
+
+The first process, the primary, is kubespiffed as with one worker: it creates or loads the authority,
+takes part in leader election, and alone does the Lease holder's work (rotation, status, ConfigMaps,
+federation fetches, the webhook's caBundle, pod certificates) and serves the HTTPS endpoints. It then
+starts N-1 workers (`python -c '...workers import main; main()'`) that only serve the issuer API: each follows
+the authority Secret, watches pods, namespaces, ServiceAccounts, registrations and FederatedTrustDomains
+itself and verifies tokens itself, so memory grows with N (docs/concepts.md gives figures).
+
+A worker reads its settings pickled on stdin, from the primary over a private pipe, and keeps stdin open:
+end of file means the primary is gone, and the worker stops, so no orphan keeps answering on the port with
+keys it no longer follows. It writes `ready` on stdout once its caches are synced and its port is bound
+(no connection reaches it before). A worker that exits is started again after `RESTART_DELAY`; one that
+exits before it was ready `MAX_START_FAILURES` times in a row stops kubespiffed (WorkerFailed), since a
+worker that cannot start will not start on the next try either. SIGTERM to the primary stops the workers
+first, each with the same 5 s grace for calls in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import sys
+
+from prometheus_client import Counter
+
+from kubespiffe.errors import KubespiffeError
+from kubespiffe.server.config import ServerConfig
+
+log = logging.getLogger("kubespiffed.workers")
+
+RESTART_DELAY = 1.0
+MAX_START_FAILURES = 3
+STOP_TIMEOUT = 10.0
+READY = b"ready\n"
+
+RESTARTS = Counter("kubespiffe_worker_restarts_total", "issuer API worker processes started again")
+
+
+class WorkerFailed(KubespiffeError):
+    """A worker process cannot start; kubespiffed stops rather than retrying forever."""
+
+
+class WorkerPool:
+    """Workers 1..count (the primary is worker 0), kept running until `stop`."""
+
+    def __init__(self, config: ServerConfig, count: int) -> None:
+        self._config = config
+        self._count = count
+        self._processes: dict[int, asyncio.subprocess.Process] = {}
+        self._stopping = False
+        self.ready: dict[int, int] = {}
+        """Worker index -> pid of its process, once ready."""
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for index in range(1, self._count + 1):
+                group.create_task(self._keep(index))
+
+    async def _keep(self, index: int) -> None:
+        failures = 0
+        while not self._stopping:
+            process = await self._start(index)
+            assert process.stdout is not None
+            line = await process.stdout.readline()
+            if line == READY:
+                failures = 0
+                self.ready[index] = process.pid
+                log.info("worker %d ready pid=%d", index, process.pid)
+            code = await process.wait()
+            self.ready.pop(index, None)
+            self._processes.pop(index, None)
+            if self._stopping:
+                return
+            if line != READY:
+                failures += 1
+                if failures >= MAX_START_FAILURES:
+                    raise WorkerFailed(f"worker {index} exited before it was ready {failures} times")
+            log.error(
+                "worker %d (pid %d) exited with %s; starting it again in %.0f s",
+                index,
+                process.pid,
+                code,
+                RESTART_DELAY,
+            )
+            RESTARTS.inc()
+            await asyncio.sleep(RESTART_DELAY)
+
+    async def _start(self, index: int) -> asyncio.subprocess.Process:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",  # not `-m` this module: it would run as __main__ and be imported a second time by app
+            "from kubespiffe.server.workers import main; main()",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            # Its own session: a terminal's Ctrl-C reaches the primary only, which then stops the workers.
+            start_new_session=True,
+        )
+        assert process.stdin is not None
+        payload = pickle.dumps((index, self._config))
+        process.stdin.write(len(payload).to_bytes(8, "big") + payload)
+        await process.stdin.drain()
+        self._processes[index] = process
+        return process
+
+    async def stop(self) -> None:
+        """SIGTERM to every worker; each gets its grace, then SIGKILL after STOP_TIMEOUT."""
+        self._stopping = True
+        processes = list(self._processes.values())
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+        for process in processes:
+            try:
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+
+
+async def primary_gone() -> None:
+    """Returns when stdin, the pipe from the primary, reaches end of file: the primary exited."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while await reader.read(4096):
+        pass
+
+
+def announce_ready() -> None:
+    sys.stdout.buffer.write(READY)
+    sys.stdout.buffer.flush()
+
+
+def _read_exactly(size: int) -> bytes:
+    """From stdin, unbuffered, so nothing past the settings is consumed before `primary_gone` reads."""
+    data = b""
+    while len(data) < size:
+        chunk = os.read(sys.stdin.fileno(), size - len(data))
+        if not chunk:
+            raise SystemExit("kubespiffed worker: stdin ended before the settings (start it with --workers)")
+        data += chunk
+    return data
+
+
+def main() -> None:
+    """A worker: settings from stdin (never a terminal: only the primary starts workers)."""
+    size = int.from_bytes(_read_exactly(8), "big")
+    index, config = pickle.loads(_read_exactly(size))  # noqa: S301 (the primary's own pipe)
+    if not isinstance(config, ServerConfig) or not isinstance(index, int):
+        raise SystemExit("kubespiffed worker: stdin must carry (index, ServerConfig) from the primary")
+    logging.basicConfig(
+        level=os.environ.get("KUBESPIFFED_LOG_LEVEL", "INFO").upper(),
+        format=f"%(asctime)s %(levelname)s %(name)s worker={index} %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    from kubespiffe.server.app import run_worker  # app imports this module
+
+    asyncio.run(run_worker(config, index))
