@@ -860,3 +860,27 @@ def test_an_x5c_certificate_whose_key_cannot_be_loaded_is_a_bundle_error(broken:
         certificate = certificate.replace(ec_public_key_oid, ec_public_key_oid[:-1] + b"\x09")
     with pytest.raises(BundleError, match="x5c"):
         parse_bundle_json(TD, _x5c_bundle(certificate))
+
+
+def _bad_version(certificate: x509.Certificate) -> bytes:
+    """The certificate with X.509 version 11 (the [0] INTEGER 2 of v3 made 10)."""
+    data = der(certificate)
+    assert data.count(bytes.fromhex("a003020102")) == 1
+    return data.replace(bytes.fromhex("a003020102"), bytes.fromhex("a00302010a"))
+
+
+@pytest.mark.parametrize(
+    "parse",
+    [
+        parse_der_certificates,
+        lambda data: parse_pem_certificates(
+            b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(data) + b"-----END CERTIFICATE-----\n"
+        ),
+        lambda data: parse_bundle_json(TD, _x5c_bundle(data)),
+    ],
+    ids=["DER", "PEM", "x5c"],
+)
+def test_a_certificate_with_an_unknown_version_is_a_bundle_error(parse: Callable[[bytes], object]) -> None:
+    """Found by fuzzing (tests/fuzz, bundle_der): cryptography's InvalidVersion is not a ValueError."""
+    with pytest.raises(BundleError):
+        parse(_bad_version(EC_CA))

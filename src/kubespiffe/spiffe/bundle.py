@@ -113,7 +113,7 @@ def parse_pem_certificates(data: bytes) -> list[x509.Certificate]:
             raise BundleError(f"PEM block {index} is a {label}, not a CERTIFICATE")
         try:
             certificates.append(x509.load_pem_x509_certificate(block.group(0)))
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
             raise BundleError(f"PEM block {index} is not a valid certificate") from None
     return certificates
 
@@ -149,7 +149,7 @@ def parse_der_certificates(data: bytes) -> list[x509.Certificate]:
             raise BundleError(f"byte {offset}: DER certificate is truncated")
         try:
             certificates.append(x509.load_der_x509_certificate(data[offset:end]))
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             raise BundleError(f"byte {offset}: not a valid DER certificate") from None
         offset = end
     return certificates
@@ -221,7 +221,7 @@ def _x509_authority(jwk: Mapping[str, Any], where: str) -> x509.Certificate:
         raise BundleError(f"{where}: x5c[0] is not a base64 string")
     try:
         certificate = x509.load_der_x509_certificate(base64.b64decode(x5c[0], validate=True))
-    except ValueError:  # binascii.Error included
+    except (ValueError, x509.InvalidVersion):  # binascii.Error included
         raise BundleError(f"{where}: x5c[0] is not a standard-base64 DER certificate") from None
     try:  # cryptography decodes the key only now
         public_key = certificate.public_key()
