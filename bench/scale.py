@@ -295,7 +295,9 @@ async def main(args: argparse.Namespace) -> None:
         kubeconfig = work / "admin.kubeconfig"
         kubeconfig.write_text(plane.admin_kubeconfig())
         kube = AsyncClient(KubeConfig.from_file(kubeconfig))
-        daemon = Kubespiffed(plane, log_path=work / "kubespiffed.log")
+        daemon = Kubespiffed(
+            plane, log_path=work / "kubespiffed.log", extra_args=(f"--workers={args.workers}",)
+        )
         try:
             await install(kube)
             took = await populate(kube, args.pods, args.registrations)
