@@ -219,6 +219,17 @@ _BAD_OBJECTS: list[tuple[dict[str, Any], str, str]] = [
         "InvalidSpec",
         "more than 64 matchLabels",
     ),
+    # Found while writing the fuzz target (tests/fuzz, registration): escaped as TypeError from len().
+    (
+        obj(spec={"podSelector": {"matchExpressions": [{"key": 1, "operator": "Exists"}]}}),
+        "InvalidSpec",
+        "key and operator must be strings",
+    ),
+    (
+        obj(spec={"podSelector": {"matchExpressions": [{"key": "a", "operator": ["In"], "values": ["x"]}]}}),
+        "InvalidSpec",
+        "key and operator must be strings",
+    ),
 ]
 
 

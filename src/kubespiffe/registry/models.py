@@ -340,8 +340,10 @@ def _selector(value: Any, where: str) -> LabelSelector:
             isinstance(values, list) and all(isinstance(v, str) for v in values),
             f"{at}.values is not a list of strings",
         )
+        key, operator = expr.get("key", ""), expr.get("operator", "")
+        _check(isinstance(key, str) and isinstance(operator, str), f"{at}: key and operator must be strings")
         try:
-            requirement = LabelRequirement(expr.get("key", ""), expr.get("operator", ""), tuple(values))
+            requirement = LabelRequirement(key, operator, tuple(values))
         except RegistrationError as e:
             raise RegistrationError(f"{at}: {e}") from e
         requirements.append(requirement)
