@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -34,6 +35,7 @@ KID = "k1"
 KEY = fixed_ec_key(0x6B75626573706966666531)
 _JWK = {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(KEY.public_key())), "kid": KID, "use": "sig"}
 _LOOP = asyncio.new_event_loop()
+logging.getLogger("kubespiffe.attestation.token").setLevel(logging.ERROR)  # one warning per input otherwise
 _REVIEWED_USER = {
     "username": "system:serviceaccount:team:web",
     "uid": "sa-uid",
