@@ -31,6 +31,26 @@ MODULES = {
     "sds": "tests.fuzz.fuzz_agent",
 }
 
+COVERS = {
+    "spiffeid": ("kubespiffe.spiffe.spiffeid",),
+    "bundle_json": ("kubespiffe.spiffe.bundle",),
+    "bundle_pem": ("kubespiffe.spiffe.bundle",),
+    "bundle_der": ("kubespiffe.spiffe.bundle",),
+    "oidc": ("kubespiffe.federation.oidc",),
+    "csr": ("kubespiffe.authority.x509ca",),
+    "token": ("kubespiffe.attestation.token",),
+    "token_signed": ("kubespiffe.attestation.token",),
+    "token_review": ("kubespiffe.attestation.token",),
+    "jwtsvid": ("kubespiffe.spiffe.jwtsvid",),
+    "jwtsvid_signed": ("kubespiffe.spiffe.jwtsvid",),
+    "template_spiffe": ("kubespiffe.registry.template",),
+    "template_dns": ("kubespiffe.registry.template",),
+    "registration": ("kubespiffe.registry.models",),
+    "review": ("kubespiffe.injection.review", "kubespiffe.injection.mutate"),
+    "sds": ("kubespiffe.agent.sdsresources", "kubespiffe.agent.sdsstream"),
+}
+"""The modules whose line coverage `python -m tests.fuzz.linecov` reports for each target."""
+
 
 def load(name: str) -> Target:
     """Import the target's module (and with it the code under test) and return the target."""
