@@ -18,6 +18,7 @@
     │   ├── SdsRequestError                agent.sdsresources  an SDS request for a resource the pod lacks
     │   └── MalformedReview                injection.review    an AdmissionReview kubespiffed cannot answer
     ├── TokenRejected                    attestation.token   a caller's token or its pod does not attest
+    ├── ClusterUnreachable               attestation.pod     a pod not in the caches, and no API server to ask
     ├── StaleStateError                  authority.store     another replica wrote the authority Secret first
     ├── PodCertificateFailed             authority.podcert   the CA cannot issue what the API accepts (Failed)
     ├── UpstreamError                    authority.upstream  the upstream CA cannot give a usable intermediate

@@ -10,12 +10,17 @@ The watch caches answer in steady state; a miss (an object created a moment ago,
 watch) or a UID mismatch (the cache may lag a delete+recreate) is settled by one direct GET, so a brand-new
 pod is served at once and a deleted pod's token is refused.
 
+While the API server cannot be reached, the caches still answer for every pod and ServiceAccount they
+hold; a miss then raises ClusterUnreachable (the issuer answers UNAVAILABLE, and the agent retries).
+
 A pod with a deletionTimestamp is refused at once (the API server waits 60 s): a pod held by a finalizer
 can stay in that state indefinitely, and a terminating pod already holds SVIDs for its remaining life.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from lightkube import AsyncClient
@@ -23,9 +28,15 @@ from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Pod, ServiceAccount
 
 from kubespiffe.attestation.token import PodClaims, TokenRejected, TokenVerifier
+from kubespiffe.errors import KubespiffeError
 from kubespiffe.kube.watchcache import WatchCache
 
 _FINISHED = frozenset({"Succeeded", "Failed"})
+
+
+class ClusterUnreachable(KubespiffeError):
+    """The caches do not hold the caller's pod or ServiceAccount and the API server cannot be asked now
+    (down, restarting, or failing): nothing is refused, the caller should retry."""
 
 
 @dataclass(frozen=True)
@@ -85,26 +96,46 @@ class PodAttestor:
         account = self.service_accounts.get(claims.namespace, claims.service_account)
         if account is None or _uid(account) != claims.service_account_uid:
             try:
-                account = await self._client.get(
-                    ServiceAccount, claims.service_account, namespace=claims.namespace
-                )
+                with _unreachable("service account"):
+                    account = await self._client.get(
+                        ServiceAccount, claims.service_account, namespace=claims.namespace
+                    )
             except ApiError as exc:
                 if exc.status.code == 404:
                     raise TokenRejected("the token's service account no longer exists") from None
-                raise
+                raise ClusterUnreachable(_api_failed("service account", exc)) from exc
             self.service_accounts.put(account)
         if _uid(account) != claims.service_account_uid:
             raise TokenRejected("the token's service account was deleted (a new one has its name)")
 
     async def _get(self, claims: PodClaims) -> Pod:
         try:
-            pod: Pod = await self._client.get(Pod, claims.pod_name, namespace=claims.namespace)
+            with _unreachable("pod"):
+                pod: Pod = await self._client.get(Pod, claims.pod_name, namespace=claims.namespace)
         except ApiError as exc:
             if exc.status.code == 404:
                 raise TokenRejected("the pod the token is bound to no longer exists") from None
-            raise
+            raise ClusterUnreachable(_api_failed("pod", exc)) from exc
         self._pods.put(pod)
         return pod
+
+
+@contextlib.contextmanager
+def _unreachable(what: str) -> Iterator[None]:
+    """A lookup that did not get an answer (lightkube's transport errors: refused, reset, timed out)."""
+    try:
+        yield
+    except ApiError:
+        raise
+    except Exception as exc:
+        raise ClusterUnreachable(
+            f"cannot reach the Kubernetes API server to look up the token's {what} "
+            f"({type(exc).__name__}); retry"
+        ) from exc
+
+
+def _api_failed(what: str, exc: ApiError) -> str:
+    return f"the Kubernetes API server could not look up the token's {what} ({exc.status.code}); retry"
 
 
 def _uid(obj: Pod | ServiceAccount) -> str | None:

@@ -22,7 +22,10 @@ T = TypeVar("T")
 Key = tuple[str | None, str]
 Listener = Callable[[str, Any], None]
 
-_BACKOFF_MAX = 30.0
+# A failed list or watch is retried after 0.5, 1, 2, 4, then every 5 s. The cap bounds how long the caches
+# stay stale once the API server is back (a registration deleted meanwhile keeps granting until the
+# relist): with 30 s, a 10 s kube-apiserver restart left them stale for 21 s after it was ready (issue 12).
+_BACKOFF_MAX = 5.0
 
 
 def object_key(obj: Any) -> Key:

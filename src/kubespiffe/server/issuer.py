@@ -25,7 +25,7 @@ import grpc
 from cryptography.hazmat.primitives.serialization import Encoding
 from prometheus_client import Counter, Histogram
 
-from kubespiffe.attestation.pod import AttestedPod, PodAttestor
+from kubespiffe.attestation.pod import AttestedPod, ClusterUnreachable, PodAttestor
 from kubespiffe.attestation.token import TokenRejected
 from kubespiffe.authority.state import JwtSigningKey
 from kubespiffe.authority.x509ca import CsrError, X509Authority, load_csr, sign_x509_svid
@@ -190,6 +190,9 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
             DECISIONS.labels(rpc, "token_rejected").inc()
             log.warning("rejected reason=%r", str(exc))
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"token refused: {exc}")
+            raise
+        except ClusterUnreachable as exc:
+            await _unavailable(rpc, context, exc)
             raise
         who = attested.who
         result = self._registry.identities(attested.pod)
@@ -375,6 +378,9 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
             refused = "token no longer valid, reconnect" if renewal else "token refused"
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{refused}: {exc}")
             raise
+        except ClusterUnreachable as exc:
+            await _unavailable(rpc, context, exc)
+            raise
 
     def _identity_message(self, pod: Any) -> issuer_pb2.IdentityResponse:
         identities = self._registry.identities(pod).identities
@@ -416,6 +422,9 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
         except TokenRejected as exc:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"token no longer valid, reconnect: {exc}")
             raise
+        except ClusterUnreachable as exc:
+            await _unavailable("bundles", context, exc)
+            raise
         identities = self._registry.identities(attested.pod).identities
         if not identities:
             await context.abort(
@@ -442,6 +451,13 @@ def grant(identities: tuple[Identity, ...]) -> tuple[list[issuer_pb2.GrantedIden
         encoded = message.SerializeToString(deterministic=True)
         digest.update(len(encoded).to_bytes(4, "big") + encoded)
     return granted, digest.digest()
+
+
+async def _unavailable(rpc: str, context: Context, exc: ClusterUnreachable) -> None:
+    """The caller's pod could not be confirmed now (not refused): UNAVAILABLE, which agents retry."""
+    DECISIONS.labels(rpc, "cluster_unreachable").inc()
+    log.warning("unavailable reason=%r", str(exc))
+    await context.abort(grpc.StatusCode.UNAVAILABLE, f"kubespiffed: {exc}")
 
 
 async def _first_of(*waits: Awaitable[Any], timeout: float) -> None:

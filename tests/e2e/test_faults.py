@@ -1,0 +1,281 @@
+"""Faults kubespiffe must survive (issue 12), against a dedicated control plane of this module's own.
+
+The scenarios restart kube-apiserver and etcd, so they run on a ControlPlane of their own rather than the
+session's; kubespiffed runs as a real process under the shipped RBAC, each scenario with its own authority
+Secret. "Workloads" are issuer-API clients (kubespiffe.agent.issuer_client, what the agent runs) in this
+process, each with its own pod and pod-bound token, plus real agent processes where the agent's own
+behaviour is the point. docs/security.md ("Faults") records what each scenario measured.
+
+What "no request fails that the caches can answer" means here: kubespiffed answers from its watch caches
+(pods, ServiceAccounts, registrations), its verified-token cache and its cached cluster JWKS. So while the
+API server (or etcd) is down, issuance keeps succeeding for every pod kubespiffed already knows, with a
+token it has seen or not (the JWKS verifies a new one locally). A pod created while kubespiffed could not
+watch is not in its cache: that call fails with UNAVAILABLE and a sentence saying the API server cannot be
+reached (the agent retries), never with an opaque error. Once the API server is back, the watches resume:
+a registration deleted meanwhile stops granting and one created meanwhile starts granting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from lightkube import AsyncClient, KubeConfig
+from lightkube.resources.core_v1 import Pod
+
+from kubespiffe.agent.issuer_client import IssuerClient, IssuerError, NoIdentity, ServerUnreachable
+from kubespiffe.devenv.controlplane import ControlPlane, free_port
+from kubespiffe.devenv.stack import Kubespiffed, authority_bundle_pem, install, service_account_token
+from kubespiffe.devenv.workloads import create_pod, ensure_namespace, pod_token
+from kubespiffe.spiffe.bundle import parse_pem_certificates
+from tests.integration.kubespiffed import allow_secret, register, unregister
+
+pytestmark = pytest.mark.e2e
+
+OUTAGE_SECONDS = 8.0  # how long each restarted component stays down
+RECOVERY_BOUND = 10.0  # after it is back, changes made meanwhile take effect within this
+
+
+@dataclass
+class FaultPlane:
+    plane: ControlPlane
+    kube: AsyncClient
+    log_dir: Path
+    daemons: list[Kubespiffed] = field(default_factory=list)
+
+    def admin_client(self, server: str) -> AsyncClient:
+        """An admin client of `server` (another API server of this control plane)."""
+        doc = yaml.safe_load(self.plane.admin_kubeconfig())
+        doc["clusters"][0]["cluster"]["server"] = server
+        return AsyncClient(KubeConfig.from_dict(doc), field_manager="kubespiffe-tests")
+
+    async def kubespiffed(self, secret: str, *extra: str, wait: bool = True) -> tuple[Kubespiffed, bytes]:
+        """A kubespiffed with its own authority Secret (and Lease); returns it and its trust bundle."""
+        await allow_secret(self.kube, secret)
+        daemon = Kubespiffed(
+            self.plane, extra_args=(f"--authority-secret={secret}", "--bundle-configmap=", *extra)
+        )
+        self.daemons.append(daemon)
+        daemon.start(await service_account_token(self.kube))
+        bundle = b""
+        if wait:
+            bundle = await authority_bundle_pem(self.kube, secret=secret)
+            await asyncio.to_thread(daemon.wait_ready, bundle)
+        return daemon, bundle
+
+
+@pytest.fixture(scope="module")
+async def faults(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FaultPlane]:
+    log_dir = Path(os.environ.get("KUBESPIFFE_TEST_LOGS") or tmp_path_factory.mktemp("faults-logs"))
+    plane = ControlPlane("faults", log_dir=log_dir)
+    await asyncio.to_thread(plane.start)
+    kube = AsyncClient(KubeConfig.from_dict(yaml.safe_load(plane.admin_kubeconfig())))
+    try:
+        await install(kube)
+        state = FaultPlane(plane, kube, log_dir)
+        yield state
+        for daemon in state.daemons:
+            daemon.stop()
+    finally:
+        await kube.close()
+        await asyncio.to_thread(plane.stop)
+
+
+@pytest.fixture
+async def fault_namespace(faults: FaultPlane) -> str:
+    name = f"f-{uuid.uuid4().hex[:10]}"
+    await ensure_namespace(faults.kube, name)
+    return name
+
+
+@dataclass
+class Workload:
+    """One pod's side of the issuer API: its token and a client that keeps a channel open, as an agent."""
+
+    name: str
+    token: str
+    client: IssuerClient
+    outcomes: list[tuple[float, str | None]] = field(default_factory=list)
+
+    async def mint(self, token: str | None = None) -> str:
+        """The SPIFFE IDs granted (comma-separated); raises IssuerError."""
+        result = await self.client.mint_x509(token or self.token)
+        return ",".join(str(s.spiffe_id) for s in result.svids)
+
+    async def renew_continuously(self, stop: asyncio.Event, pause: float = 0.1) -> None:
+        """Mint again and again, recording (start time, None or the error) for every call."""
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await self.mint()
+                self.outcomes.append((started, None))
+            except IssuerError as exc:
+                self.outcomes.append((started, f"{type(exc).__name__}: {exc}"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+
+    @property
+    def failures(self) -> list[tuple[float, str | None]]:
+        return [o for o in self.outcomes if o[1] is not None]
+
+
+async def workload(
+    kube: AsyncClient, namespace: str, name: str, sa: str, address: str, bundle: bytes
+) -> Workload:
+    pod = await create_pod(kube, namespace, name, sa)
+    client = IssuerClient(address, parse_pem_certificates(bundle))
+    return Workload(name, await pod_token(kube, pod), client)
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
+    """Seconds until `check()` is true (polled every 0.2 s); fails after `timeout`."""
+    started = time.monotonic()
+    while not await check():
+        assert time.monotonic() - started < timeout, f"{what}: not within {timeout:.0f} s"
+        await asyncio.sleep(0.2)
+    return time.monotonic() - started
+
+
+async def granted(w: Workload) -> bool:
+    try:
+        await w.mint()
+    except NoIdentity:
+        return False
+    except IssuerError:
+        return False
+    return True
+
+
+async def refused(w: Workload) -> bool:
+    try:
+        await w.mint()
+    except NoIdentity:
+        return True
+    except IssuerError:
+        return False
+    return False
+
+
+async def retry_write(write: Callable[[], Awaitable[Any]], timeout: float = 60.0) -> float:
+    """Retry a write until the control plane accepts it (etcd just came back); seconds it took."""
+    started = time.monotonic()
+    while True:
+        try:
+            await write()
+            return time.monotonic() - started
+        except Exception:
+            if time.monotonic() - started > timeout:
+                raise
+            await asyncio.sleep(0.2)
+
+
+def report(line: str) -> None:
+    """Measurements go to the test output (pytest -s) for docs/security.md."""
+    print(f"\n[faults] {line}", flush=True)
+
+
+async def test_kube_apiserver_restart_during_continuous_issuance(
+    faults: FaultPlane, fault_namespace: str
+) -> None:
+    ns, kube = fault_namespace, faults.kube
+    daemon, bundle = await faults.kubespiffed(f"faults-api-{uuid.uuid4().hex[:6]}")
+    await register(kube, "keep", {"serviceAccountNames": ["keep"]}, ns)
+    await register(kube, "gone", {"serviceAccountNames": ["gone"]}, ns)
+    keep = await workload(kube, ns, "keep-1", "keep", daemon.address, bundle)
+    gone = await workload(kube, ns, "gone-1", "gone", daemon.address, bundle)
+    fresh = await workload(kube, ns, "fresh-1", "fresh", daemon.address, bundle)
+    assert await granted(keep) and await granted(gone) and await refused(fresh)
+
+    # The cluster's other API server (an HA control plane) takes the writes made while kubespiffed's
+    # API server is down.
+    other_port = free_port()
+    other_url = await asyncio.to_thread(faults.plane.start_apiserver, other_port)
+    other = faults.admin_client(other_url)
+    stop = asyncio.Event()
+    renewing = asyncio.create_task(keep.renew_continuously(stop))
+    try:
+        await asyncio.to_thread(faults.plane.stop_apiserver)
+        down_at = time.monotonic()
+        # Answered from the caches: a token kubespiffed has never seen, for a pod it knows.
+        unseen = await pod_token(other, await other.get(Pod, "keep-1", namespace=ns))
+        assert await keep.mint(unseen) == f"spiffe://example.org/ns/{ns}/sa/keep"
+        # A deletion kubespiffed cannot hear of yet: it still grants until its watch is back.
+        await unregister(other, "gone", ns)
+        await register(other, "fresh", {"serviceAccountNames": ["fresh"]}, ns, ready=None)
+        assert await granted(gone) and await refused(fresh)
+        # A pod created meanwhile is not in the caches: a clear, retryable error.
+        late = await workload(other, ns, "late-1", "keep", daemon.address, bundle)
+        with pytest.raises(ServerUnreachable, match="API server"):
+            await late.mint()
+        await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down_at)))
+        await asyncio.to_thread(faults.plane.start_apiserver)
+        back_at = time.monotonic()
+        report(f"kube-apiserver down {back_at - down_at:.1f} s (stopped, started again, ready)")
+        deleted = await until(lambda: refused(gone), RECOVERY_BOUND, "deleted registration still grants")
+        created = await until(lambda: granted(fresh), RECOVERY_BOUND, "created registration never grants")
+        new_pod = await until(lambda: granted(late), RECOVERY_BOUND, "the pod created meanwhile")
+        report(
+            f"after kube-apiserver is ready: deleted registration refused after {deleted:.1f} s, "
+            f"created one granted {created:.1f} s later, the new pod {new_pod:.1f} s later"
+        )
+        await asyncio.sleep(2)  # renewals go on after the recovery too
+    finally:
+        stop.set()
+        await renewing
+        await other.close()
+        await asyncio.to_thread(faults.plane.stop_apiserver, other_port)
+    assert daemon.process is not None and daemon.process.poll() is None, "kubespiffed exited"
+    report(f"kube-apiserver restart: {len(keep.outcomes)} renewals, {len(keep.failures)} failed")
+    assert keep.failures == []
+
+
+async def test_etcd_restart_during_continuous_issuance(faults: FaultPlane, fault_namespace: str) -> None:
+    ns, kube = fault_namespace, faults.kube
+    daemon, bundle = await faults.kubespiffed(f"faults-etcd-{uuid.uuid4().hex[:6]}")
+    await register(kube, "keep", {"serviceAccountNames": ["keep"]}, ns)
+    await register(kube, "gone", {"serviceAccountNames": ["gone"]}, ns)
+    keep = await workload(kube, ns, "keep-1", "keep", daemon.address, bundle)
+    gone = await workload(kube, ns, "gone-1", "gone", daemon.address, bundle)
+    fresh = await workload(kube, ns, "fresh-1", "fresh", daemon.address, bundle)
+    unseen = await pod_token(kube, await kube.get(Pod, "keep-1", namespace=ns))
+    assert await granted(keep) and await granted(gone) and await refused(fresh)
+
+    stop = asyncio.Event()
+    renewing = asyncio.create_task(keep.renew_continuously(stop))
+    try:
+        await asyncio.to_thread(faults.plane.stop_etcd)
+        down_at = time.monotonic()
+        assert await keep.mint(unseen) == f"spiffe://example.org/ns/{ns}/sa/keep"
+        await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down_at)))
+        await asyncio.to_thread(faults.plane.start_etcd)
+        back_at = time.monotonic()
+        # Nothing can change while etcd is down; what changes right after must reach kubespiffed, so its
+        # watches did not silently die with etcd.
+        writable = await retry_write(lambda: unregister(kube, "gone", ns))
+        await register(kube, "fresh", {"serviceAccountNames": ["fresh"]}, ns, ready=None)
+        report(
+            f"etcd down {back_at - down_at:.1f} s; the API server took writes {writable:.1f} s after "
+            "etcd was back"
+        )
+        deleted = await until(lambda: refused(gone), RECOVERY_BOUND, "deleted registration still grants")
+        created = await until(lambda: granted(fresh), RECOVERY_BOUND, "created registration never grants")
+        report(
+            f"after etcd: deletion refused {deleted:.1f} s after the write, creation granted "
+            f"{created:.1f} s later"
+        )
+        await asyncio.sleep(2)
+    finally:
+        stop.set()
+        await renewing
+    assert daemon.process is not None and daemon.process.poll() is None, "kubespiffed exited"
+    report(f"etcd restart: {len(keep.outcomes)} renewals, {len(keep.failures)} failed")
+    assert keep.failures == []
