@@ -1,6 +1,9 @@
 // Command spiffe-interop exercises kubespiffe with go-spiffe v2, the reference SPIFFE client library.
 // Every subcommand talks to a Workload API (SPIFFE_ENDPOINT_SOCKET or -socket) or a bundle endpoint and
 // prints one JSON document on stdout, so Python tests can assert on what a real SPIFFE client saw.
+// With -svid-file (and -trust-bundle-file), fetch-files, mtls-server and mtls-client read the SVID and the
+// bundle from PEM files instead (what the kubelet writes for a podCertificate and a clusterTrustBundle
+// projection), again on every handshake, so rewritten files are picked up.
 package main
 
 import (
@@ -17,6 +20,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -27,7 +31,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail(errors.New("usage: spiffe-interop fetch-x509|fetch-jwt|validate-jwt|mtls-server|mtls-client|fetch-bundle [flags]"))
+		fail(errors.New("usage: spiffe-interop fetch-x509|fetch-files|fetch-jwt|validate-jwt|mtls-server|mtls-client|fetch-bundle [flags]"))
 	}
 	cmd, args := os.Args[1], os.Args[2:]
 	flags := flag.NewFlagSet(cmd, flag.ExitOnError)
@@ -43,9 +47,12 @@ func main() {
 	trustDomain := flags.String("trust-domain", "", "fetch-bundle: the endpoint's trust domain")
 	endpointID := flags.String("endpoint-id", "", "fetch-bundle: https_spiffe endpoint SPIFFE ID (empty: https_web)")
 	bundleFile := flags.String("bundle-file", "", "fetch-bundle: https_spiffe bootstrap bundle (SPIFFE JSON); https_web: CA PEM")
+	svidFile := flags.String("svid-file", "", "files mode: PEM key and chain, leaf first (may be one file)")
+	trustBundleFile := flags.String("trust-bundle-file", "", "files mode: PEM CA certificates of -trust-domain")
 	timeout := flags.Duration("timeout", 30*time.Second, "overall deadline")
 	_ = flags.Parse(args)
 
+	var err error
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	var opts []workloadapi.ClientOption
@@ -53,18 +60,25 @@ func main() {
 		opts = append(opts, workloadapi.WithAddr(*socket))
 	}
 
-	var err error
+	var files *fileSource
+	if *svidFile != "" {
+		if files, err = newFileSource(*svidFile, *trustBundleFile, *trustDomain); err != nil {
+			fail(err)
+		}
+	}
 	switch cmd {
 	case "fetch-x509":
 		err = fetchX509(ctx, opts)
+	case "fetch-files":
+		err = fetchFiles(files)
 	case "fetch-jwt":
 		err = fetchJWT(ctx, opts, *audience)
 	case "validate-jwt":
 		err = validateJWT(ctx, opts, *audience, *token)
 	case "mtls-server":
-		err = mtlsServer(ctx, opts, *listen, *authorize)
+		err = mtlsServer(ctx, opts, files, *listen, *authorize)
 	case "mtls-client":
-		err = mtlsClient(ctx, opts, *connect, *authorize, *count, *interval)
+		err = mtlsClient(ctx, opts, files, *connect, *authorize, *count, *interval)
 	case "fetch-bundle":
 		err = fetchBundle(ctx, *url, *trustDomain, *endpointID, *bundleFile)
 	default:
@@ -136,16 +150,33 @@ func validateJWT(ctx context.Context, opts []workloadapi.ClientOption, audience,
 	return nil
 }
 
-func mtlsServer(ctx context.Context, opts []workloadapi.ClientOption, listen, authorize string) error {
+// x509Sources is where mTLS gets its SVID and bundles: the Workload API (an X509Source), or files.
+type x509Sources interface {
+	x509svid.Source
+	x509bundle.Source
+}
+
+func openSources(ctx context.Context, opts []workloadapi.ClientOption, files *fileSource) (x509Sources, func(), error) {
+	if files != nil {
+		return files, func() {}, nil
+	}
+	source, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(opts...))
+	if err != nil {
+		return nil, nil, err
+	}
+	return source, func() { _ = source.Close() }, nil
+}
+
+func mtlsServer(ctx context.Context, opts []workloadapi.ClientOption, files *fileSource, listen, authorize string) error {
 	id, err := spiffeid.FromString(authorize)
 	if err != nil {
 		return err
 	}
-	source, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(opts...))
+	source, closeSource, err := openSources(ctx, opts, files)
 	if err != nil {
 		return err
 	}
-	defer source.Close()
+	defer closeSource()
 	server := &http.Server{
 		TLSConfig: tlsconfig.MTLSServerConfig(source, source, tlsconfig.AuthorizeID(id)),
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -166,16 +197,16 @@ func mtlsServer(ctx context.Context, opts []workloadapi.ClientOption, listen, au
 	return nil
 }
 
-func mtlsClient(ctx context.Context, opts []workloadapi.ClientOption, connect, authorize string, count int, interval time.Duration) error {
+func mtlsClient(ctx context.Context, opts []workloadapi.ClientOption, files *fileSource, connect, authorize string, count int, interval time.Duration) error {
 	id, err := spiffeid.FromString(authorize)
 	if err != nil {
 		return err
 	}
-	source, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(opts...))
+	source, closeSource, err := openSources(ctx, opts, files)
 	if err != nil {
 		return err
 	}
-	defer source.Close()
+	defer closeSource()
 	results := []map[string]any{}
 	for i := 0; i < count; i++ {
 		if i > 0 {
@@ -183,8 +214,10 @@ func mtlsClient(ctx context.Context, opts []workloadapi.ClientOption, connect, a
 		}
 		// A new transport per attempt: every attempt is a new TLS handshake with the current SVID.
 		client := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(source, source, tlsconfig.AuthorizeID(id))}, Timeout: 5 * time.Second}
-		svid, _ := source.GetX509SVID()
-		result := map[string]any{"at": time.Now().UTC().Format(time.RFC3339Nano), "client_svid_serial": svid.Certificates[0].SerialNumber.String()}
+		result := map[string]any{"at": time.Now().UTC().Format(time.RFC3339Nano)}
+		if svid, err := source.GetX509SVID(); err == nil {
+			result["client_svid_serial"] = svid.Certificates[0].SerialNumber.String()
+		}
 		resp, err := client.Get("https://" + connect + "/")
 		if err != nil {
 			result["error"] = err.Error()
@@ -192,6 +225,7 @@ func mtlsClient(ctx context.Context, opts []workloadapi.ClientOption, connect, a
 			body, _ := io.ReadAll(resp.Body)
 			_ = resp.Body.Close()
 			result["body"] = string(body)
+			result["server_svid_serial"] = resp.TLS.PeerCertificates[0].SerialNumber.String()
 		}
 		results = append(results, result)
 	}
@@ -233,5 +267,64 @@ func fetchBundle(ctx context.Context, url, trustDomain, endpointID, bundleFile s
 	seq, _ := bundle.SequenceNumber()
 	hint, _ := bundle.RefreshHint()
 	emit(map[string]any{"trust_domain": bundle.TrustDomain().String(), "x509_authorities": len(bundle.X509Authorities()), "jwt_authorities": len(bundle.JWTAuthorities()), "sequence": seq, "refresh_hint_seconds": hint.Seconds()})
+	return nil
+}
+
+// fileSource reads the SVID and the trust bundle from PEM files on every call (the kubelet replaces them
+// atomically), so a refreshed credential or an updated bundle is used from the next handshake on.
+type fileSource struct {
+	svidFile, bundleFile string
+	trustDomain          spiffeid.TrustDomain
+}
+
+// newFileSource checks the files once; the trust domain defaults to the SVID's own.
+func newFileSource(svidFile, bundleFile, trustDomain string) (*fileSource, error) {
+	if bundleFile == "" {
+		return nil, errors.New("-svid-file needs -trust-bundle-file")
+	}
+	source := &fileSource{svidFile: svidFile, bundleFile: bundleFile}
+	svid, err := source.GetX509SVID()
+	if err != nil {
+		return nil, err
+	}
+	source.trustDomain = svid.ID.TrustDomain()
+	if trustDomain != "" {
+		if source.trustDomain, err = spiffeid.TrustDomainFromString(trustDomain); err != nil {
+			return nil, err
+		}
+	}
+	return source, nil
+}
+
+func (f *fileSource) GetX509SVID() (*x509svid.SVID, error) {
+	return x509svid.Load(f.svidFile, f.svidFile)
+}
+
+func (f *fileSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	if td != f.trustDomain {
+		return nil, fmt.Errorf("no bundle for trust domain %q in %s", td, f.bundleFile)
+	}
+	return x509bundle.Load(td, f.bundleFile)
+}
+
+// fetchFiles prints what fetch-x509 prints, for the files: the SVID verified against the bundle file.
+func fetchFiles(files *fileSource) error {
+	if files == nil {
+		return errors.New("fetch-files needs -svid-file and -trust-bundle-file")
+	}
+	svid, err := files.GetX509SVID()
+	if err != nil {
+		return err
+	}
+	bundle, err := files.GetX509BundleForTrustDomain(files.trustDomain)
+	if err != nil {
+		return err
+	}
+	if _, _, err := x509svid.Verify(svid.Certificates, files); err != nil {
+		return fmt.Errorf("SVID does not verify against %s: %w", files.bundleFile, err)
+	}
+	leaf := svid.Certificates[0]
+	out := svidOut{svid.ID.String(), "", len(svid.Certificates), leaf.NotAfter.UTC().Format(time.RFC3339)}
+	emit(map[string]any{"svids": []svidOut{out}, "bundles": map[string]int{bundle.TrustDomain().String(): len(bundle.X509Authorities())}, "serial": leaf.SerialNumber.String()})
 	return nil
 }
