@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -40,7 +41,7 @@ func main() {
 	token := flags.String("token", "", "JWT-SVID to validate")
 	listen := flags.String("listen", "127.0.0.1:0", "mtls-server listen address")
 	connect := flags.String("connect", "", "mtls-client server address")
-	authorize := flags.String("authorize", "", "the exact SPIFFE ID the peer must have")
+	authorize := flags.String("authorize", "", "the exact SPIFFE ID the peer must have (mtls-server: comma-separated, any of them)")
 	count := flags.Int("count", 1, "mtls-client: connections to make")
 	interval := flags.Duration("interval", time.Second, "mtls-client: pause between connections")
 	url := flags.String("url", "", "fetch-bundle: bundle endpoint URL")
@@ -168,9 +169,13 @@ func openSources(ctx context.Context, opts []workloadapi.ClientOption, files *fi
 }
 
 func mtlsServer(ctx context.Context, opts []workloadapi.ClientOption, files *fileSource, listen, authorize string) error {
-	id, err := spiffeid.FromString(authorize)
-	if err != nil {
-		return err
+	var ids []spiffeid.ID
+	for _, text := range strings.Split(authorize, ",") {
+		id, err := spiffeid.FromString(text)
+		if err != nil {
+			return err
+		}
+		ids = append(ids, id)
 	}
 	source, closeSource, err := openSources(ctx, opts, files)
 	if err != nil {
@@ -178,7 +183,7 @@ func mtlsServer(ctx context.Context, opts []workloadapi.ClientOption, files *fil
 	}
 	defer closeSource()
 	server := &http.Server{
-		TLSConfig: tlsconfig.MTLSServerConfig(source, source, tlsconfig.AuthorizeID(id)),
+		TLSConfig: tlsconfig.MTLSServerConfig(source, source, tlsconfig.AuthorizeOneOf(ids...)),
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			peer, _ := x509svid.IDFromCert(r.TLS.PeerCertificates[0])
 			_, _ = fmt.Fprintf(w, "hello %s", peer)
