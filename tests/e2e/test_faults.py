@@ -18,8 +18,13 @@ a registration deleted meanwhile stops granting and one created meanwhile starts
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import datetime as dt
+import json
 import os
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,16 +32,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
+from cryptography import x509
 from lightkube import AsyncClient, KubeConfig
-from lightkube.resources.core_v1 import Pod
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.coordination_v1 import Lease
+from lightkube.resources.core_v1 import Pod, Secret
+from lightkube.types import PatchType
+from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from kubespiffe.agent.issuer_client import IssuerClient, IssuerError, NoIdentity, ServerUnreachable
+from kubespiffe.constants import ROTATE_ANNOTATION
 from kubespiffe.devenv.controlplane import ControlPlane, free_port
-from kubespiffe.devenv.stack import Kubespiffed, authority_bundle_pem, install, service_account_token
+from kubespiffe.devenv.stack import (
+    NAMESPACE,
+    Kubespiffed,
+    agent_command,
+    authority_bundle_pem,
+    install,
+    service_account_token,
+)
 from kubespiffe.devenv.workloads import create_pod, ensure_namespace, pod_token
-from kubespiffe.spiffe.bundle import parse_pem_certificates
+from kubespiffe.spiffe.bundle import parse_der_certificates, parse_pem_certificates
 from tests.integration.kubespiffed import allow_secret, register, unregister
 
 pytestmark = pytest.mark.e2e
@@ -279,3 +298,229 @@ async def test_etcd_restart_during_continuous_issuance(faults: FaultPlane, fault
     assert daemon.process is not None and daemon.process.poll() is None, "kubespiffed exited"
     report(f"etcd restart: {len(keep.outcomes)} renewals, {len(keep.failures)} failed")
     assert keep.failures == []
+
+
+class FailoverProxy:
+    """The Service in front of kubespiffed's replicas: each TCP connection goes to the first backend that
+    accepts it, starting from the next one in turn (so both replicas serve, and a dead one is skipped)."""
+
+    def __init__(self, backends: list[int]) -> None:
+        self.backends = backends
+        self._turn = 0
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._turn += 1
+        order = (
+            self.backends[self._turn % len(self.backends) :]
+            + self.backends[: self._turn % len(self.backends)]
+        )
+        for port in order:
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                continue
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            return
+        writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+@dataclass
+class Agent:
+    process: subprocess.Popen[bytes]
+    socket: Path
+    log: Path
+
+    def leaf(self) -> x509.Certificate | None:
+        """The X.509-SVID the agent serves now (None: none, or the agent did not answer)."""
+        try:
+            with grpc.insecure_channel(f"unix://{self.socket}") as channel:
+                stream = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel).FetchX509SVID(
+                    workload_pb2.X509SVIDRequest(), metadata=(("workload.spiffe.io", "true"),), timeout=2
+                )
+                response = next(iter(stream))
+                stream.cancel()
+        except grpc.RpcError:
+            return None
+        if not response.svids:
+            return None
+        return parse_der_certificates(response.svids[0].x509_svid)[0]
+
+
+async def start_agent(kube: AsyncClient, ns: str, name: str, sa: str, server: str, bundle: bytes) -> Agent:
+    """`kubespiffe agent` for a new pod, as its sidecar runs it; waits until it serves an SVID."""
+    pod = await create_pod(kube, ns, name, sa)
+    directory = Path(tempfile_dir())
+    token, bundle_file, socket = directory / "token", directory / "bundle.pem", directory / "agent.sock"
+    token.write_text(await pod_token(kube, pod))
+    bundle_file.write_bytes(bundle)
+    log = directory / "agent.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(  # noqa: ASYNC220 (a long-running child, not awaited)
+            agent_command(server, token, bundle_file, socket), stdout=out, stderr=subprocess.STDOUT
+        )
+    agent = Agent(process, socket, log)
+    deadline = time.monotonic() + 30
+    while not socket.exists() or await asyncio.to_thread(agent.leaf) is None:
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        await asyncio.sleep(0.2)
+    return agent
+
+
+def tempfile_dir() -> str:
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
+    path = os.path.join(base, f"ks-faults-{uuid.uuid4().hex[:8]}")
+    os.mkdir(path, 0o700)
+    return path
+
+
+@dataclass
+class SecretHistory:
+    """Every version of an authority Secret, as a watch delivers them: (event, resourceVersion, slots)."""
+
+    versions: list[tuple[str, str, list[tuple[str, str]]]] = field(default_factory=list)
+
+    async def follow(self, kube: AsyncClient, name: str) -> None:
+        async for event, secret in kube.watch(Secret, namespace=NAMESPACE, fields={"metadata.name": name}):
+            assert secret.metadata is not None
+            document = json.loads(base64.b64decode((secret.data or {})["authority.json"]))
+            slots = [(slot["id"], slot["state"]) for slot in document["slots"]]
+            self.versions.append((event, str(secret.metadata.resourceVersion), slots))
+
+    def slot_ids(self) -> list[str]:
+        """Every slot id ever stored, in the order it first appeared."""
+        seen: list[str] = []
+        for _, _, slots in self.versions:
+            seen += [slot for slot, _ in slots if slot not in seen]
+        return seen
+
+    def active(self) -> str:
+        return next(slot for slot, state in self.versions[-1][2] if state == "active")
+
+
+async def rotate(kube: AsyncClient, secret: str, history: SecretHistory, timeout: float = 30.0) -> str:
+    """Ask for a rotation (as `kubespiffe ca rotate`) and wait until the new slot signs; returns its id."""
+    before = history.active()
+    annotation = {ROTATE_ANNOTATION: dt.datetime.now(dt.UTC).isoformat()}
+    await kube.patch(
+        Secret,
+        secret,
+        Secret(metadata=ObjectMeta(annotations=annotation)),
+        namespace=NAMESPACE,
+        patch_type=PatchType.MERGE,
+    )
+    await until(_true(lambda: history.active() != before), timeout, "the rotation never activated")
+    return history.active()
+
+
+def _true(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def wrapped() -> bool:
+        return check()
+
+    return wrapped
+
+
+async def lease_holder(kube: AsyncClient, secret: str) -> str:
+    lease = await kube.get(Lease, f"{secret}-leader", namespace=NAMESPACE)
+    return (lease.spec.holderIdentity if lease.spec else None) or ""
+
+
+async def test_kubespiffed_sigkilled_with_two_replicas(faults: FaultPlane, fault_namespace: str) -> None:
+    ns, kube = fault_namespace, faults.kube
+    secret = f"faults-ha-{uuid.uuid4().hex[:6]}"
+    history = SecretHistory()
+    following = asyncio.create_task(history.follow(kube, secret))
+    # Both replicas start at once, racing to create the authority.
+    flags = ("--bundle-refresh-hint=1s", "--x509-svid-ttl=1m")
+    replicas = [(await faults.kubespiffed(secret, *flags, wait=False))[0] for _ in range(2)]
+    bundle = await authority_bundle_pem(kube, secret=secret)
+    for replica in replicas:
+        await asyncio.to_thread(replica.wait_ready, bundle)
+    proxy = FailoverProxy([r.port for r in replicas])
+    await proxy.start()
+    await register(kube, "ha", {"serviceAccountNames": ["ha"]}, ns)
+    agent = await start_agent(kube, ns, "ha-1", "ha", f"127.0.0.1:{proxy.port}", bundle)
+    gaps: list[str] = []
+    serials: list[tuple[float, int]] = []
+    watching = True
+
+    def watch_agent() -> None:
+        while watching:
+            leaf = agent.leaf()
+            now = time.monotonic()
+            if leaf is None:
+                gaps.append(f"{now:.1f}: no SVID")
+            elif leaf.not_valid_after_utc <= dt.datetime.now(dt.UTC):
+                gaps.append(f"{now:.1f}: expired SVID")
+            elif not serials or serials[-1][1] != leaf.serial_number:
+                serials.append((now, leaf.serial_number))
+            time.sleep(0.25)
+
+    watcher = asyncio.create_task(asyncio.to_thread(watch_agent))
+    try:
+        holder = await lease_holder(kube, secret)
+        assert holder, "no replica holds the Lease"
+        by_pid = {str(r.process.pid): r for r in replicas if r.process is not None}
+        leader = next(r for pid, r in by_pid.items() if holder.endswith(f"-{pid}"))
+        survivor = next(r for r in replicas if r is not leader)
+        assert leader.process is not None
+        leader.process.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        async def moved() -> bool:
+            return (await lease_holder(kube, secret)) not in ("", holder)
+
+        took = await until(moved, 30, "the Lease never moved")
+        report(
+            f"SIGKILL of the leader: the Lease moved to the other replica after {took:.1f} s (duration 15 s)"
+        )
+        assert took <= 15 + 1, f"the Lease moved after {took:.1f} s, more than its 15 s duration"
+
+        # Rotation resumes on the new leader: it prepares, publishes and activates a new slot.
+        first = history.active()
+        new_slot = await rotate(kube, secret, history)
+        assert new_slot != first
+        # The agent renews through the survivor (its SVIDs last 1 minute, renewed at half-life).
+        await until(
+            _true(lambda: any(at > killed_at for at, _ in serials)),
+            45,
+            "the agent never renewed after the kill",
+        )
+        renewed = next(at for at, _ in serials if at > killed_at) - killed_at
+        report(f"the agent's first renewal after the kill: {renewed:.1f} s; SVID gaps: {len(gaps)}")
+        assert survivor.process is not None and survivor.process.poll() is None
+    finally:
+        watching = False
+        await watcher
+        following.cancel()
+        await proxy.close()
+        agent.process.terminate()
+        agent.process.wait(10)
+    assert gaps == [], f"the agent had no valid SVID at times: {gaps[:5]}"
+    # No second CA, ever: one Secret creation holding one slot, then exactly one new slot per rotation,
+    # and never two slots signing at once.
+    assert [event for event, _, _ in history.versions].count("ADDED") == 1
+    assert len(history.versions[0][2]) == 1
+    assert history.slot_ids() == [history.versions[0][2][0][0], new_slot]
+    assert all(sum(state == "active" for _, state in slots) == 1 for _, _, slots in history.versions)
+    report(f"authority Secret history: {len(history.versions)} versions, slots {len(history.slot_ids())}")

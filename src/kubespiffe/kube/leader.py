@@ -1,8 +1,9 @@
 """Leader election on a coordination.k8s.io Lease, so exactly one replica rotates keys and fetches bundles.
 
 The holder renews every third of the lease duration; anyone may take a lease whose renewTime is older
-than its duration. Writes carry the resourceVersion they read, so two replicas racing for an expired
-lease cannot both win.
+than its duration. A standby checks every third of the duration too, but never later than the moment the
+lease it saw expires, so a killed holder's lease moves within its duration of the kill. Writes carry the
+resourceVersion they read, so two replicas racing for an expired lease cannot both win.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class LeaderElector:
         self.identity = identity
         self._duration = duration
         self.is_leader = False
+        self._expires_in: float | None = None  # the other holder's lease, as last seen
 
     async def run(self) -> None:
         while True:
@@ -48,9 +50,13 @@ class LeaderElector:
             if leading != self.is_leader:
                 log.info("%s leadership of %s/%s", "took" if leading else "lost", self._namespace, self._name)
             self.is_leader = leading
-            await asyncio.sleep(self._duration / 3)
+            pause = self._duration / 3
+            if not leading and self._expires_in is not None:
+                pause = min(pause, max(self._expires_in, 0.0) + 0.05)
+            await asyncio.sleep(pause)
 
     async def _try(self) -> bool:
+        self._expires_in = None
         now = dt.datetime.now(dt.UTC)
         spec = LeaseSpec(
             holderIdentity=self.identity,
@@ -71,6 +77,8 @@ class LeaderElector:
         renewed = current.renewTime
         expired = renewed is None or (now - renewed).total_seconds() > (current.leaseDurationSeconds or 0)
         if current.holderIdentity != self.identity and not expired:
+            assert renewed is not None
+            self._expires_in = (current.leaseDurationSeconds or 0) - (now - renewed).total_seconds()
             return False
         if current.holderIdentity == self.identity and current.acquireTime:
             spec.acquireTime = current.acquireTime
