@@ -23,7 +23,9 @@ import contextlib
 import datetime as dt
 import json
 import os
+import random
 import signal
+import ssl
 import subprocess
 import time
 import uuid
@@ -36,6 +38,7 @@ import grpc
 import pytest
 import yaml
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from lightkube import AsyncClient, KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
@@ -56,6 +59,7 @@ from kubespiffe.devenv.stack import (
 )
 from kubespiffe.devenv.workloads import create_pod, ensure_namespace, pod_token
 from kubespiffe.spiffe.bundle import parse_der_certificates, parse_pem_certificates
+from kubespiffe.spiffe.x509svid import X509Svid, id_from_certificate
 from tests.integration.kubespiffed import allow_secret, register, unregister
 
 pytestmark = pytest.mark.e2e
@@ -524,3 +528,176 @@ async def test_kubespiffed_sigkilled_with_two_replicas(faults: FaultPlane, fault
     assert history.slot_ids() == [history.versions[0][2][0][0], new_slot]
     assert all(sum(state == "active" for _, state in slots) == 1 for _, _, slots in history.versions)
     report(f"authority Secret history: {len(history.versions)} versions, slots {len(history.slot_ids())}")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A workload's X.509-SVID (files, for ssl) and the bundle it trusts, as of its last renewal."""
+
+    spiffe_id: str
+    cert_file: Path
+    key_file: Path
+    bundle_pem: str
+
+
+@dataclass
+class Renewer:
+    """A workload that renews its SVID continuously and, after each renewal, does an mTLS handshake with
+    another workload's current SVID (each side verifying the other against its own bundle)."""
+
+    workload: Workload
+    directory: Path
+    credentials: Credentials | None = None
+    handshakes: int = 0
+    failed_handshakes: list[str] = field(default_factory=list)
+
+    async def run(self, peers: list[Renewer], stop: asyncio.Event, rng: random.Random) -> None:
+        w = self.workload
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                result = await w.client.mint_x509(w.token)
+                w.outcomes.append((started, None))
+                self._keep(result.svids[0], result.bundle)
+            except IssuerError as exc:
+                w.outcomes.append((started, f"{type(exc).__name__}: {exc}"))
+            peer = rng.choice(peers)
+            if self.credentials is not None and peer.credentials is not None:
+                self.handshakes += 1
+                error = handshake(self.credentials, peer.credentials)
+                if error is not None:
+                    self.failed_handshakes.append(f"{w.name} -> {peer.workload.name}: {error}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), rng.uniform(0.5, 1.5))
+
+    def _keep(self, svid: X509Svid, bundle: tuple[x509.Certificate, ...]) -> None:
+        version = uuid.uuid4().hex[:8]
+        cert_file, key_file = self.directory / f"{version}.crt", self.directory / f"{version}.key"
+        cert_file.write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in svid.chain))
+        key = svid.private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        key_file.write_bytes(key)
+        bundle_pem = b"".join(c.public_bytes(Encoding.PEM) for c in bundle).decode()
+        old = self.credentials
+        self.credentials = Credentials(str(svid.spiffe_id), cert_file, key_file, bundle_pem)
+        if old is not None:  # handshakes run synchronously: nothing reads the old files any more
+            old.cert_file.unlink()
+            old.key_file.unlink()
+
+
+def handshake(client: Credentials, server: Credentials) -> str | None:
+    """A mutual TLS handshake in memory; None when both sides accepted each other, else the error."""
+    client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_context.check_hostname = False  # SPIFFE: the peer's ID is checked below, not a host name
+    client_context.load_verify_locations(cadata=client.bundle_pem)
+    client_context.load_cert_chain(client.cert_file, client.key_file)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.verify_mode = ssl.CERT_REQUIRED
+    server_context.load_verify_locations(cadata=server.bundle_pem)
+    server_context.load_cert_chain(server.cert_file, server.key_file)
+    client_in, client_out, server_in, server_out = (ssl.MemoryBIO() for _ in range(4))
+    tls_client = client_context.wrap_bio(client_in, client_out)
+    tls_server = server_context.wrap_bio(server_in, server_out, server_side=True)
+    try:
+        for _ in range(10):
+            pending = False
+            for side in (tls_client, tls_server):
+                try:
+                    side.do_handshake()
+                except ssl.SSLWantReadError:
+                    pending = True
+            server_in.write(client_out.read())
+            client_in.write(server_out.read())
+            if not pending:
+                break
+        else:
+            return "the handshake did not finish"
+    except ssl.SSLError as exc:
+        return str(exc)
+    peer = tls_client.getpeercert(binary_form=True)
+    if peer is None or str(id_from_certificate(x509.load_der_x509_certificate(peer))) != server.spiffe_id:
+        return "the server's certificate does not carry its SPIFFE ID"
+    return None
+
+
+async def bounded_gather(count: int, make: Callable[[int], Awaitable[Any]], limit: int = 10) -> list[Any]:
+    gate = asyncio.Semaphore(limit)
+
+    async def one(i: int) -> Any:
+        async with gate:
+            return await make(i)
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+def go_spiffe(interop: Path, agent: Agent, *args: str) -> subprocess.Popen[str]:
+    """tools/interop (go-spiffe v2) on the agent's socket, as a workload in the agent's pod."""
+    env = {**os.environ, "SPIFFE_ENDPOINT_SOCKET": f"unix://{agent.socket}"}
+    return subprocess.Popen(
+        [str(interop), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+FLEET = 50  # workloads renewing in this process, each its own pod and token
+GO_CONNECTIONS = 120  # go-spiffe mTLS connections, one every 250 ms: they span the three rotations
+
+
+async def test_three_ca_rotations_while_fifty_workloads_renew(
+    faults: FaultPlane, fault_namespace: str, interop: Path
+) -> None:
+    ns, kube = fault_namespace, faults.kube
+    secret = f"faults-rot-{uuid.uuid4().hex[:6]}"
+    history = SecretHistory()
+    following = asyncio.create_task(history.follow(kube, secret))
+    daemon, bundle = await faults.kubespiffed(secret, "--bundle-refresh-hint=1s", "--x509-svid-ttl=1m")
+    await register(kube, "fleet", {"serviceAccountNames": ["fleet"]}, ns)
+    await register(kube, "mesh", {"serviceAccountNames": ["mesh-server", "mesh-client"]}, ns)
+    workloads = await bounded_gather(
+        FLEET, lambda i: workload(kube, ns, f"fleet-{i}", "fleet", daemon.address, bundle)
+    )
+    fleet = [Renewer(w, Path(tempfile_dir())) for w in workloads]
+    server = await start_agent(kube, ns, "mesh-server-1", "mesh-server", daemon.address, bundle)
+    client = await start_agent(kube, ns, "mesh-client-1", "mesh-client", daemon.address, bundle)
+    server_id, client_id = (f"spiffe://example.org/ns/{ns}/sa/mesh-{side}" for side in ("server", "client"))
+    mtls_server = go_spiffe(interop, server, "mtls-server", "-authorize", client_id, "-timeout", "300s")
+    assert mtls_server.stdout is not None
+    listening = json.loads(await asyncio.to_thread(mtls_server.stdout.readline))["listening"]
+    stop = asyncio.Event()
+    rng = random.Random(12)
+    renewing = [asyncio.create_task(r.run(fleet, stop, rng)) for r in fleet]
+    go_args = ("-connect", listening, "-authorize", server_id, "-interval", "250ms", "-timeout", "300s")
+    mtls_client = go_spiffe(interop, client, "mtls-client", "-count", str(GO_CONNECTIONS), *go_args)
+    try:
+        await asyncio.sleep(3)  # every workload holds an SVID before the first rotation
+        started = time.monotonic()
+        slots = [history.active()]
+        for _ in range(3):
+            slots.append(await rotate(kube, secret, history))
+        rotated = time.monotonic() - started
+        go_out, go_err = await asyncio.wait_for(asyncio.to_thread(mtls_client.communicate), 90)
+    finally:
+        stop.set()
+        await asyncio.gather(*renewing)
+        for process in (mtls_client, mtls_server, server.process, client.process):
+            if process.poll() is None:
+                process.terminate()
+                await asyncio.to_thread(process.wait, 10)
+        following.cancel()
+    assert len(set(slots)) == 4, "three rotations: four CAs, each one new"
+    mints = sum(len(r.workload.outcomes) for r in fleet)
+    failed_mints = [f for r in fleet for f in r.workload.failures]
+    handshakes = sum(r.handshakes for r in fleet)
+    failed = [f for r in fleet for f in r.failed_handshakes]
+    assert mtls_client.returncode == 0, go_err
+    go_results = json.loads(go_out.strip().splitlines()[-1])["results"]
+    go_failed = [r for r in go_results if "error" in r]
+    report(
+        f"3 CA rotations in {rotated:.1f} s; {FLEET} issuer-API workloads: {mints} renewals "
+        f"({len(failed_mints)} failed), {handshakes} mTLS handshakes between them ({len(failed)} failed); "
+        f"2 agents with go-spiffe: {len(go_results)} mTLS connections ({len(go_failed)} failed)"
+    )
+    assert failed_mints == [] and failed == [] and go_failed == [], (
+        failed_mints[:3],
+        failed[:3],
+        go_failed[:3],
+    )
+    assert handshakes >= FLEET * 10 and len(go_results) == GO_CONNECTIONS
