@@ -762,7 +762,7 @@ async def measure(bench: Bench, args: argparse.Namespace, ks_token: Path, mint_t
     )
 
     print()
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; load average over the last 15 min {os.getloadavg()[2]:.1f}")
     print(
         f"SPIRE {SPIRE_VERSION} vs kubespiffe (kubespiffed --workers={args.workers}); X.509 {X509_TTL}, "
         f"JWT {JWT_TTL}; ratio = kubespiffe / SPIRE (rates: above 1 favours kubespiffe; times: below 1)"
