@@ -394,10 +394,12 @@ if __name__ == "__main__":
     parser.add_argument("--registrations", type=int, default=1000, help="registrations (max 5000)")
     parser.add_argument("--rate", type=float, default=100, help="issuances per second (max 1000)")
     parser.add_argument("--seconds", type=float, default=20, help="steady-state measurement (max 120)")
+    parser.add_argument("--workers", type=int, default=1, help="kubespiffed --workers (max 16)")
     parser.add_argument(
         "--downtime", type=float, default=3, help="seconds kube-apiserver stays down (max 30)"
     )
     cli = parser.parse_args()
     cli.pods, cli.registrations = min(cli.pods, 20000), min(cli.registrations, 5000)
     cli.rate, cli.seconds, cli.downtime = min(cli.rate, 1000), min(cli.seconds, 120), min(cli.downtime, 30)
+    cli.workers = min(cli.workers, 16)
     asyncio.run(main(cli))

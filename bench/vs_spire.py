@@ -794,6 +794,7 @@ def main() -> int:
     args.cold_rounds = min(args.cold_rounds, 50)
     args.fetches = min(args.fetches, 20000)
     args.requests = min(args.requests, 20000)
+    args.workers = min(args.workers, 16)
     try:
         server, agent = spire_binaries()
     except Skip as exc:
