@@ -2,13 +2,15 @@
 
 Runs a real control plane and kubespiffed, then:
 - a fresh agent *in this process* (Agent.run), timed from start to the first X.509-SVID it serves, N times;
-- one agent *process* (as a sidecar runs), timed from exec to first SVID served, and its RSS after load;
+- agent *processes* (as a sidecar runs), timed from exec to first SVID served (10 starts), and the last
+  one's RSS and PSS (/proc/<pid>/smaps_rollup) after load;
 - cached FetchX509SVID (first message of a new stream) and FetchJWTSVID over its Unix socket;
 - JWT-SVIDs minted per second at kubespiffed through the issuer API (16 concurrent calls).
 
     .venv/bin/python bench/agent.py [--rounds 200]
 
-Targets on 2 cores: fresh agent to first SVID p99 <= 100 ms; cached fetch p99 <= 5 ms; agent RSS <= 40 MB.
+Targets on 2 cores: fresh agent to first SVID p99 <= 100 ms; agent process exec to first SVID p50 <= 100 ms;
+cached fetch p99 <= 5 ms; agent RSS <= 35 MB after load (issue 9 part 3).
 """
 
 from __future__ import annotations
@@ -48,11 +50,24 @@ def first_message(stub: workload_pb2_grpc.SpiffeWorkloadAPIStub) -> None:
     stream.cancel()
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def memory_mb(pid: int) -> tuple[float, float]:
+    """RSS and PSS (shared pages divided among the processes mapping them) in MB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value, *_ = line.split()
+        fields[name.rstrip(":")] = int(value) / 1024
+    return fields["Rss"], fields["Pss"]
+
+
+async def exec_to_first_svid(command: list[str], socket: Path) -> tuple[float, subprocess.Popen[bytes]]:
+    """Seconds from exec to the first FetchX509SVID message, and the (still running) process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not socket.exists():
+        await asyncio.sleep(0.002)
+    with grpc.insecure_channel(f"unix://{socket}") as channel:
+        first_message(workload_pb2_grpc.SpiffeWorkloadAPIStub(channel))
+    return time.perf_counter() - start, process
 
 
 async def jwt_rate(address: str, bundle: bytes, token: str, total: int) -> float:
@@ -82,23 +97,23 @@ async def main(rounds: int) -> None:
         p50, p99 = percentiles(samples)
         print(f"fresh agent (in process) to first SVID, {rounds} starts: p50 {p50:.1f} ms  p99 {p99:.1f} ms")
 
-        socket = work / "agent.sock"
-        start = time.perf_counter()
-        process = subprocess.Popen(
-            agent_command(daemon.address, work / "token", work / "bundle.pem", socket),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        starts = []
+        for i in range(10):
+            socket = work / f"agent-{i}.sock"
+            command = agent_command(daemon.address, work / "token", work / "bundle.pem", socket)
+            elapsed, process = await exec_to_first_svid(command, socket)
+            starts.append(elapsed)
+            if i < 9:
+                process.terminate()
+                process.wait(10)
+        p50, p99 = percentiles(starts)
+        print(
+            f"agent process exec to first SVID served, 10 starts: p50 {p50:.0f} ms  "
+            f"max {max(starts) * 1000:.0f} ms (interpreter start and imports included; target p50 <= 100 ms)"
         )
         try:
-            while not socket.exists():
-                await asyncio.sleep(0.005)
             with grpc.insecure_channel(f"unix://{socket}") as channel:
                 stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
-                first_message(stub)
-                print(
-                    f"agent process exec to first SVID served: {(time.perf_counter() - start) * 1000:.0f} ms "
-                    "(includes interpreter start and imports)"
-                )
                 x509 = []
                 for _ in range(rounds * 5):
                     t = time.perf_counter()
@@ -118,7 +133,8 @@ async def main(rounds: int) -> None:
             )
             p50, p99 = percentiles(jwt)
             print(f"cached FetchJWTSVID, {len(jwt)} calls: p50 {p50:.2f} ms  p99 {p99:.2f} ms")
-            print(f"agent resident memory after load: {rss_mb(process.pid):.1f} MB")
+            rss, pss = memory_mb(process.pid)
+            print(f"agent memory after load: RSS {rss:.1f} MB (target <= 35 MB), PSS {pss:.1f} MB")
         finally:
             process.terminate()
             process.wait(10)

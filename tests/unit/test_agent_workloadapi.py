@@ -1,7 +1,7 @@
 """FetchJWTSVID's status codes for each way minting can fail (SPIFFE Workload API: never UNKNOWN).
 
-The Workload API servicer runs on a real gRPC server on a Unix socket with a minter that fails on cue;
-the client is a plain gRPC stub, as a workload's library would call it.
+The Workload API servicer runs on a real gRPC server (grpclib, as in the agent) on a Unix socket with a
+minter that fails on cue; the client is a plain gRPC stub (grpcio), as a workload's library would call it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpclib.server import Server
 
 from kubespiffe.agent.issuer_client import (
     JWTSVID,
@@ -63,14 +64,12 @@ async def served(
     state: AgentState = Versioned(None)
     await state.publish(Snapshot(BundleSet(Bundle(TrustDomain.parse("example.org")))))
     minter = Minter()
-    server = grpc.aio.server()
-    workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(WorkloadAPI(state, minter), server)
-    address = f"unix://{tmp_path / 'agent.sock'}"
-    server.add_insecure_port(address)
-    await server.start()
-    async with grpc.aio.insecure_channel(address) as channel:
+    server = Server([WorkloadAPI(state, minter)])
+    await server.start(path=str(tmp_path / "agent.sock"))
+    async with grpc.aio.insecure_channel(f"unix://{tmp_path / 'agent.sock'}") as channel:
         yield workload_pb2_grpc.SpiffeWorkloadAPIStub(channel), minter
-    await server.stop(None)
+    server.close()
+    await server.wait_closed()
 
 
 async def _status(stub: workload_pb2_grpc.SpiffeWorkloadAPIAsyncStub, audience: list[str]) -> grpc.StatusCode:

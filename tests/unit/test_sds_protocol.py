@@ -1,5 +1,6 @@
-"""The agent's SDS service over a real gRPC server on a Unix socket, driven through xds-protos' generated
-stub (Envoy's own message definitions), as the agent registers it (the lazily loaded handler).
+"""The agent's SDS service over a real gRPC server (grpclib, as in the agent) on a Unix socket, driven
+through xds-protos' generated grpcio stub (Envoy's own message definitions), as the agent registers it
+(the lazily loaded servicer).
 
 The protocol's edge cases live here because they need exact timing control: the agent state is a
 `Versioned` the test publishes to (a rotation is one publish). tests/e2e/test_sds.py runs the same
@@ -26,6 +27,7 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_spiffe_val
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 from google.protobuf import struct_pb2
+from grpclib.server import Server
 
 from kubespiffe.agent.sdslazy import LazySecretDiscovery
 from kubespiffe.agent.state import AgentState, Snapshot
@@ -126,15 +128,14 @@ class Stream:
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[AgentState, Any]]:
     state: AgentState = Versioned(None)
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((LazySecretDiscovery(state),))
+    server = Server([LazySecretDiscovery(state)])
     socket = tmp_path / "agent.sock"
-    server.add_insecure_port(f"unix://{socket}")
-    await server.start()
+    await server.start(path=str(socket))
     channel = grpc.aio.insecure_channel(f"unix://{socket}")
     yield state, sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
     await channel.close(grace=None)
-    await server.stop(grace=None)
+    server.close()
+    await server.wait_closed()
 
 
 @pytest.fixture
@@ -335,15 +336,19 @@ async def test_other_types_are_invalid_and_delta_is_unimplemented(served: tuple[
 def test_the_agent_loads_envoy_protos_only_when_sds_is_called() -> None:
     """Importing the agent and registering SDS must not import xds-protos: pods without Envoy pay nothing."""
     code = (
-        "import sys, grpc\n"
+        "import asyncio, sys\n"
         "import kubespiffe.agent.run\n"
         "from kubespiffe.agent.sdslazy import LazySecretDiscovery\n"
         "from kubespiffe.versioned import Versioned\n"
-        "handler = LazySecretDiscovery(Versioned(None))\n"
+        "servicer = LazySecretDiscovery(Versioned(None))\n"
+        "handler = servicer.__mapping__()['/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets']\n"
         "assert not [m for m in sys.modules if m.split('.')[0] in ('envoy', 'xds', 'udpa')], 'loaded early'\n"
-        "class Details:\n"
-        "    method = '/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets'\n"
-        "assert handler.service(Details()) is not None\n"
+        "class Stream:\n"
+        "    async def recv_message(self): return None\n"
+        "try:\n"
+        "    asyncio.run(handler.func(Stream()))\n"
+        "except Exception as exc:\n"
+        "    assert 'not implemented' in str(exc), exc\n"
         "assert 'envoy.service.discovery.v3.discovery_pb2' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

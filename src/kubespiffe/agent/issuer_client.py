@@ -3,8 +3,11 @@
 Used by `kubespiffe fetch` (and by the in-pod agent). The private key is made here and never leaves the
 process. Before any token is sent, a TLS handshake proves the server holds an X.509-SVID for exactly the
 expected SPIFFE ID (by default spiffe://<trust domain>/kubespiffe/kubespiffed), chained to the trust
-bundle the pod was given. gRPC itself checks the chain and the Service DNS name, which no workload can be
-granted (kubespiffed refuses to put its own names in workload SVIDs).
+bundle the pod was given. The channel itself checks the chain and the Service DNS name, which no workload
+can be granted (kubespiffed refuses to put its own names in workload SVIDs).
+
+gRPC over grpclib (pure-Python, asyncio, h2), not grpcio: the agent runs in every pod, and grpcio's core
+would be most of its memory (docs/agent.md, "Cost per pod"); kubespiffed serves with grpcio.
 """
 
 from __future__ import annotations
@@ -16,21 +19,27 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
-import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
+from grpclib.client import Channel
+from grpclib.config import Configuration
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from kubespiffe.constants import SERVER_ID_PATH, SERVER_NAME
 from kubespiffe.errors import KubespiffeError
-from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
+from kubespiffe.proto import issuer_pb2
+from kubespiffe.proto.issuer_pb2_grpclib import IssuerStub
 from kubespiffe.spiffe.bundle import BundleSet, certificates_to_pem, parse_bundle_json
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 from kubespiffe.spiffe.x509svid import X509Svid, X509SvidError, id_from_certificate
 
 DEFAULT_SERVER_NAME = SERVER_NAME
+_DROP_GRACE = 5.0  # seconds calls in flight keep a replaced channel
 
 
 class IssuerError(KubespiffeError):
@@ -167,8 +176,8 @@ class IssuerClient:
         self._server_name = server_name
         self._timeout = timeout
         self._trust_pem = ""
-        self._channel: grpc.aio.Channel | None = None
-        self._closing: set[asyncio.Task[None]] = set()
+        self._channel: Channel | None = None
+        self._retired: dict[Channel, asyncio.TimerHandle] = {}  # replaced channels, closed after a grace
         self.set_trust(trust)
 
     def set_trust(self, trust: list[x509.Certificate]) -> None:
@@ -181,40 +190,43 @@ class IssuerClient:
     def _drop(self) -> None:
         if self._channel is not None:
             channel, self._channel = self._channel, None
-            # Calls in flight finish on the old channel; keep the closing task referenced until done.
-            closing = asyncio.get_running_loop().create_task(channel.close(grace=5))
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
+            # Calls in flight get 5 s to finish on the old channel (grpclib closes without a grace).
+            self._retired[channel] = asyncio.get_running_loop().call_later(_DROP_GRACE, self._retire, channel)
 
-    async def _stub(self) -> issuer_pb2_grpc.IssuerAsyncStub:
+    def _retire(self, channel: Channel) -> None:
+        self._retired.pop(channel).cancel()
+        channel.close()
+
+    async def _stub(self) -> IssuerStub:
         if self._channel is None:
             await asyncio.to_thread(
                 _check_server_identity, self.address, self._trust_pem, self._expected, self._timeout
             )
-            credentials = grpc.ssl_channel_credentials(root_certificates=self._trust_pem.encode())
-            options = [("grpc.ssl_target_name_override", self._server_name)]
-            self._channel = grpc.aio.secure_channel(self.address, credentials, options=options)
-        return issuer_pb2_grpc.IssuerStub(self._channel)  # an IssuerAsyncStub for an aio channel
+            context = ssl.create_default_context(cadata=self._trust_pem)
+            context.set_alpn_protocols(["h2"])
+            host, port = _split(self.address)
+            config = Configuration(ssl_target_name_override=self._server_name)
+            self._channel = Channel(host, port, ssl=context, config=config)
+        return IssuerStub(self._channel)
 
     async def close(self) -> None:
+        for channel in list(self._retired):
+            self._retire(channel)
         if self._channel is not None:
-            await self._channel.close(grace=None)
+            self._channel.close()
             self._channel = None
 
-    def _metadata(self, token: str) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {token}"),)
+    def _metadata(self, token: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {token}"}
 
     async def mint_x509(self, token: str, spiffe_id: str = "") -> X509Result:
         key, csr = new_csr()
-        stub = await self._stub()
-        try:
-            response = await stub.MintX509SVID(
+        async with self._call():
+            response = await (await self._stub()).MintX509SVID(
                 issuer_pb2.MintX509SVIDRequest(csr=csr, spiffe_id=spiffe_id),
                 metadata=self._metadata(token),
                 timeout=self._timeout,
             )
-        except grpc.aio.AioRpcError as exc:
-            raise self._failed(exc) from None
         with _answer("X.509-SVID"):
             svids = tuple(
                 X509Svid(
@@ -231,15 +243,12 @@ class IssuerClient:
             return X509Result(svids, bundle, response.grant)
 
     async def mint_jwt(self, token: str, audience: list[str], spiffe_id: str = "") -> list[JWTSVID]:
-        stub = await self._stub()
-        try:
-            response = await stub.MintJWTSVID(
+        async with self._call():
+            response = await (await self._stub()).MintJWTSVID(
                 issuer_pb2.MintJWTSVIDRequest(audience=audience, spiffe_id=spiffe_id),
                 metadata=self._metadata(token),
                 timeout=self._timeout,
             )
-        except grpc.aio.AioRpcError as exc:
-            raise self._failed(exc) from None
         with _answer("JWT-SVID"):
             svids = [
                 JWTSVID(
@@ -256,37 +265,48 @@ class IssuerClient:
 
     async def watch_bundles(self, token: str) -> AsyncIterator[BundleSet]:
         """Every message of the WatchBundles stream, parsed (the first bundle is the pod's own)."""
-        stub = await self._stub()
-        stream = stub.WatchBundles(issuer_pb2.WatchBundlesRequest(), metadata=self._metadata(token))
-        try:
-            async for message in stream:
-                with _answer("bundle"):
-                    bundles = _bundle_set(message.bundles)
-                yield bundles
-        except grpc.aio.AioRpcError as exc:
-            raise self._failed(exc) from None
+        async for message in self._watch("WatchBundles", issuer_pb2.WatchBundlesRequest(), token):
+            assert isinstance(message, issuer_pb2.BundlesResponse)
+            with _answer("bundle"):
+                bundles = _bundle_set(message.bundles)
+            yield bundles
 
     async def watch_identity(self, token: str) -> AsyncIterator[Grant]:
         """Every message of the WatchIdentity stream, parsed: the pod's grant and bundles."""
-        stub = await self._stub()
-        stream = stub.WatchIdentity(issuer_pb2.WatchIdentityRequest(), metadata=self._metadata(token))
-        try:
-            async for message in stream:
-                with _answer("identity"):
-                    grant = Grant(
-                        spiffe_ids=tuple(SpiffeId.parse(i.spiffe_id) for i in message.identities),
-                        digest=message.grant,
-                        reason=message.reason,
-                        bundles=_bundle_set(message.bundles),
-                    )
-                yield grant
-        except grpc.aio.AioRpcError as exc:
-            raise self._failed(exc) from None
+        async for message in self._watch("WatchIdentity", issuer_pb2.WatchIdentityRequest(), token):
+            assert isinstance(message, issuer_pb2.IdentityResponse)
+            with _answer("identity"):
+                grant = Grant(
+                    spiffe_ids=tuple(SpiffeId.parse(i.spiffe_id) for i in message.identities),
+                    digest=message.grant,
+                    reason=message.reason,
+                    bundles=_bundle_set(message.bundles),
+                )
+            yield grant
 
-    def _failed(self, exc: grpc.aio.AioRpcError) -> IssuerError:
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+    async def _watch(self, method: str, request: Any, token: str) -> AsyncIterator[Any]:
+        """The messages of a server-streaming call; its end or failure as an IssuerError."""
+        async with self._call():
+            stub = await self._stub()
+            async with getattr(stub, method).open(metadata=self._metadata(token)) as stream:
+                await stream.send_message(request, end=True)
+                async for message in stream:
+                    yield message
+
+    @contextlib.asynccontextmanager
+    async def _call(self) -> AsyncIterator[None]:
+        """kubespiffed's status, or a failure to reach it, as an IssuerError (the channel is dropped then)."""
+        try:
+            yield
+        except GRPCError as exc:
+            if exc.status == Status.UNAVAILABLE:
+                self._drop()
+            raise _translate(exc.status, exc.message or "", self.address) from None
+        except (OSError, TimeoutError, StreamTerminatedError, ProtocolError) as exc:
             self._drop()
-        return _translate(exc, self.address)
+            raise ServerUnreachable(
+                f"cannot reach kubespiffed at {self.address}: {exc or type(exc).__name__}"
+            ) from None
 
 
 def _bundle_set(bundles: Iterable[issuer_pb2.TrustBundle]) -> BundleSet:
@@ -325,14 +345,13 @@ async def fetch_x509(
         await client.close()
 
 
-def _translate(exc: grpc.aio.AioRpcError, address: str) -> IssuerError:
-    code, detail = exc.code(), exc.details() or ""
-    if code == grpc.StatusCode.PERMISSION_DENIED:
+def _translate(code: Status, detail: str, address: str) -> IssuerError:
+    if code == Status.PERMISSION_DENIED:
         return NoIdentity(f"no identity for this pod: {detail}")
-    if code == grpc.StatusCode.UNAUTHENTICATED:
+    if code == Status.UNAUTHENTICATED:
         return TokenRefused(f"kubespiffed refused the token: {detail}")
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+    if code in (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED):
         return ServerUnreachable(f"cannot reach kubespiffed at {address}: {detail}")
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
+    if code == Status.INVALID_ARGUMENT:
         return RequestInvalid(f"kubespiffed refused the request as invalid: {detail}")
     return RequestFailed(f"kubespiffed refused the request ({code.name}): {detail}")

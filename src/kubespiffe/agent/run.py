@@ -26,11 +26,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-import grpc
-from grpc_health.v1 import _async as health_aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpclib.health.check import ServiceStatus
+from grpclib.health.service import OVERALL, Health
+from grpclib.reflection.service import ServerReflection
+from grpclib.server import Server
 
 from kubespiffe.agent import sdslazy
 from kubespiffe.agent.files import remove_x509_svid, write_atomic, write_x509_svids
@@ -48,7 +49,7 @@ from kubespiffe.agent.jwtcache import DEFAULT_SIZE, Entry, JwtCache
 from kubespiffe.agent.state import AgentState, Snapshot
 from kubespiffe.agent.workloadapi import WorkloadAPI
 from kubespiffe.constants import SERVER_ID_PATH
-from kubespiffe.proto import workload_pb2, workload_pb2_grpc, workload_pool
+from kubespiffe.proto import workload_pool
 from kubespiffe.spiffe.bundle import Bundle, BundleSet, parse_pem_certificates
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 from kubespiffe.spiffe.x509svid import half_life
@@ -61,8 +62,17 @@ _JWT_FILE_RETRY = 5.0
 # gRPC health service names on the agent's socket: "" = an SVID is in hand (startup/readiness),
 # UPSTREAM = kubespiffed answered the last call (renewal keeps working).
 UPSTREAM = "kubespiffe.upstream"
-_SERVING = health_pb2.HealthCheckResponse.SERVING
-_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_STOP_GRACE = 2.0
+
+
+class _Named:
+    """A health service name with no methods: grpclib's Health names each status by a servicer's paths."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __mapping__(self) -> dict[str, None]:
+        return {f"/{self._name}/": None}
 
 
 @dataclass(frozen=True)
@@ -108,7 +118,9 @@ class Agent:
         self._reconnect_now = asyncio.Event()
         self._held_changed = asyncio.Event()
         self.ready = asyncio.Event()
-        self.health = health_aio.HealthServicer()
+        self.svid_health, self.upstream_health = ServiceStatus(), ServiceStatus()
+        self.svid_health.set(False)
+        self.upstream_health.set(False)
 
     def _token(self) -> str:
         return self.config.token_file.read_text().strip()
@@ -146,7 +158,7 @@ class Agent:
                 continue
             except (IssuerError, OSError) as exc:
                 log.warning("cannot renew X.509-SVIDs (%s); retrying in %.1fs", exc, backoff)
-                await self.health.set(UPSTREAM, _NOT_SERVING)
+                self.upstream_health.set(False)
                 await _pause(backoff, self._renew_now)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
@@ -159,8 +171,8 @@ class Agent:
             self._trust_domain = result.svids[0].spiffe_id.trust_domain
             await self._publish()
             self.ready.set()
-            await self.health.set("", _SERVING)
-            await self.health.set(UPSTREAM, _SERVING)
+            self.svid_health.set(True)
+            self.upstream_health.set(True)
             log.info(
                 "X.509-SVIDs renewed: %s (expire %s)",
                 ",".join(str(s.spiffe_id) for s in result.svids),
@@ -176,8 +188,8 @@ class Agent:
         self._x509 = None
         self._jwt_cache.clear()
         self.ready.clear()
-        await self.health.set("", _NOT_SERVING)
-        await self.health.set(UPSTREAM, _SERVING)
+        self.svid_health.set(False)
+        self.upstream_health.set(True)
         await self._publish()
 
     # --- expiry ------------------------------------------------------------------------------------
@@ -210,7 +222,7 @@ class Agent:
                 self._x509 = replace(self._x509, svids=valid) if valid else None
                 if not valid:
                     self.ready.clear()
-                    await self.health.set("", _NOT_SERVING)
+                    self.svid_health.set(False)
                 await self._publish()
         directory = self.config.write_dir
         if directory is None:
@@ -236,7 +248,7 @@ class Agent:
                     delivered = True
                     backoff = _BACKOFF_MIN
                     self._reconnect_now.clear()
-                    await self.health.set(UPSTREAM, _SERVING)
+                    self.upstream_health.set(True)
                     await self._on_grant(grant)
             except TokenRefused as exc:
                 if delivered:
@@ -249,7 +261,7 @@ class Agent:
                 await self._lose_identity(str(exc))
             except (IssuerError, OSError) as exc:
                 log.warning("identity stream ended (%s); reconnecting in %.1fs", exc, backoff)
-                await self.health.set(UPSTREAM, _NOT_SERVING)
+                self.upstream_health.set(False)
             await _pause(backoff, self._reconnect_now)
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
@@ -313,28 +325,19 @@ class Agent:
     # --- serving -------------------------------------------------------------------------------------
 
     async def run(self, started: asyncio.Event | None = None) -> None:
-        server = grpc.aio.server()
-        workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(
-            WorkloadAPI(self.state, self.mint_jwt), server
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        server.add_generic_rpc_handlers((sdslazy.LazySecretDiscovery(self.state),))  # Envoy SDS (docs/sds.md)
-        await self.health.set("", _NOT_SERVING)
-        await self.health.set(UPSTREAM, _NOT_SERVING)
-        service_names = (
-            workload_pb2.DESCRIPTOR.services_by_name["SpiffeWorkloadAPI"].full_name,
-            health.SERVICE_NAME,
-            reflection.SERVICE_NAME,
-            sdslazy.SERVICE_NAME,
-        )
+        health = Health({OVERALL: [self.svid_health], _Named(UPSTREAM): [self.upstream_health]})
+        services: list[Any] = [  # grpclib's servicers: anything with __mapping__
+            WorkloadAPI(self.state, self.mint_jwt),
+            health,
+            sdslazy.LazySecretDiscovery(self.state),  # Envoy SDS (docs/sds.md)
+        ]
         # Our Workload API descriptors live in their own pool (see proto/workload_pool.py).
-        reflection.enable_server_reflection(service_names, server, pool=workload_pool.POOL)
+        server = Server(ServerReflection.extend(services, pool=workload_pool.POOL))
         socket = self.config.socket
         socket.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             socket.unlink()
-        server.add_insecure_port(f"unix://{socket}")
-        await server.start()
+        await server.start(path=str(socket))
         os.chmod(socket, self.config.socket_mode)
         log.info("Workload API serving on unix://%s", socket)
         if started is not None:
@@ -347,7 +350,9 @@ class Agent:
                 if self.config.write_dir and self.config.jwt_audience:
                     group.create_task(self._jwt_file_loop())
         finally:
-            await server.stop(grace=2)
+            server.close()  # open calls end (grpclib cancels their handlers)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), _STOP_GRACE)
             await self._client.close()
 
 

@@ -4,7 +4,7 @@ An adapter over the agent's state, as SPIRE's agent serves it: StreamSecrets (xD
 pushed on every rotation and bundle change), FetchSecrets (one answer), DeltaSecrets Unimplemented.
 Which names mean what is in `sdsresources`, the ACK/NACK bookkeeping in `sdsstream`; this module turns
 them into Envoy's messages (the generated code of PyPI's `xds-protos`, imported here only, when the first
-SDS call arrives: see `sdslazy`).
+SDS call arrives: see `sdslazy`, which hands over each message encoded).
 
 Status codes, as on the Workload API: PermissionDenied when the pod has lost its identity (streams end
 with it), Unavailable for FetchSecrets before the first SVID or after they expired unrenewed (streams
@@ -19,14 +19,15 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 from cryptography.hazmat.primitives.serialization import Encoding
 from envoy.config.core.v3 import base_pb2, extension_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_spiffe_validator_config_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
-from kubespiffe.agent.sdslazy import SERVICE_NAME
+from kubespiffe.agent.sdslazy import Raw, RawStream
 from kubespiffe.agent.sdsresources import (
     DISABLE_SPIFFE_VALIDATION,
     Resource,
@@ -43,8 +44,6 @@ log = logging.getLogger("kubespiffe.agent")
 
 SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"  # noqa: S105
 SPIFFE_VALIDATOR = "envoy.tls.cert_validator.spiffe"
-
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def secret(resource: Resource) -> Any:
@@ -104,21 +103,21 @@ def _spiffe_validator(request: Any, current: bool) -> bool:
     return not spiffe_validation_disabled(metadata.get(DISABLE_SPIFFE_VALIDATION))
 
 
-async def _check_type(request: Any, context: Context) -> None:
+def _check_type(request: Any) -> None:
     if request.type_url not in ("", SECRET_TYPE_URL):
-        await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT, f"type_url {request.type_url!r} is not {SECRET_TYPE_URL}"
-        )
+        raise GRPCError(Status.INVALID_ARGUMENT, f"type_url {request.type_url!r} is not {SECRET_TYPE_URL}")
 
 
-async def _select(
-    snapshot: Snapshot, names: tuple[str, ...], spiffe: bool, context: Context
-) -> tuple[Resource, ...]:
+def _select(snapshot: Snapshot, names: tuple[str, ...], spiffe: bool) -> tuple[Resource, ...]:
     try:
         return select(snapshot, names, spiffe)
     except SdsRequestError as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        raise
+        raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+
+
+async def _requests(stream: RawStream) -> AsyncIterator[Any]:
+    async for raw in stream:
+        yield discovery_pb2.DiscoveryRequest.FromString(raw.data)
 
 
 def _discard(task: asyncio.Future[Any]) -> None:
@@ -134,26 +133,26 @@ class SecretDiscovery:
     def __init__(self, state: AgentState) -> None:
         self._state = state
 
-    async def FetchSecrets(self, request: Any, context: Context) -> Any:
-        await _check_type(request, context)
+    async def FetchSecrets(self, stream: RawStream) -> None:
+        raw = await stream.recv_message()
+        assert raw is not None  # grpclib ends a unary call without its request itself
+        request = discovery_pb2.DiscoveryRequest.FromString(raw.data)
+        _check_type(request)
         snapshot = self._state.current
         if snapshot is not None and snapshot.denied:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, snapshot.denied)
+            raise GRPCError(Status.PERMISSION_DENIED, snapshot.denied)
         if snapshot is None or not snapshot.svids:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the agent holds no X.509-SVID yet; retry")
-        assert snapshot is not None
+            raise GRPCError(Status.UNAVAILABLE, "the agent holds no X.509-SVID yet; retry")
         names = tuple(request.resource_names)
-        resources = await _select(snapshot, names, _spiffe_validator(request, True), context)
-        return response(resources, str(self._state.version), "")
+        resources = _select(snapshot, names, _spiffe_validator(request, True))
+        await stream.send_message(Raw(response(resources, str(self._state.version), "").SerializeToString()))
 
-    async def StreamSecrets(
-        self, request_iterator: AsyncIterator[Any], context: Context
-    ) -> AsyncIterator[Any]:
+    async def StreamSecrets(self, stream: RawStream) -> None:
         """Answer requests and push changes; a request and a new snapshot are awaited side by side."""
         book = StreamBook()
         spiffe = True
         seen, snapshot = 0, None
-        requests = aiter(request_iterator)
+        requests = _requests(stream)
         next_request = asyncio.ensure_future(anext(requests))
         next_snapshot = asyncio.ensure_future(self._state.wait_newer(seen))
         try:
@@ -167,7 +166,7 @@ class SecretDiscovery:
                     except StopAsyncIteration:
                         return
                     next_request = asyncio.ensure_future(anext(requests))
-                    await _check_type(request, context)
+                    _check_type(request)
                     spiffe = _spiffe_validator(request, spiffe)
                     if not self._received(book, request):
                         continue
@@ -175,16 +174,18 @@ class SecretDiscovery:
                     seen, snapshot = next_snapshot.result()
                     next_snapshot = asyncio.ensure_future(self._state.wait_newer(seen))
                 if snapshot is not None and snapshot.denied:
-                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, snapshot.denied)
+                    raise GRPCError(Status.PERMISSION_DENIED, snapshot.denied)
                 if snapshot is None or not snapshot.svids or book.names is None:
                     continue  # nothing to answer with yet, or nothing asked yet
-                resources = await _select(snapshot, book.names, spiffe, context)
+                resources = _select(snapshot, book.names, spiffe)
                 if book.due(resources):
                     sent = book.sent(resources, secrets.token_hex(8))
                     log.debug(
                         "SDS: sending version %s (%s)", sent.version, ", ".join(r.name for r in resources)
                     )
-                    yield response(resources, sent.version, sent.nonce)
+                    await stream.send_message(
+                        Raw(response(resources, sent.version, sent.nonce).SerializeToString())
+                    )
         finally:
             for task in (next_request, next_snapshot):
                 _discard(task)
@@ -208,28 +209,6 @@ class SecretDiscovery:
             )
         return True
 
-    async def DeltaSecrets(self, request_iterator: AsyncIterator[Any], context: Context) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "DeltaSecrets is not implemented; use StreamSecrets"
-        )
-
-
-def generic_handler(state: AgentState) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
-    """The service's three methods over `state`, with Envoy's (de)serializers."""
-    servicer = SecretDiscovery(state)
-    request, reply = discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse
-    delta_request, delta_reply = discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse
-    return grpc.method_handlers_generic_handler(
-        SERVICE_NAME,
-        {
-            "StreamSecrets": grpc.stream_stream_rpc_method_handler(
-                servicer.StreamSecrets, request.FromString, reply.SerializeToString
-            ),
-            "FetchSecrets": grpc.unary_unary_rpc_method_handler(
-                servicer.FetchSecrets, request.FromString, reply.SerializeToString
-            ),
-            "DeltaSecrets": grpc.stream_stream_rpc_method_handler(
-                servicer.DeltaSecrets, delta_request.FromString, delta_reply.SerializeToString
-            ),
-        },
-    )
+    async def DeltaSecrets(self, stream: RawStream) -> None:
+        await stream.recv_message()  # refused once the client has spoken, as a grpcio server would
+        raise GRPCError(Status.UNIMPLEMENTED, "DeltaSecrets is not implemented; use StreamSecrets")

@@ -3,7 +3,8 @@
 It serves one pod only, so every caller on the socket is that pod: there is no caller attestation here.
 The generated messages and servicer are kubespiffe's own (`kubespiffe.proto.workload_pb2`, compiled from
 the spec's workload.proto into a private descriptor pool so py-spiffe's copy can live in the same
-process). Streams send the complete current state first and after every change;
+process) with grpclib's servicer (`workload_pb2_grpclib`). Streams send the complete current state first
+and after every change;
 PermissionDenied ends them when the pod loses its identity, Unavailable ends FetchX509SVID when its
 SVIDs expire without renewal (a new call waits for the next ones, as before the first).
 """
@@ -14,14 +15,18 @@ import datetime as dt
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
-import grpc
 from google.protobuf import struct_pb2
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
 
 from kubespiffe.agent.issuer_client import JWTSVID, IssuerError, NoIdentity, RequestInvalid, TokenRefused
 from kubespiffe.agent.state import AgentState, Snapshot
 from kubespiffe.constants import JWT_AUDIENCE_MAX_COUNT, JWT_AUDIENCE_MAX_LENGTH
-from kubespiffe.proto import workload_pb2, workload_pb2_grpc
+from kubespiffe.proto import workload_pb2
+from kubespiffe.proto.workload_pb2_grpclib import SpiffeWorkloadAPIBase
 from kubespiffe.spiffe.bundle import certificates_to_der, jwks_json
 from kubespiffe.spiffe.jwtsvid import JwtSvidError, validate
 from kubespiffe.spiffe.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
@@ -56,133 +61,131 @@ def audience_problem(audience: Sequence[str]) -> str | None:
     return None
 
 
-async def _require_header(context: grpc.aio.ServicerContext) -> None:  # type: ignore[type-arg]
-    for key, value in context.invocation_metadata() or ():
-        if key == HEADER and value == "true":
-            return
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"security header missing from request: {HEADER}")
+async def _request(stream: Stream[Any, Any]) -> Any:
+    """The call's request, once its `workload.spiffe.io: true` header is checked (InvalidArgument if not)."""
+    if "true" not in stream.metadata.getall(HEADER, ()):  # type: ignore[union-attr]
+        raise GRPCError(Status.INVALID_ARGUMENT, f"security header missing from request: {HEADER}")
+    return await stream.recv_message()
 
 
-class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
+class WorkloadAPI(SpiffeWorkloadAPIBase):
     def __init__(self, state: AgentState, mint_jwt: JwtMinter) -> None:
         self._state = state
         self._mint_jwt = mint_jwt
 
-    async def _snapshots(self, context: grpc.aio.ServicerContext) -> AsyncIterator[Snapshot]:  # type: ignore[type-arg]
-        """The first snapshot as soon as there is one, then every newer one; aborts when identity is lost."""
+    async def _snapshots(self) -> AsyncIterator[Snapshot]:
+        """The first snapshot as soon as there is one, then every newer one; ends the call when identity is
+        lost (PermissionDenied)."""
         seen = 0
         while True:
             seen, snapshot = await self._state.wait_newer(seen)
             if snapshot is None:
                 continue
             if snapshot.denied:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, snapshot.denied)
+                raise GRPCError(Status.PERMISSION_DENIED, snapshot.denied)
             yield snapshot
 
     async def FetchX509SVID(
-        self,
-        request: workload_pb2.X509SVIDRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
-    ) -> AsyncIterator[workload_pb2.X509SVIDResponse]:
-        await _require_header(context)
+        self, stream: Stream[workload_pb2.X509SVIDRequest, workload_pb2.X509SVIDResponse]
+    ) -> None:
+        await _request(stream)
         sent = False
-        async for snapshot in self._snapshots(context):
+        async for snapshot in self._snapshots():
             if not snapshot.svids:
                 # Expired before kubespiffed could renew them; a response needs at least one SVID.
                 if sent:
-                    await context.abort(
-                        grpc.StatusCode.UNAVAILABLE, "the X.509-SVIDs expired and could not be renewed; retry"
+                    raise GRPCError(
+                        Status.UNAVAILABLE, "the X.509-SVIDs expired and could not be renewed; retry"
                     )
                 continue
-            yield x509_svid_response(snapshot)
+            await stream.send_message(x509_svid_response(snapshot))
             sent = True
 
     async def FetchX509Bundles(
-        self,
-        request: workload_pb2.X509BundlesRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
-    ) -> AsyncIterator[workload_pb2.X509BundlesResponse]:
-        await _require_header(context)
-        async for snapshot in self._snapshots(context):
-            yield workload_pb2.X509BundlesResponse(
-                bundles={
-                    bundle_key(td): certificates_to_der(list(c)) for td, c in snapshot.x509_bundles.items()
-                }
+        self, stream: Stream[workload_pb2.X509BundlesRequest, workload_pb2.X509BundlesResponse]
+    ) -> None:
+        await _request(stream)
+        async for snapshot in self._snapshots():
+            await stream.send_message(
+                workload_pb2.X509BundlesResponse(
+                    bundles={
+                        bundle_key(td): certificates_to_der(list(c))
+                        for td, c in snapshot.x509_bundles.items()
+                    }
+                )
             )
 
     async def FetchJWTBundles(
-        self,
-        request: workload_pb2.JWTBundlesRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
-    ) -> AsyncIterator[workload_pb2.JWTBundlesResponse]:
-        await _require_header(context)
-        async for snapshot in self._snapshots(context):
+        self, stream: Stream[workload_pb2.JWTBundlesRequest, workload_pb2.JWTBundlesResponse]
+    ) -> None:
+        await _request(stream)
+        async for snapshot in self._snapshots():
             domains = set(snapshot.x509_bundles) | set(snapshot.jwt_bundles)
-            yield workload_pb2.JWTBundlesResponse(
-                bundles={bundle_key(td): jwks_json(snapshot.jwt_bundles.get(td, {})) for td in domains}
+            await stream.send_message(
+                workload_pb2.JWTBundlesResponse(
+                    bundles={bundle_key(td): jwks_json(snapshot.jwt_bundles.get(td, {})) for td in domains}
+                )
             )
 
     async def FetchJWTSVID(
-        self,
-        request: workload_pb2.JWTSVIDRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
-    ) -> workload_pb2.JWTSVIDResponse:
-        await _require_header(context)
+        self, stream: Stream[workload_pb2.JWTSVIDRequest, workload_pb2.JWTSVIDResponse]
+    ) -> None:
+        request: workload_pb2.JWTSVIDRequest = await _request(stream)
         audience = list(request.audience)
         problem = audience_problem(audience)
         if problem is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            raise GRPCError(Status.INVALID_ARGUMENT, problem)
         if request.spiffe_id:
             try:
                 SpiffeId.parse(request.spiffe_id)
             except SpiffeIdError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"spiffe_id: {exc}")
+                raise GRPCError(Status.INVALID_ARGUMENT, f"spiffe_id: {exc}") from None
         snapshot = self._state.current
         if snapshot is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the agent has no identity yet; retry")
-        assert snapshot is not None
+            raise GRPCError(Status.UNAVAILABLE, "the agent has no identity yet; retry")
         if snapshot.denied:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, snapshot.denied)
+            raise GRPCError(Status.PERMISSION_DENIED, snapshot.denied)
         try:
             issued = await self._mint_jwt(audience, request.spiffe_id)
         except (NoIdentity, TokenRefused) as exc:
             # A refused token is the pod failing to prove who it is: no identity, as on the streams.
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            raise GRPCError(Status.PERMISSION_DENIED, str(exc)) from None
         except RequestInvalid as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         except IssuerError as exc:
             # Unreachable, an impostor, any other refusal, a malformed answer: kubespiffed's side, may clear.
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise GRPCError(Status.UNAVAILABLE, str(exc)) from None
         except OSError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot read the pod's token: {exc}")
-        return workload_pb2.JWTSVIDResponse(
-            svids=[
-                workload_pb2.JWTSVID(spiffe_id=str(s.spiffe_id), svid=s.token, hint=s.hint) for s in issued
-            ]
+            raise GRPCError(Status.UNAVAILABLE, f"cannot read the pod's token: {exc}") from None
+        await stream.send_message(
+            workload_pb2.JWTSVIDResponse(
+                svids=[
+                    workload_pb2.JWTSVID(spiffe_id=str(s.spiffe_id), svid=s.token, hint=s.hint)
+                    for s in issued
+                ]
+            )
         )
 
     async def ValidateJWTSVID(
-        self,
-        request: workload_pb2.ValidateJWTSVIDRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
-    ) -> workload_pb2.ValidateJWTSVIDResponse:
-        await _require_header(context)
+        self, stream: Stream[workload_pb2.ValidateJWTSVIDRequest, workload_pb2.ValidateJWTSVIDResponse]
+    ) -> None:
+        request: workload_pb2.ValidateJWTSVIDRequest = await _request(stream)
         if not request.audience:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
+            raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
         if not request.svid:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "svid must be specified")
+            raise GRPCError(Status.INVALID_ARGUMENT, "svid must be specified")
         snapshot = self._state.current
         if snapshot is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the agent has no bundles yet; retry")
-        assert snapshot is not None
+            raise GRPCError(Status.UNAVAILABLE, "the agent has no bundles yet; retry")
         try:
             result = validate(request.svid, request.audience, snapshot.jwt_bundles, dt.datetime.now(dt.UTC))
         except JwtSvidError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         claims = struct_pb2.Struct()
         claims.update(json.loads(json.dumps(dict(result.claims))))
-        return workload_pb2.ValidateJWTSVIDResponse(spiffe_id=str(result.spiffe_id), claims=claims)
+        await stream.send_message(
+            workload_pb2.ValidateJWTSVIDResponse(spiffe_id=str(result.spiffe_id), claims=claims)
+        )
 
 
 def x509_svid_response(snapshot: Snapshot) -> workload_pb2.X509SVIDResponse:
