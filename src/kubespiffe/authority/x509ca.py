@@ -22,11 +22,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kubespiffe.authority.keys import KeyType, SigningKey, check_public_key, generate_key
@@ -67,6 +69,46 @@ class X509Authority:
     def trust_anchor(self) -> x509.Certificate:
         """The certificate verifiers must hold to accept this CA's leaves: the top of the chain."""
         return self.above[-1] if self.above else self.certificate
+
+    @cached_property
+    def leaf_issuer(self) -> _LeafIssuer:
+        """What every leaf of this CA shares, worked out on the first leaf rather than on each one."""
+        ca = self.certificate
+
+        def builder(key_encipherment: bool) -> x509.CertificateBuilder:
+            # Builders are immutable: each leaf starts from this one and adds its own parts.
+            return (
+                x509.CertificateBuilder()
+                .issuer_name(ca.subject)
+                .add_extension(_LEAF_CONSTRAINTS, critical=True)
+                .add_extension(_leaf_key_usage(key_encipherment), critical=True)
+                .add_extension(_LEAF_EKU, critical=False)
+            )
+
+        return _LeafIssuer(
+            trust_domain=_trust_domain_of(ca),
+            not_before=ca.not_valid_before_utc,
+            not_after=ca.not_valid_after_utc,
+            authority_key_identifier=_authority_key_identifier(self),
+            hash=_hash_for(self.key),
+            builders={False: builder(False), True: builder(True)},
+        )
+
+    @cached_property
+    def chain_der(self) -> tuple[bytes, ...]:
+        """`chain` in DER, as every issuance response carries it."""
+        return tuple(c.public_bytes(Encoding.DER) for c in self.chain)
+
+
+@dataclass(frozen=True)
+class _LeafIssuer:
+    trust_domain: TrustDomain
+    not_before: dt.datetime
+    not_after: dt.datetime
+    authority_key_identifier: x509.AuthorityKeyIdentifier
+    hash: hashes.SHA256 | hashes.SHA384
+    builders: dict[bool, x509.CertificateBuilder]
+    """By keyEncipherment (RSA keys): issuer name, basicConstraints, keyUsage, extendedKeyUsage."""
 
 
 def _hash_for(key: SigningKey) -> hashes.SHA256 | hashes.SHA384:
@@ -240,6 +282,26 @@ def _authority_key_identifier(authority: X509Authority) -> x509.AuthorityKeyIden
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
+# The same in every leaf: built once.
+_LEAF_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
+_LEAF_EKU = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+_LEAF_ORG = x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORG)
+
+
+def _leaf_key_usage(key_encipherment: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=key_encipherment,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def sign_x509_svid(
     authority: X509Authority,
     csr: x509.CertificateSigningRequest,
@@ -250,51 +312,31 @@ def sign_x509_svid(
 ) -> x509.Certificate:
     """A leaf per checklist B.1-B.5 for the CSR's public key, never outliving the CA."""
     _check_inputs(ttl, now)
-    ca = authority.certificate
-    trust_domain = _trust_domain_of(ca)
-    if spiffe_id.trust_domain != trust_domain:
-        raise ValueError(f"{spiffe_id} is outside the CA's trust domain {trust_domain}")
+    issuer = authority.leaf_issuer
+    if spiffe_id.trust_domain != issuer.trust_domain:
+        raise ValueError(f"{spiffe_id} is outside the CA's trust domain {issuer.trust_domain}")
     if not spiffe_id.path:
         raise ValueError("an X.509-SVID needs a workload ID with a path, not the trust domain ID")
     for name in dns_names:
         _check_dns_name(name)
-    if now >= ca.not_valid_after_utc:
-        raise ValueError(f"the CA expired at {ca.not_valid_after_utc.isoformat()}")
+    if now >= issuer.not_after:
+        raise ValueError(f"the CA expired at {issuer.not_after.isoformat()}")
     public_key = csr.public_key()
     check_public_key(public_key)
-    subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORG)]
+    subject = [_LEAF_ORG]
     if dns_names and len(dns_names[0]) <= MAX_NAME_ATTRIBUTE:
         subject.append(x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0]))
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]
     sans += [x509.DNSName(name) for name in dns_names]
     builder = (
-        x509.CertificateBuilder()
+        issuer.builders[isinstance(public_key, rsa.RSAPublicKey)]
         .subject_name(x509.Name(subject))
-        .issuer_name(ca.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(max(now - CLOCK_SKEW, ca.not_valid_before_utc))
-        .not_valid_after(min(now + ttl, ca.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), False
-        )
+        .not_valid_before(max(now - CLOCK_SKEW, issuer.not_before))
+        .not_valid_after(min(now + ttl, issuer.not_after))
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(_authority_key_identifier(authority), critical=False)
+        .add_extension(issuer.authority_key_identifier, critical=False)
     )
-    return builder.sign(authority.key, _hash_for(authority.key))
+    return builder.sign(authority.key, issuer.hash)

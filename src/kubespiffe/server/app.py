@@ -322,7 +322,6 @@ async def pod_attestor(
 
 def issuer_server(config: ServerConfig, identity: ServingIdentity, service: IssuerService) -> grpc.aio.Server:
     server = grpc.aio.server(
-        interceptors=[ConcurrencyLimit(config.max_concurrent_rpcs)],
         options=[
             # Connections with no call in flight are closed (GOAWAY); so are connections that have not
             # finished TLS and HTTP/2 setup in time. Keepalive pings find peers that vanished mid-stream.
@@ -332,7 +331,8 @@ def issuer_server(config: ServerConfig, identity: ServingIdentity, service: Issu
             ("grpc.keepalive_timeout_ms", 20_000),
         ],
     )
-    issuer_pb2_grpc.add_IssuerServicer_to_server(service, server)
+    limit = ConcurrencyLimit(config.max_concurrent_rpcs)
+    issuer_pb2_grpc.add_IssuerServicer_to_server(limit.around(service), server)
     server.add_secure_port(f"{config.listen_host}:{config.port}", identity.grpc_credentials())
     return server
 
