@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,45 +25,14 @@ from lightkube.resources.core_v1 import Pod, ServiceAccount
 from lightkube.resources.rbac_authorization_v1 import ClusterRole, ClusterRoleBinding, Role, RoleBinding
 
 from kubespiffe.devenv import helm
-from kubespiffe.devenv.build import ensure_interop
-from kubespiffe.devenv.images import interop_archive
-from kubespiffe.devenv.nodecluster import NAMESPACE, SELECTOR, NodeCluster
+from kubespiffe.devenv.nodecluster import NAMESPACE, SELECTOR
 from kubespiffe.devenv.workloads import ensure_namespace
 from kubespiffe.injection.settings import INJECTED_ANNOTATION, SIDECAR_NAME
 from kubespiffe.kube.client import WorkloadRegistration
-from tests.node.conftest import record
+from tests.node.conftest import TRUST_DOMAIN, Env, record
 from tests.node.pods import NODE_TESTS, logs, wait_phase, wait_service_account
 
 pytestmark = NODE_TESTS
-
-TRUST_DOMAIN = "node.example"
-# Publish-ahead is 3x the refresh hint: a rotated CA activates ~6 s after `kubespiffe ca rotate`.
-VALUES = {"bundleEndpoint": {"refreshHint": "2s"}}
-
-
-class Env:
-    def __init__(self, cluster: NodeCluster, interop_image: str) -> None:
-        self.cluster = cluster
-        self.interop_image = interop_image
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    if os.geteuid() != 0:
-        pytest.skip("node tests need root")
-    directory = tmp_path_factory.mktemp("kubespiffe-node")
-    interop_image, interop = interop_archive(ensure_interop())
-    cluster = NodeCluster(directory, TRUST_DOMAIN, values=VALUES, extra_images=(interop,))
-    began = time.monotonic()
-    try:
-        cluster.start()
-        for name, seconds in cluster.timings.items():
-            record(f"kubespiffe on node: {name}", seconds)
-        yield Env(cluster, interop_image)
-    finally:
-        cluster.stop()
-        record("kubespiffe on node: whole module", time.monotonic() - began)
-    cluster.check_clean()
 
 
 @pytest.fixture(scope="module")

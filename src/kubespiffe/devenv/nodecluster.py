@@ -244,6 +244,10 @@ class NodeCluster:
         finally:
             await client.close()
 
+    def pod_volume(self, pod_uid: str, volume: str, kind: str = "projected") -> Path:
+        """Where the kubelet writes a pod's volume on this machine (what the containers see mounted)."""
+        return self.node.dir / "kubelet" / "pods" / pod_uid / "volumes" / f"kubernetes.io~{kind}" / volume
+
     def stop(self) -> None:
         """Stop the node and its control plane, restoring the host (see Node.stop)."""
         self.node.stop()
@@ -259,6 +263,29 @@ class NodeCluster:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def pod_cgroup(pod_uid: str, controller: str) -> Path:
+    """The pod's cgroup (v1, cgroupfs driver) under `controller`; its containers' cgroups are below it."""
+    found = list(Path("/sys/fs/cgroup", controller).glob(f"kubepods*/**/pod{pod_uid}"))
+    if len(found) != 1:
+        raise NodeError(f"pod {pod_uid}: expected one {controller} cgroup, found {found}")
+    return found[0]
+
+
+def pod_processes(pod_uid: str) -> list[str]:
+    """The command name of every process in the pod, the sandbox's pause included, sorted."""
+    names = []
+    for procs in pod_cgroup(pod_uid, "pids").rglob("cgroup.procs"):
+        for pid in procs.read_text().split():
+            with contextlib.suppress(FileNotFoundError):  # exited meanwhile
+                names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+    return sorted(names)
+
+
+def pod_memory_bytes(pod_uid: str) -> int:
+    """The pod cgroup's memory in use (all its containers and the sandbox; page cache included)."""
+    return int((pod_cgroup(pod_uid, "memory") / "memory.usage_in_bytes").read_text())
 
 
 def _write_private(path: Path, text: str) -> None:
