@@ -152,7 +152,16 @@ REFUSED: list[tuple[str, Callable[[], str], str]] = [
         "exp",
     ),
     ("not ASCII", lambda: mint(EC, "ec", ID, ["a"], dt.timedelta(minutes=5), _now()) + "\udcff", "ASCII"),
+    # Found by fuzzing (tests/fuzz, jwtsvid): an unhashable alg escaped as TypeError, unsigned.
+    ("alg a list", lambda: _unsigned({"alg": ["ES256"], "kid": "ec"}, _claims()), "algorithm"),
 ]
+
+
+def _unsigned(header: dict[str, Any], claims: dict[str, Any]) -> str:
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part(header)}.{part(claims)}.AAAA"
 
 
 @pytest.mark.parametrize(("case", "token", "message"), REFUSED, ids=[c[0] for c in REFUSED])

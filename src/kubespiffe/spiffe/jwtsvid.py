@@ -100,7 +100,7 @@ def validate(
         raise JwtSvidError("token is not ASCII (a JWS compact serialization never is)")
     header = _segment_json(token, 0)
     alg = header.get("alg")
-    if alg not in ALLOWED_ALGORITHMS:
+    if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:  # a list is not even hashable
         raise JwtSvidError(f"algorithm {alg!r} is not allowed for JWT-SVIDs")
     extra = set(header) - ALLOWED_HEADER
     if extra:
