@@ -23,6 +23,7 @@ import asyncio
 import os
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -43,14 +44,13 @@ NAMESPACE = "storm"
 CONCURRENCY = 32  # API writes in flight while preparing the pods
 
 
-async def bounded(count: int, make: object) -> list[str]:
+async def bounded(count: int, make: Callable[[int], Awaitable[str]]) -> list[str]:
     """make(i) for i in range(count), CONCURRENCY at a time, results in order."""
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def one(i: int) -> str:
         async with gate:
-            result: str = await make(i)  # type: ignore[operator]
-            return result
+            return await make(i)
 
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 
@@ -103,7 +103,7 @@ async def storm(
         release.set()
         results = await asyncio.gather(*calls)
     finally:
-        await asyncio.gather(*(channel.close() for channel in channels))
+        await asyncio.gather(*(channel.close(None) for channel in channels))
     return [seconds for seconds, _ in results], [error for _, error in results if error]
 
 
