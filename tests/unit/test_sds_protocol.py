@@ -38,6 +38,7 @@ from kubespiffe.versioned import Versioned
 from tests.unit.certs import make_ca, make_leaf
 
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+DISABLE = "disable_spiffe_cert_validation"
 OWN, FED = TrustDomain("example.org"), TrustDomain("fed.test")
 OWN_CA, FED_CA = make_ca("own"), make_ca("fed", trust_domain="fed.test")
 WEB = "spiffe://example.org/ns/a/sa/web"
@@ -252,6 +253,22 @@ async def test_node_metadata_asks_for_a_plain_trusted_ca(
         await stub.FetchSecrets(_request("ALL", disable_spiffe_cert_validation="true"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     response = await stub.FetchSecrets(_request("ALL", disable_spiffe_cert_validation="no"))
+    assert set(_trust_domains(_secrets(response)["ALL"])) == {"example.org", "fed.test"}
+
+
+async def test_node_metadata_with_an_unset_value_is_read_around(served: tuple[AgentState, Any]) -> None:
+    """Found by fuzzing (tests/fuzz, sds): one metadata Value without a kind made reading the Struct raise
+    ValueError, so the call failed as UNKNOWN; only the one key the agent reads is looked at now."""
+    state, stub = served
+    await state.publish(_snapshot())
+    request = _request("ALL", disable_spiffe_cert_validation="true")
+    request.node.metadata.fields["other"].SetInParent()  # a Value with no kind set
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.FetchSecrets(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # the setting is still read
+    request = _request("ALL", other="x")
+    request.node.metadata.fields[DISABLE].SetInParent()
+    response = await stub.FetchSecrets(request)
     assert set(_trust_domains(_secrets(response)["ALL"])) == {"example.org", "fed.test"}
 
 

@@ -99,8 +99,12 @@ def _spiffe_validator(request: Any, current: bool) -> bool:
     """From the node's metadata when the request carries a node (Envoy may send it on the first only)."""
     if not request.HasField("node"):
         return current
-    metadata = dict(request.node.metadata.items())  # a Struct has no get()
-    return not spiffe_validation_disabled(metadata.get(DISABLE_SPIFFE_VALIDATION))
+    # Only the one field: a Value without a kind (a client may send one) makes Struct.items() raise.
+    fields = request.node.metadata.fields
+    value = fields.get(DISABLE_SPIFFE_VALIDATION)
+    kind = value.WhichOneof("kind") if value is not None else None
+    setting = getattr(value, kind) if kind in ("bool_value", "string_value") else None
+    return not spiffe_validation_disabled(setting)
 
 
 def _check_type(request: Any) -> None:
