@@ -46,7 +46,10 @@ class Versioned(Generic[T]):
 
     async def wait_newer(self, seen: int, timeout: float | None = None) -> tuple[int, T]:
         """Wait (at most `timeout` seconds, if given) for a version newer than `seen`; return the current."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can drop a cancellation that arrives as the
+        # condition is notified, and a stopping task would then wait again instead of ending.
         async with self._condition:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._condition.wait_for(lambda: self._version > seen), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._condition.wait_for(lambda: self._version > seen)
             return self._version, self._value

@@ -202,6 +202,9 @@ class IssuerClient:
             await asyncio.to_thread(
                 _check_server_identity, self.address, self._trust_pem, self._expected, self._timeout
             )
+        # Several loops ask at once when the agent starts: the first to get here opens the one channel;
+        # opening another would leak a connection (its Channel would be dropped without close()).
+        if self._channel is None:
             context = ssl.create_default_context(cadata=self._trust_pem)
             context.set_alpn_protocols(["h2"])
             host, port = _split(self.address)

@@ -352,12 +352,16 @@ class Agent:
         finally:
             server.close()  # open calls end (grpclib cancels their handlers)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), _STOP_GRACE)
+                async with asyncio.timeout(_STOP_GRACE):
+                    await server.wait_closed()
             await self._client.close()
 
 
 async def _pause(seconds: float | None, wake: asyncio.Event) -> None:
     """Sleep `seconds` (None: until woken), less if `wake` is set meanwhile; `wake` is clear afterwards."""
+    # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that races the
+    # event being set, and the agent would then not stop on SIGTERM (tests/unit/test_versioned.py).
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(wake.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await wake.wait()
     wake.clear()

@@ -402,7 +402,8 @@ async def _get(
     finally:
         writer.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer.wait_closed(), _CLOSE_WAIT)
+            async with asyncio.timeout(_CLOSE_WAIT):  # not wait_for: it can drop a cancellation on 3.11
+                await writer.wait_closed()
 
 
 async def fetch_bundle(
