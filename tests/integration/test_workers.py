@@ -11,6 +11,7 @@ import signal
 import socket
 import ssl
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import grpc
 import pytest
 from lightkube import AsyncClient
 from lightkube.resources.coordination_v1 import Lease
+from prometheus_client.parser import text_string_to_metric_families
 
 from kubespiffe.devenv.controlplane import ControlPlane
 from kubespiffe.devenv.stack import (
@@ -198,3 +200,37 @@ async def test_a_worker_that_cannot_start_stops_kubespiffed(tmp_path: Path) -> N
         await asyncio.wait_for(pool.run(), 60)
     assert caught.group_contains(WorkerFailed, match="worker 1 exited before it was ready 3 times")
     assert pool.ready == {}
+
+
+def _issued(running: Running) -> dict[str, float]:
+    """kubespiffe_svids_issued_total{type="x509"} by `worker` label, from the primary's /metrics."""
+    context = ssl.create_default_context(cadata=running.bundle_pem.decode())
+    context.check_hostname = False
+    url = f"https://127.0.0.1:{running.daemon.health_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5, context=context) as response:
+        text = response.read().decode()
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "kubespiffe_svids_issued_total" and sample.labels.get("type") == "x509":
+                found[sample.labels["worker"]] = sample.value
+    return found
+
+
+async def test_metrics_count_the_calls_of_every_process(
+    kube: AsyncClient, two_workers: Running, namespace: str
+) -> None:
+    await register(kube, "counted", {"serviceAccountNames": ["counted"]}, namespace)
+    _, token = await pod_with_token(kube, namespace, "counted-0", "counted")
+    await asyncio.sleep(6)  # the worker's last snapshot is current
+    before = await asyncio.to_thread(_issued, two_workers)
+    for _ in range(30):
+        await _mint_on_new_connection(two_workers, token)
+    deadline = time.monotonic() + 15
+    after = before
+    while sum(after.values()) < sum(before.values()) + 30 and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        after = await asyncio.to_thread(_issued, two_workers)
+    assert sum(after.values()) == sum(before.values()) + 30
+    assert set(after) == {"0", "1"}
+    assert all(after[w] > before.get(w, 0) for w in after)  # both processes signed some

@@ -58,7 +58,7 @@ from kubespiffe.server.oidc import oidc_endpoint
 from kubespiffe.server.podcert import pod_certificates
 from kubespiffe.server.tls import ServingIdentity
 from kubespiffe.server.webhook import CaBundleSync, inject_route
-from kubespiffe.server.workers import WorkerPool, announce_ready, primary_gone
+from kubespiffe.server.workers import WorkerPool, announce_ready, primary_gone, publish_metrics
 
 log = logging.getLogger("kubespiffed")
 
@@ -108,7 +108,10 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
     server = issuer_server(config, identity, issuer_service(config, attestor, registry, authority))
     ready = asyncio.Event()
     podcert_loops, podcert_readyz = await pod_certificates(config, client, registry, authority, leader)
-    endpoints = await http_endpoints(config, client, identity, authority, registry, ready, podcert_readyz)
+    workers = WorkerPool(config, config.workers - 1) if config.workers > 1 else None
+    endpoints = await http_endpoints(
+        config, client, identity, authority, registry, ready, podcert_readyz, workers
+    )
     federation = Federation(
         client,
         config.trust_domain,
@@ -136,7 +139,6 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
     if served:
         endpoints.append(served[0])
         loops.append(served[1].run)
-    workers = WorkerPool(config, config.workers - 1) if config.workers > 1 else None
     if workers is not None:
         loops.append(workers.run)
 
@@ -214,8 +216,14 @@ async def serve_worker(config: ServerConfig, client: AsyncClient, index: int) ->
         await federation.cache.synced.wait()
         await server.start()  # binds the port: no connection reaches a worker before this
         announce_ready()
+        published.set()
 
-    loops = [registry.run, attestor.run, authority.run, federation.run, stop_with_primary]
+    async def metrics() -> None:
+        await published.wait()
+        await publish_metrics()
+
+    published = asyncio.Event()
+    loops = [registry.run, attestor.run, authority.run, federation.run, stop_with_primary, metrics]
     await run_until_stopped(loops, until_ready, Shutdown(server, []))
 
 
@@ -345,9 +353,11 @@ async def http_endpoints(
     registry: Registry,
     ready: asyncio.Event,
     readyz_detail: str = "",
+    workers: WorkerPool | None = None,
 ) -> list[https.HttpsServer]:
     """Health/readiness/metrics on the health port; the bundle endpoint and the injection webhook on
-    their own ports unless off. `readyz_detail` follows "ok": what optional parts do (pod certificates)."""
+    their own ports unless off. `readyz_detail` follows "ok": what optional parts do (pod certificates).
+    With workers, /metrics carries theirs too."""
 
     def readyz() -> https.Response:
         if not ready.is_set():
@@ -361,7 +371,11 @@ async def http_endpoints(
         {
             "/healthz": lambda: (200, b"ok\n", "text/plain"),
             "/readyz": readyz,
-            "/metrics": lambda: (200, generate_latest(), CONTENT_TYPE_LATEST),
+            "/metrics": lambda: (
+                200,
+                workers.exposition() if workers else generate_latest(),
+                CONTENT_TYPE_LATEST,
+            ),
         },
     )
     endpoints = [health]

@@ -15,10 +15,11 @@ itself and verifies tokens itself, so memory grows with N (docs/concepts.md give
 A worker reads its settings pickled on stdin, from the primary over a private pipe, and keeps stdin open:
 end of file means the primary is gone, and the worker stops, so no orphan keeps answering on the port with
 keys it no longer follows. It writes `ready` on stdout once its caches are synced and its port is bound
-(no connection reaches it before). A worker that exits is started again after `RESTART_DELAY`; one that
-exits before it was ready `MAX_START_FAILURES` times in a row stops kubespiffed (WorkerFailed), since a
-worker that cannot start will not start on the next try either. SIGTERM to the primary stops the workers
-first, each with the same 5 s grace for calls in flight.
+(no connection reaches it before), then its metrics every 5 s: the primary's /metrics carries every
+process's samples, labelled `worker` (0 for the primary). A worker that exits is started again after
+`RESTART_DELAY`; one that exits before it was ready `MAX_START_FAILURES` times in a row stops kubespiffed
+(WorkerFailed), since a worker that cannot start will not start on the next try either. SIGTERM to the
+primary stops the workers first, each with the same 5 s grace for calls in flight.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ import os
 import pickle
 import sys
 
-from prometheus_client import Counter
+from prometheus_client import REGISTRY, Counter, disable_created_metrics, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from kubespiffe.errors import KubespiffeError
 from kubespiffe.server.config import ServerConfig
@@ -41,6 +45,7 @@ RESTART_DELAY = 1.0
 MAX_START_FAILURES = 3
 STOP_TIMEOUT = 10.0
 READY = b"ready\n"
+METRICS_INTERVAL = 5.0
 
 RESTARTS = Counter("kubespiffe_worker_restarts_total", "issuer API worker processes started again")
 
@@ -59,6 +64,8 @@ class WorkerPool:
         self._stopping = False
         self.ready: dict[int, int] = {}
         """Worker index -> pid of its process, once ready."""
+        self.metrics: dict[int, bytes] = {}
+        """Worker index -> its latest metrics (text exposition), sent every METRICS_INTERVAL."""
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
@@ -75,8 +82,10 @@ class WorkerPool:
                 failures = 0
                 self.ready[index] = process.pid
                 log.info("worker %d ready pid=%d", index, process.pid)
+                await self._read_metrics(index, process.stdout)
             code = await process.wait()
             self.ready.pop(index, None)
+            self.metrics.pop(index, None)
             self._processes.pop(index, None)
             if self._stopping:
                 return
@@ -93,6 +102,23 @@ class WorkerPool:
             )
             RESTARTS.inc()
             await asyncio.sleep(RESTART_DELAY)
+
+    async def _read_metrics(self, index: int, stdout: asyncio.StreamReader) -> None:
+        """Frames `metrics <length>` + text, until the worker's stdout ends (it exited)."""
+        while header := await stdout.readline():
+            name, _, size = header.partition(b" ")
+            if name != b"metrics" or not size.strip().isdigit():
+                log.error("worker %d wrote %r on its control pipe; ignoring the rest", index, header[:40])
+                await stdout.read()
+                return
+            self.metrics[index] = await stdout.readexactly(int(size))
+
+    def exposition(self) -> bytes:
+        """/metrics for the whole replica: each family once, the primary's samples with worker="0" and
+        each worker's (as last sent) with its index, so sums over `worker` count every process."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Merged(self.metrics))
+        return generate_latest(registry)
 
     async def _start(self, index: int) -> asyncio.subprocess.Process:
         process = await asyncio.create_subprocess_exec(
@@ -125,6 +151,33 @@ class WorkerPool:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
+
+
+class _Merged(Collector):
+    def __init__(self, workers: dict[int, bytes]) -> None:
+        self._workers = dict(workers)
+
+    def collect(self) -> list[Metric]:
+        families = {family.name: family for family in REGISTRY.collect()}
+        for family in families.values():
+            family.samples = [s._replace(labels={**s.labels, "worker": "0"}) for s in family.samples]
+        for index, text in sorted(self._workers.items()):
+            for family in text_string_to_metric_families(text.decode()):
+                merged = families.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type)
+                )
+                label = str(index)
+                merged.samples += [s._replace(labels={**s.labels, "worker": label}) for s in family.samples]
+        return list(families.values())
+
+
+async def publish_metrics() -> None:
+    """A worker's metrics to the primary on stdout, every METRICS_INTERVAL (after `announce_ready`)."""
+    while True:
+        text = generate_latest()
+        sys.stdout.buffer.write(b"metrics %d\n" % len(text) + text)
+        sys.stdout.buffer.flush()
+        await asyncio.sleep(METRICS_INTERVAL)
 
 
 async def primary_gone() -> None:
@@ -164,6 +217,8 @@ def main() -> None:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
+    # `_created` samples would come back from the text format as families of their own.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     from kubespiffe.server.app import run_worker  # app imports this module
 
     asyncio.run(run_worker(config, index))

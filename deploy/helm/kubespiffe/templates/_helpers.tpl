@@ -123,5 +123,6 @@ except --pod-certificate-signer, which the PodCertificateRequest signer adds.
 {{- end -}}
 {{- with $v.upstreamAuthority.secret }}{{ $args = append $args (printf "--upstream-ca-secret=%s" .) }}{{ end -}}
 {{- with $v.upstreamAuthority.certManagerIssuer }}{{ $args = append $args (printf "--upstream-cert-manager-issuer=%s" .) }}{{ end -}}
+{{- if gt (int ($v.workers | default 1)) 1 }}{{ $args = append $args (printf "--workers=%d" (int $v.workers)) }}{{ end -}}
 {{- toYaml $args -}}
 {{- end -}}
