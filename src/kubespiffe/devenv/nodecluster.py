@@ -3,8 +3,8 @@
 `NodeCluster` starts a `Node` (containerd, kubelet, ...) with its control plane, imports the image built
 from deploy/Dockerfile (devenv/image.py), runs `helm install` of deploy/helm/kubespiffe with that image
 (pullPolicy Never) and sidecar injection on, and waits until kubespiffed's pods are Ready. Used by
-`kubespiffe dev up --node`, tests/node and bench/node_injection.py. Root only (the node and the image
-build need it).
+`kubespiffe dev up --node`, tests/node, bench/node_injection.py and bench/podcert_node.py. Root only (the
+node and the image build need it).
 
 There is no cluster DNS on the local node, so the agent cannot resolve kubespiffed.<namespace>.svc: the
 chart's Service gets a fixed ClusterIP and the injected agent dials that address (injection.agent.server),
