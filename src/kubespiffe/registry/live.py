@@ -39,6 +39,7 @@ from kubespiffe.spiffe.spiffeid import TrustDomain
 log = logging.getLogger(__name__)
 
 RegKey = tuple[str, str | None, str]
+_RESULTS_MIN = 1024
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:
@@ -72,6 +73,10 @@ class Registry:
         self._status_queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         # Wakes the WatchIdentity streams whose pod's grant may have changed (registry/changes.py).
         self.changes = Changes()
+        # Each pod's last result, valid while its pod, its namespace and every registration are unchanged
+        # (resourceVersions, `_generation`): a renewal does not render the same templates again.
+        self._generation = 0
+        self._results: dict[str, tuple[tuple[object, ...], MatchResult]] = {}
         self._namespaced.add_listener(self._on_registration)
         self._cluster.add_listener(self._on_registration)
         self.pods.add_listener(self._on_pod)
@@ -93,6 +98,8 @@ class Registry:
 
     def _on_pod(self, event: str, pod: Any) -> None:
         self.changes.changed(pod.metadata.namespace or "", pod.metadata.name)
+        if event == "DELETED":
+            self._results.pop(pod.metadata.uid or "", None)
 
     def _on_namespace(self, event: str, namespace: Any) -> None:
         self.changes.changed(namespace.metadata.name)  # its labels select pods for registrations
@@ -101,6 +108,7 @@ class Registry:
         raw = _as_dict(obj)
         meta = raw.get("metadata", {})
         key: RegKey = (raw.get("kind", ""), meta.get("namespace"), meta.get("name", ""))
+        self._generation += 1
         scope = self._parsed.setdefault(key[1], {})
         self._sorted.pop(key[1], None)
         if key[1] is None:
@@ -128,14 +136,27 @@ class Registry:
         return ordered
 
     def identities(self, pod: Pod) -> MatchResult:
+        meta = pod.metadata
+        assert meta is not None
+        namespace = self.namespaces.get(None, meta.namespace or "")
+        ns_meta = namespace.metadata if namespace else None
+        uid, version = meta.uid or "", meta.resourceVersion
+        key = (version, ns_meta.resourceVersion if ns_meta else None, self._generation)
+        cached = self._results.get(uid)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         facts = pod_facts(pod)
-        namespace = self.namespaces.get(None, facts.namespace)
-        labels = (namespace.metadata.labels if namespace and namespace.metadata else None) or {}
+        labels = (ns_meta.labels if ns_meta else None) or {}
         # Only these can select the pod: a WorkloadRegistration selects pods of its own namespace only.
         candidates = heapq.merge(self._in_order(facts.namespace), self._in_order(None), key=order_key)
-        return identities_for(
+        result = identities_for(
             facts, labels, candidates, self._trust_domain, self._reserved, self._cluster_domain
         )
+        if uid and version:  # an object without a resourceVersion was not read from the API server
+            if len(self._results) >= max(_RESULTS_MIN, 2 * len(self.pods)):
+                self._results.clear()  # pods that called and went without a delete event
+            self._results[uid] = (key, result)
+        return result
 
     async def _status_worker(self) -> None:
         while True:
