@@ -772,3 +772,13 @@ def test_hostless_uri_fails_a_permitted_uri_constraint() -> None:
     with pytest.raises(X509SvidError, match="urn:example:ca is outside"):
         verify(make_leaf(stray), stray, intermediate)
     assert verify(leaf, intermediate) == ID
+
+
+def test_a_leaf_whose_subject_cannot_be_decoded_is_an_svid_error() -> None:
+    """Found by fuzzing (tests/fuzz, x509svid): cryptography decodes names only when asked, so invalid
+    UTF-8 in the leaf's Subject escaped verify_chain as a bare ValueError."""
+    data = der(GOOD_LEAF)
+    at = data.rindex(b"kubespiffe tests")  # the Subject's O (the Issuer's comes first)
+    broken = x509.load_der_x509_certificate(data[:at] + b"kubespiffe te\x87\x8bs" + data[at + 16 :])
+    with pytest.raises(X509SvidError, match="Subject"):
+        verify_chain([broken], BUNDLES, NOW)

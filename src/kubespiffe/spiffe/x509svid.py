@@ -119,7 +119,18 @@ class X509Svid:
 
 
 def _describe(cert: x509.Certificate) -> str:
-    return cert.subject.rfc4514_string() or f"certificate serial {cert.serial_number:x}"
+    try:
+        subject = cert.subject.rfc4514_string()
+    except ValueError:  # names are decoded only when asked for
+        subject = ""
+    return subject or f"certificate serial {cert.serial_number:x}"
+
+
+def _subject(cert: x509.Certificate) -> x509.Name:
+    try:
+        return cert.subject
+    except ValueError as exc:  # names are decoded only when asked for
+        raise X509SvidError(f"{_describe(cert)} has a malformed Subject: {exc}") from None
 
 
 def _extensions(cert: x509.Certificate) -> x509.Extensions:
@@ -172,7 +183,7 @@ def check_leaf(cert: x509.Certificate) -> SpiffeId:
     if not spiffe_id.path:
         raise X509SvidError("leaf SPIFFE ID has no path (a trust domain ID is not a workload ID)")
     san = _extension(cert, x509.SubjectAlternativeName)
-    if len(cert.subject) == 0 and not (san and san.critical):
+    if len(_subject(cert)) == 0 and not (san and san.critical):
         raise X509SvidError("leaf has an empty Subject, so its SAN extension must be critical")
     constraints = _extension(cert, x509.BasicConstraints)
     if constraints is not None and constraints.value.ca:
