@@ -44,6 +44,11 @@ def fields(data: bytes, count: int) -> list[str]:
     return [text(p) for p in parts] + [""] * (count - len(parts))
 
 
+def quoted(*words: str) -> tuple[bytes, ...]:
+    """Dictionary entries for JSON: each whitespace-separated word as a JSON string."""
+    return tuple(f'"{w}"'.encode() for group in words for w in group.split())
+
+
 def fixed_ec_key(scalar: int) -> ec.EllipticCurvePrivateKey:
     """A P-256 key from a fixed scalar: the same key in every process."""
     return ec.derive_private_key(scalar, ec.SECP256R1())

@@ -12,7 +12,7 @@ import jsonpatch
 from kubespiffe.injection.mutate import Patch, Unchanged, is_injected, mutate
 from kubespiffe.injection.review import MalformedReview, decide, decode_review, parse_review, respond
 from kubespiffe.injection.settings import INJECT_ENABLED, INJECT_LABEL, InjectionSettings
-from tests.fuzz.common import Target
+from tests.fuzz.common import Target, quoted
 
 SETTINGS = InjectionSettings(image="registry.test/kubespiffe:1.2.3", namespace="kubespiffe-system")
 _NAMESPACE_LABELS = (None, {INJECT_LABEL: INJECT_ENABLED})
@@ -46,13 +46,12 @@ TARGETS = (
         "review",
         review,
         max_len=16384,
-        dictionary=(
-            *(f'"{w}"'.encode() for w in ("apiVersion", "kind", "request", "uid", "operation", "namespace")),
-            *(f'"{w}"'.encode() for w in ("subResource", "object", "oldObject", "CREATE", "UPDATE", "Pod")),
-            *(f'"{w}"'.encode() for w in ("ephemeralcontainers", "metadata", "spec", "containers", "name")),
-            *(f'"{w}"'.encode() for w in ("initContainers", "ephemeralContainers", "volumes", "env")),
-            *(f'"{w}"'.encode() for w in ("volumeMounts", "mountPath", "annotations", "labels", "image")),
-            *(f'"{w}"'.encode() for w in ("admission.k8s.io/v1", "AdmissionReview", INJECT_LABEL)),
+        dictionary=quoted(
+            "apiVersion kind request uid operation namespace subResource object oldObject CREATE UPDATE",
+            "Pod ephemeralcontainers metadata spec containers name initContainers ephemeralContainers",
+            "volumes env volumeMounts mountPath annotations labels image admission.k8s.io/v1",
+            "AdmissionReview",
+            INJECT_LABEL,
         ),
     ),
 )

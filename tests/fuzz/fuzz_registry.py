@@ -1,5 +1,5 @@
-"""Fuzz targets for registrations: SPIFFE ID and DNS name templates (parsed, then rendered with hostile pod
-facts), and Registration.from_object on arbitrary JSON objects."""
+"""Fuzz targets for the registry's objects: SPIFFE ID and DNS name templates (parsed, then rendered with
+hostile pod facts), Registration.from_object and FederatedTrustDomain.from_object on arbitrary JSON."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from kubespiffe.constants import API_VERSION
 from kubespiffe.registry import template as t
+from kubespiffe.registry.federation import FederatedTrustDomain, FederationSpecError
 from kubespiffe.registry.models import Registration, RegistrationError
 from kubespiffe.registry.template import (
     PodFacts,
@@ -21,7 +22,7 @@ from kubespiffe.registry.template import (
     render_spiffe_id,
 )
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
-from tests.fuzz.common import Target, fields
+from tests.fuzz.common import Target, fields, quoted
 
 TRUST_DOMAIN = TrustDomain("example.org")
 
@@ -112,6 +113,27 @@ def registration(data: bytes) -> None:
     assert all(parse_dns_name_template(d.text) == d for d in spec.dns_name_templates)
 
 
+def federation(data: bytes) -> None:
+    """Any JSON object in, a FederatedTrustDomain or a FederationSpecError out; an accepted one fetches
+    from an https URL and, for https_spiffe, names an endpoint ID in its own trust domain."""
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError):
+        return
+    if not isinstance(document, dict):
+        return
+    try:
+        ftd = FederatedTrustDomain.from_object(document)
+    except FederationSpecError:
+        return
+    assert ftd.url.startswith("https://") and ftd.generation >= 1
+    assert (ftd.endpoint_id is not None) == (ftd.profile == "https_spiffe")
+    assert ftd.endpoint_id is None or (
+        ftd.endpoint_id.trust_domain == ftd.trust_domain and ftd.endpoint_id.path
+    )
+    assert ftd.profile != "https_spiffe" or ftd.bootstrap is not None
+
+
 _PLACEHOLDERS = (
     *(f"{{{n}}}".encode() for n in (t.TRUST_DOMAIN, *t.POD_PLACEHOLDERS)),
     b"{label:",
@@ -126,14 +148,23 @@ TARGETS = (
         "registration",
         registration,
         max_len=8192,
-        dictionary=(
-            *(f'"{w}"'.encode() for w in ("apiVersion", "kind", "metadata", "spec", "name", "namespace")),
-            *(f'"{w}"'.encode() for w in ("uid", "generation", "creationTimestamp", API_VERSION)),
-            *(f'"{w}"'.encode() for w in ("WorkloadRegistration", "ClusterWorkloadRegistration")),
-            *(f'"{w}"'.encode() for w in ("spiffeIDTemplate", "serviceAccountNames", "podSelector")),
-            *(f'"{w}"'.encode() for w in ("namespaceSelector", "dnsNameTemplates", "x509SVIDTTL")),
-            *(f'"{w}"'.encode() for w in ("jwtSVIDTTL", "federatesWith", "hint", "matchLabels")),
-            *(f'"{w}"'.encode() for w in ("matchExpressions", "key", "operator", "values", "In", "Exists")),
+        dictionary=quoted(
+            "apiVersion kind metadata spec name namespace uid generation creationTimestamp",
+            "WorkloadRegistration ClusterWorkloadRegistration spiffeIDTemplate serviceAccountNames",
+            "podSelector namespaceSelector dnsNameTemplates x509SVIDTTL jwtSVIDTTL federatesWith hint",
+            "matchLabels matchExpressions key operator values In Exists",
+            API_VERSION,
+        ),
+    ),
+    Target(
+        "federation",
+        federation,
+        max_len=4096,
+        dictionary=quoted(
+            "apiVersion kind metadata spec status name uid generation trustDomain bundleEndpointURL",
+            "type bundle bundleEndpointProfile endpointSPIFFEID trustDomainBundle https_spiffe",
+            "https_web FederatedTrustDomain",
+            API_VERSION,
         ),
     ),
 )

@@ -1,4 +1,5 @@
-"""Fuzz targets for the pure SPIFFE parsers: IDs and trust domains, bundles (JSON, PEM, DER), OIDC issuers."""
+"""Fuzz targets for the pure SPIFFE parsers: IDs and trust domains, bundles (JSON, PEM, DER), X.509-SVID
+chains, OIDC issuers."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from kubespiffe.spiffe.bundle import (
     parse_pem_certificates,
 )
 from kubespiffe.spiffe.spiffeid import MAX_ID_BYTES, SpiffeId, SpiffeIdError, TrustDomain
+from kubespiffe.spiffe.x509svid import X509SvidError, id_from_certificate, verify_chain
 from tests.fuzz.common import Target, fixed_ec_key, text
+from tests.unit.certs import NOW, make_ca
 
 TRUST_DOMAIN = TrustDomain("example.org")
 
@@ -93,6 +96,25 @@ def bundle_der(data: bytes) -> None:
         return
 
 
+SVID_CA = make_ca("fuzz root", key=fixed_ec_key(11))
+"""Same name and key in every process, so committed chains verify; valid around tests.unit.certs.NOW."""
+
+
+def x509_svid(data: bytes) -> None:
+    """Concatenated DER, leaf first, verified against one fixed root: an accepted chain's SPIFFE ID is
+    the leaf's own and lies in the root's trust domain."""
+    try:
+        chain = parse_der_certificates(data)
+    except BundleError:
+        return
+    try:
+        spiffe_id = verify_chain(chain, {TRUST_DOMAIN: (SVID_CA.cert,)}, NOW)
+    except X509SvidError:
+        return
+    assert spiffe_id.trust_domain == TRUST_DOMAIN and spiffe_id.path
+    assert id_from_certificate(chain[0]) == spiffe_id
+
+
 def oidc_issuer(data: bytes) -> None:
     """An accepted issuer is an https URL with a host whose derived paths stay under it."""
     url = text(data)
@@ -133,5 +155,6 @@ TARGETS = (
         dictionary=(b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----", b"-----BEGIN "),
     ),
     Target("bundle_der", bundle_der, max_len=4096),
+    Target("x509svid", x509_svid, max_len=8192),
     Target("oidc", oidc_issuer, max_len=300, dictionary=(b"https://", b"@", b"?", b"#", b":443", b"[::1]")),
 )

@@ -1,6 +1,6 @@
 """Write the seed corpora, tests/fuzz/corpus/<target>/, from the unit tests' kinds of cases.
 
-    python -m tests.fuzz.seeds
+    python -m tests.fuzz.seeds [TARGET ...]
 
 Seeds are named by content (seed-<sha256 prefix>), so rerunning adds nothing twice; CSRs and
 certificates come out different on every run (fresh keys), so rerun only to add cases, and commit only
@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -33,10 +34,10 @@ from google.protobuf import struct_pb2
 from kubespiffe.constants import API_VERSION
 from kubespiffe.spiffe.bundle import Bundle, bundle_to_json, certificates_to_der, certificates_to_pem
 from tests.fuzz.common import SEPARATOR
-from tests.fuzz.fuzz_spiffe import TRUST_DOMAIN
+from tests.fuzz.fuzz_spiffe import SVID_CA, TRUST_DOMAIN
 from tests.fuzz.fuzz_tokens import AUDIENCE, ISSUER, JWT_AUDIENCE, sign
 from tests.fuzz.targets import CORPUS
-from tests.unit.certs import csr_der, make_ca, make_csr, make_leaf, rsa_key
+from tests.unit.certs import DAY, NOW, csr_der, make_ca, make_csr, make_leaf, rsa_key, uris
 
 FAR_FUTURE = 4102444800  # 2100-01-01: signed seeds stay unexpired
 
@@ -273,6 +274,46 @@ def _sds() -> list[bytes]:
     return [r.SerializeToString() for r in requests]
 
 
+def _chains() -> list[bytes]:
+    intermediate = make_ca("fuzz intermediate", SVID_CA)
+    chains = [
+        [make_leaf(SVID_CA)],
+        [make_leaf(intermediate, "spiffe://example.org/ns/a/sa/web"), intermediate],
+        [make_leaf(SVID_CA, names=uris("spiffe://example.org/a", "spiffe://example.org/b"))],
+        [make_leaf(SVID_CA, not_after=NOW - DAY)],
+        [make_leaf(SVID_CA, ca=True)],
+        [make_leaf(make_ca("stranger"))],
+        [make_leaf(SVID_CA, "spiffe://other.org/x")],
+    ]
+    return [certificates_to_der([c.cert for c in chain]) for chain in chains]
+
+
+def _federations() -> list[bytes]:
+    spec = {
+        "trustDomain": "partner.example",
+        "bundleEndpointURL": "https://bundle.partner.example:8443/bundle",
+        "bundleEndpointProfile": {
+            "type": "https_spiffe",
+            "endpointSPIFFEID": "spiffe://partner.example/kubespiffe/kubespiffed",
+        },
+        "trustDomainBundle": '{"keys": [], "spiffe_sequence": 1}',
+    }
+    meta = {"name": "partner", "uid": "uid-1", "generation": 3}
+    web = {**spec, "bundleEndpointProfile": {"type": "https_web"}, "bundleEndpointURL": "https://1.2.3.4/b?x"}
+    objects = [
+        {"apiVersion": API_VERSION, "kind": "FederatedTrustDomain", "metadata": meta, "spec": spec},
+        {"apiVersion": API_VERSION, "kind": "FederatedTrustDomain", "metadata": meta, "spec": web},
+        {
+            "apiVersion": API_VERSION,
+            "kind": "FederatedTrustDomain",
+            "metadata": meta,
+            "spec": {**spec, "bundleEndpointURL": "https://u:p@host:99999/#f"},
+            "status": {"bundle": "{}", "sequence": 4},
+        },
+    ]
+    return [json.dumps(o).encode() for o in objects]
+
+
 def _oidc() -> list[bytes]:
     urls = [
         "https://oidc.example.com",
@@ -286,7 +327,7 @@ def _oidc() -> list[bytes]:
     return [u.encode() for u in urls]
 
 
-def main() -> None:
+def main(only: list[str]) -> None:
     bundle_json, bundle_pem, bundle_der = _bundles()
     claims, tokens, svid_claims, svids = _tokens()
     spiffe_templates, dns_templates = _templates()
@@ -295,6 +336,7 @@ def main() -> None:
         "bundle_json": bundle_json,
         "bundle_pem": bundle_pem,
         "bundle_der": bundle_der,
+        "x509svid": _chains(),
         "oidc": _oidc(),
         "csr": _csrs(),
         "token": tokens,
@@ -305,10 +347,13 @@ def main() -> None:
         "template_spiffe": spiffe_templates,
         "template_dns": dns_templates,
         "registration": _registrations(),
+        "federation": _federations(),
         "review": _reviews(),
         "sds": _sds(),
     }
     for name, inputs in corpora.items():
+        if only and name not in only:
+            continue
         directory = CORPUS / name
         directory.mkdir(parents=True, exist_ok=True)
         for data in inputs:
@@ -319,4 +364,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])  # target names: only those (default: every target)

@@ -17,6 +17,7 @@ MODULES = {
     "bundle_json": "tests.fuzz.fuzz_spiffe",
     "bundle_pem": "tests.fuzz.fuzz_spiffe",
     "bundle_der": "tests.fuzz.fuzz_spiffe",
+    "x509svid": "tests.fuzz.fuzz_spiffe",
     "oidc": "tests.fuzz.fuzz_spiffe",
     "csr": "tests.fuzz.fuzz_x509",
     "token": "tests.fuzz.fuzz_tokens",
@@ -27,6 +28,7 @@ MODULES = {
     "template_spiffe": "tests.fuzz.fuzz_registry",
     "template_dns": "tests.fuzz.fuzz_registry",
     "registration": "tests.fuzz.fuzz_registry",
+    "federation": "tests.fuzz.fuzz_registry",
     "review": "tests.fuzz.fuzz_injection",
     "sds": "tests.fuzz.fuzz_agent",
 }
@@ -36,6 +38,7 @@ COVERS = {
     "bundle_json": ("kubespiffe.spiffe.bundle",),
     "bundle_pem": ("kubespiffe.spiffe.bundle",),
     "bundle_der": ("kubespiffe.spiffe.bundle",),
+    "x509svid": ("kubespiffe.spiffe.x509svid",),
     "oidc": ("kubespiffe.federation.oidc",),
     "csr": ("kubespiffe.authority.x509ca",),
     "token": ("kubespiffe.attestation.token",),
@@ -46,6 +49,7 @@ COVERS = {
     "template_spiffe": ("kubespiffe.registry.template",),
     "template_dns": ("kubespiffe.registry.template",),
     "registration": ("kubespiffe.registry.models",),
+    "federation": ("kubespiffe.registry.federation",),
     "review": ("kubespiffe.injection.review", "kubespiffe.injection.mutate"),
     "sds": ("kubespiffe.agent.sdsresources", "kubespiffe.agent.sdsstream"),
 }
