@@ -19,10 +19,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
-from jwt.exceptions import PyJWTError
 
 from kubespiffe.errors import InvalidInput
+from kubespiffe.spiffe.jwk import from_jwk, to_jwk
 from kubespiffe.spiffe.spiffeid import TrustDomain
 
 MAX_BUNDLE_BYTES = 1 << 20
@@ -156,12 +155,12 @@ def parse_der_certificates(data: bytes) -> list[x509.Certificate]:
 
 
 def _public_jwk(key: PublicKeyTypes) -> dict[str, Any]:
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        jwk: dict[str, Any] = json.loads(ECAlgorithm.to_jwk(key))
-    elif isinstance(key, rsa.RSAPublicKey):
-        jwk = json.loads(RSAAlgorithm.to_jwk(key))
-    else:
+    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
         raise BundleError(f"key type {type(key).__name__} cannot be published in a bundle (EC or RSA only)")
+    try:
+        jwk: dict[str, Any] = to_jwk(key)
+    except ValueError as exc:
+        raise BundleError(f"key cannot be published in a bundle: {exc}") from None
     return {k: v for k, v in jwk.items() if k in _PUBLIC_MEMBERS}
 
 
@@ -204,12 +203,9 @@ def _load_jwk(jwk: Mapping[str, Any], where: str) -> PublicKeyTypes:
     if "d" in jwk:
         raise BundleError(f"{where}: a bundle must not contain private keys")
     try:
-        key = (ECAlgorithm if jwk["kty"] == "EC" else RSAAlgorithm).from_jwk(dict(jwk))
-    except (KeyError, ValueError, TypeError, PyJWTError) as exc:
+        return from_jwk(jwk)
+    except (ValueError, TypeError) as exc:
         raise BundleError(f"{where}: key parameters are invalid: {exc}") from None
-    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):  # narrows the type; "d" was refused
-        raise BundleError(f"{where}: a bundle must not contain private keys")
-    return key
 
 
 def _x509_authority(jwk: Mapping[str, Any], where: str) -> x509.Certificate:
