@@ -774,11 +774,16 @@ def test_hostless_uri_fails_a_permitted_uri_constraint() -> None:
     assert verify(leaf, intermediate) == ID
 
 
-def test_a_leaf_whose_subject_cannot_be_decoded_is_an_svid_error() -> None:
-    """Found by fuzzing (tests/fuzz, x509svid): cryptography decodes names only when asked, so invalid
-    UTF-8 in the leaf's Subject escaped verify_chain as a bare ValueError."""
+@pytest.mark.parametrize(
+    "value",
+    [b"\x0c\x10kubespiffe te\x87\x8bs", b"\x03\x10\x00ubespiffe tests"],
+    ids=["invalid UTF-8", "BIT STRING under organizationName"],
+)
+def test_a_leaf_whose_subject_cannot_be_decoded_is_an_svid_error(value: bytes) -> None:
+    """Found by fuzzing (tests/fuzz, x509svid): cryptography decodes names only when asked, so a Subject
+    it cannot decode escaped verify_chain as a bare ValueError or TypeError."""
     data = der(GOOD_LEAF)
-    at = data.rindex(b"kubespiffe tests")  # the Subject's O (the Issuer's comes first)
-    broken = x509.load_der_x509_certificate(data[:at] + b"kubespiffe te\x87\x8bs" + data[at + 16 :])
+    at = data.rindex(b"\x0c\x10kubespiffe tests")  # the Subject's O (the Issuer's comes first)
+    broken = x509.load_der_x509_certificate(data[:at] + value + data[at + len(value) :])
     with pytest.raises(X509SvidError, match="Subject"):
         verify_chain([broken], BUNDLES, NOW)

@@ -121,7 +121,7 @@ class X509Svid:
 def _describe(cert: x509.Certificate) -> str:
     try:
         subject = cert.subject.rfc4514_string()
-    except ValueError:  # names are decoded only when asked for
+    except (ValueError, TypeError):  # names are decoded only when asked for (TypeError: a BIT STRING)
         subject = ""
     return subject or f"certificate serial {cert.serial_number:x}"
 
@@ -129,7 +129,7 @@ def _describe(cert: x509.Certificate) -> str:
 def _subject(cert: x509.Certificate) -> x509.Name:
     try:
         return cert.subject
-    except ValueError as exc:  # names are decoded only when asked for
+    except (ValueError, TypeError) as exc:  # names are decoded only when asked for
         raise X509SvidError(f"{_describe(cert)} has a malformed Subject: {exc}") from None
 
 
