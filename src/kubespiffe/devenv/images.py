@@ -187,7 +187,8 @@ def busybox_archive() -> Path:
 def interop_archive(binary: Path) -> tuple[str, Path]:
     """go-spiffe's reference client (tools/interop, a static Go binary) as a pod image, tagged by its hash.
 
-    Test and benchmark pods run it as the unmodified application: it only knows SPIFFE_ENDPOINT_SOCKET.
+    Test and benchmark pods run it as the unmodified application: it only knows SPIFFE_ENDPOINT_SOCKET,
+    or with pod certificates the paths of the files the kubelet projects.
     """
     data = binary.read_bytes()
     digest = hashlib.sha256(data).hexdigest()[:12]
