@@ -119,7 +119,7 @@ def _validate(token: str) -> None:
     assert svid.spiffe_id.trust_domain == JWT_TRUST_DOMAIN
     assert SpiffeId.parse(svid.claims["sub"]) == svid.spiffe_id  # the trust domain comes out lower-cased
     aud = svid.claims["aud"]
-    assert aud == JWT_AUDIENCE or JWT_AUDIENCE in aud
+    assert aud == JWT_AUDIENCE if isinstance(aud, str) else JWT_AUDIENCE in aud
 
 
 def jwtsvid(data: bytes) -> None:
