@@ -21,7 +21,7 @@ import jwt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Pod
 from spiffe._proto import workload_pb2, workload_pb2_grpc
@@ -119,11 +119,17 @@ async def _health(agent: AgentProcess, service: str) -> AsyncIterator[list[str]]
     """Every status the agent's health service reports for `service` (Watch sends each change)."""
     seen: list[str] = []
     async with grpc.aio.insecure_channel(agent.address) as channel:
-        call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=service))
+        # The agent's health.proto is grpclib's (one copy per process: grpcio-health-checking's would clash).
+        watch = channel.unary_stream(
+            "/grpc.health.v1.Health/Watch",
+            request_serializer=HealthCheckRequest.SerializeToString,
+            response_deserializer=HealthCheckResponse.FromString,
+        )
+        call = watch(HealthCheckRequest(service=service))
 
         async def collect() -> None:
             async for response in call:
-                seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+                seen.append(HealthCheckResponse.ServingStatus.Name(response.status))
 
         task = asyncio.create_task(collect())
         try:

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_private_key
 from google.protobuf.descriptor_pb2 import FileDescriptorProto
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpclib.reflection.v1alpha import reflection_pb2
 from lightkube import AsyncClient
 from spiffe import JwtSource, WorkloadApiClient, X509Source
 from spiffe._proto import workload_pb2, workload_pb2_grpc
@@ -220,14 +220,18 @@ def test_jwt_bundles_are_plain_jwks_keyed_by_trust_domain_id(web: AgentProcess) 
 def test_server_reflection_lists_the_workload_api(web: AgentProcess) -> None:
     channel = grpc.insecure_channel(web.address)
     with channel:
-        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        responses = stub.ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        # The agent serves grpclib's copy of reflection.proto (one copy per process: grpcio-reflection's
+        # would clash in the default descriptor pool), so the call is made with its messages.
+        info = channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
         )
+        responses = info(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         services = {s.name for s in next(iter(responses)).list_services_response.service}
         described = next(
             iter(
-                stub.ServerReflectionInfo(
+                info(
                     iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="SpiffeWorkloadAPI")])
                 )
             )

@@ -64,12 +64,13 @@ def test_wire_names_are_the_specs() -> None:
 
 def test_private_pool_resolves_other_files_from_the_default_pool() -> None:
     """So the pool can back server reflection for every service on the agent's socket."""
-    from grpc_health.v1 import health_pb2  # noqa: F401 (registers grpc.health.v1 in the default pool)
+    # The agent's health service (grpclib's copy of health.proto) lives in the default pool.
+    from grpclib.health.v1 import health_pb2  # noqa: F401
 
     ours = workload_pool.POOL.FindFileContainingSymbol("SpiffeWorkloadAPI")
     assert ours.name == workload_pb2.DESCRIPTOR.name
     health = workload_pool.POOL.FindFileContainingSymbol("grpc.health.v1.Health")
-    assert health.name == "grpc_health/v1/health.proto"
+    assert health.name == "grpclib/health/v1/health.proto"
     claims = workload_pb2.ValidateJWTSVIDResponse(spiffe_id="spiffe://example.org/web").claims
     claims.update({"aud": ["vault"]})
     assert json_format.MessageToDict(claims) == {"aud": ["vault"]}

@@ -50,6 +50,14 @@ class FakeIssuer(issuer_pb2_grpc.IssuerServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
         yield issuer_pb2.BundlesResponse()
 
+    async def WatchIdentity(
+        self,
+        request: issuer_pb2.WatchIdentityRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> AsyncIterator[issuer_pb2.IdentityResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+        yield issuer_pb2.IdentityResponse()
+
 
 @pytest.fixture
 async def fake() -> AsyncIterator[tuple[IssuerClient, FakeIssuer]]:

@@ -228,7 +228,8 @@ def test_state_round_trip_with_prepared_retired_and_chain() -> None:
     _assert_same_state(rotated, again)
     assert again.active_x509().above == (upstream.certificate,)
     assert again.active_x509().chain == (chained.certificate,)
-    # The bundle publishes anchors: the first slot's self-signed CA and the upstream root, not the intermediate.
+    # The bundle publishes anchors: the first slot's self-signed CA and the upstream root, not the
+    # intermediate.
     assert again.trust_bundle() == [state.slots[0].authority.certificate, upstream.certificate]
 
 

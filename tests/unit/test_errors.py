@@ -16,9 +16,10 @@ _SKIP = ("kubespiffe.proto.",)
 
 def _all_subclasses(root: type) -> set[type]:
     found: set[type] = set()
-    stack = [root]
+    stack: list[type] = [root]
     while stack:
-        for sub in stack.pop().__subclasses__():
+        subclasses: list[type] = stack.pop().__subclasses__()
+        for sub in subclasses:
             if sub not in found:
                 found.add(sub)
                 stack.append(sub)

@@ -46,13 +46,13 @@ RSA = to_jwk(rsa.generate_private_key(65537, 2048).public_key())
         ({**P256, "x": P256["x"][:-4]}, "coordinates must be 32 bytes"),
         ({**P256, "x": 7}, "x is not a base64url string"),
         ({**P256, "y": "!!!!"}, "y is not base64url"),
-        ({**P256, "y": P256["x"]}, ""),  # a point not on the curve: cryptography's own message
+        ({**P256, "y": P256["x"]}, None),  # a point not on the curve: cryptography's own message
         ({**RSA, "e": "AA"}, "e must be a positive integer"),
         ({**RSA, "n": None}, "n is not a base64url string"),
-        ({"kty": "RSA", "n": "AQAB", "e": "AQAB"}, ""),  # cryptography refuses a toy modulus
+        ({"kty": "RSA", "n": "AQAB", "e": "AQAB"}, None),  # cryptography refuses a toy modulus
     ],
 )
-def test_bad_jwks_are_value_errors(jwk: dict[str, Any], message: str) -> None:
+def test_bad_jwks_are_value_errors(jwk: dict[str, Any], message: str | None) -> None:
     with pytest.raises(ValueError, match=message):
         from_jwk(jwk)
 

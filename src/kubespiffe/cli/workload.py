@@ -1,36 +1,46 @@
 """CLI calls against a SPIFFE Workload API socket (the agent's, or any conforming one).
 
-Uses the py-spiffe generated stubs directly: one call, one answer, clear errors, no background threads.
+One call, one answer, clear errors. grpclib, as in the agent: `kubespiffe probe` runs as the injected
+sidecar's startup and readiness probe, a new process every few seconds in every pod, so it loads neither
+grpcio nor a second copy of the gRPC health protocol (the agent serves grpclib's).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import grpc
 from google.protobuf.json_format import MessageToDict
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from kubespiffe.agent.files import write_x509_svids
 from kubespiffe.errors import KubespiffeError
-from kubespiffe.proto import workload_pb2, workload_pb2_grpc
+from kubespiffe.proto import workload_pb2
+from kubespiffe.proto.workload_pb2_grpclib import SpiffeWorkloadAPIStub
 from kubespiffe.spiffe.bundle import parse_der_certificates
 from kubespiffe.spiffe.spiffeid import SpiffeId
 from kubespiffe.spiffe.x509svid import X509Svid
 
-HEADER = (("workload.spiffe.io", "true"),)
+HEADER = {"workload.spiffe.io": "true"}
 ENV_SOCKET = "SPIFFE_ENDPOINT_SOCKET"
 
 EXIT_NO_IDENTITY = 3
 EXIT_UNREACHABLE = 5
 EXIT_REFUSED = 7
 EXIT_INVALID = 8
+
+T = TypeVar("T")
 
 
 class WorkloadError(KubespiffeError):
@@ -58,26 +68,58 @@ def endpoint(socket: str | None) -> str:
     raise WorkloadError(f"{value!r} is neither unix:///path nor tcp://IP:PORT", 2)
 
 
-def _error(exc: grpc.RpcError) -> WorkloadError:
-    code, detail = exc.code(), exc.details()
-    if code == grpc.StatusCode.PERMISSION_DENIED:
+def _channel(target: str) -> Channel:
+    if target.startswith("unix://"):
+        return Channel(path=target[len("unix://") :])
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise WorkloadError(f"{target!r} is not IP:PORT", 2)
+    return Channel(host.strip("[]"), int(port))
+
+
+def _error(exc: GRPCError) -> WorkloadError:
+    code, detail = exc.status, exc.message or ""
+    if code == Status.PERMISSION_DENIED:
         return WorkloadError(f"no identity: {detail}", EXIT_NO_IDENTITY)
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+    if code in (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED):
         return WorkloadError(f"Workload API unavailable: {detail}", EXIT_UNREACHABLE)
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return WorkloadError(str(detail), EXIT_INVALID)
+    if code == Status.INVALID_ARGUMENT:
+        return WorkloadError(detail, EXIT_INVALID)
     return WorkloadError(f"Workload API refused ({code.name}): {detail}", EXIT_REFUSED)
 
 
-def fetch_x509(target: str, write: Path | None, timeout: float) -> list[str]:
-    with grpc.insecure_channel(target) as channel:
-        stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+def _call(target: str, timeout: float, call: Callable[[Channel], Awaitable[T]]) -> T:
+    """Run one call on a fresh channel; gRPC and connection failures become WorkloadError."""
+
+    async def once() -> T:
+        channel = _channel(target)
         try:
-            stream = stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=timeout)
-            response = next(iter(stream))
-            stream.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves Call.cancel untyped
-        except grpc.RpcError as exc:
-            raise _error(exc) from None
+            async with asyncio.timeout(timeout):
+                return await call(channel)
+        finally:
+            channel.close()
+
+    try:
+        return asyncio.run(once())
+    except GRPCError as exc:
+        raise _error(exc) from None
+    except (OSError, TimeoutError, StreamTerminatedError, ProtocolError) as exc:
+        raise WorkloadError(
+            f"Workload API unavailable at {target}: {exc or type(exc).__name__}", EXIT_UNREACHABLE
+        ) from None
+
+
+def fetch_x509(target: str, write: Path | None, timeout: float) -> list[str]:
+    async def first(channel: Channel) -> workload_pb2.X509SVIDResponse:
+        async with SpiffeWorkloadAPIStub(channel).FetchX509SVID.open(metadata=HEADER) as stream:
+            await stream.send_message(workload_pb2.X509SVIDRequest(), end=True)
+            message = await stream.recv_message()
+            await stream.cancel()
+        if message is None:
+            raise WorkloadError("the Workload API closed the stream without an answer", EXIT_UNREACHABLE)
+        return message
+
+    response = _call(target, timeout, first)
     svids = [
         X509Svid.from_der(SpiffeId.parse(s.spiffe_id), s.x509_svid, s.x509_svid_key, s.hint)
         for s in response.svids
@@ -91,19 +133,11 @@ def fetch_x509(target: str, write: Path | None, timeout: float) -> list[str]:
     ]
 
 
-def _unary(target: str, rpc: str, request: Any, timeout: float) -> Any:
-    """One unary Workload API call with the security header; gRPC errors become WorkloadError."""
-    with grpc.insecure_channel(target) as channel:
-        stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
-        try:
-            return getattr(stub, rpc)(request, metadata=HEADER, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise _error(exc) from None
-
-
 def fetch_jwt(target: str, audience: list[str], spiffe_id: str, timeout: float) -> list[dict[str, object]]:
     request = workload_pb2.JWTSVIDRequest(audience=audience, spiffe_id=spiffe_id)
-    response = _unary(target, "FetchJWTSVID", request, timeout)
+    response = _call(
+        target, timeout, lambda c: SpiffeWorkloadAPIStub(c).FetchJWTSVID(request, metadata=HEADER)
+    )
     result = []
     for svid in response.svids:
         claims = json.loads(base64.urlsafe_b64decode(svid.svid.split(".")[1] + "=="))
@@ -113,23 +147,18 @@ def fetch_jwt(target: str, audience: list[str], spiffe_id: str, timeout: float) 
 
 def validate_jwt(target: str, audience: str, token: str, timeout: float) -> dict[str, object]:
     request = workload_pb2.ValidateJWTSVIDRequest(audience=audience, svid=token)
-    response = _unary(target, "ValidateJWTSVID", request, timeout)
+    response = _call(
+        target, timeout, lambda c: SpiffeWorkloadAPIStub(c).ValidateJWTSVID(request, metadata=HEADER)
+    )
     return {"spiffe_id": response.spiffe_id, "claims": MessageToDict(response.claims)}
 
 
 def probe(target: str, service: str, timeout: float) -> int:
     """The agent's gRPC health service: "" = SVID in hand, kubespiffe.upstream = kubespiffed reachable."""
-    with grpc.insecure_channel(target) as channel:
-        try:
-            response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout
-            )
-        except grpc.RpcError as exc:
-            raise _error(exc) from None
-    if response.status != health_pb2.HealthCheckResponse.SERVING:
-        raise WorkloadError(
-            f"not ready ({health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)})", 1
-        )
+    request = HealthCheckRequest(service=service)
+    response: Any = _call(target, timeout, lambda c: HealthStub(c).Check(request))
+    if response.status != HealthCheckResponse.SERVING:
+        raise WorkloadError(f"not ready ({HealthCheckResponse.ServingStatus.Name(response.status)})", 1)
     return 0
 
 
