@@ -111,7 +111,10 @@ class WorkerPool:
                 log.error("worker %d wrote %r on its control pipe; ignoring the rest", index, header[:40])
                 await stdout.read()
                 return
-            self.metrics[index] = await stdout.readexactly(int(size))
+            try:
+                self.metrics[index] = await stdout.readexactly(int(size))
+            except asyncio.IncompleteReadError:  # it exited mid-frame
+                return
 
     def exposition(self) -> bytes:
         """/metrics for the whole replica: each family once, the primary's samples with worker="0" and
@@ -172,11 +175,15 @@ class _Merged(Collector):
 
 
 async def publish_metrics() -> None:
-    """A worker's metrics to the primary on stdout, every METRICS_INTERVAL (after `announce_ready`)."""
+    """A worker's metrics to the primary on stdout, every METRICS_INTERVAL (after `announce_ready`).
+
+    Never blocks the worker: a snapshot the primary has not read yet is not followed by another."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout)
     while True:
-        text = generate_latest()
-        sys.stdout.buffer.write(b"metrics %d\n" % len(text) + text)
-        sys.stdout.buffer.flush()
+        if not transport.get_write_buffer_size():
+            text = generate_latest()
+            transport.write(b"metrics %d\n" % len(text) + text)
         await asyncio.sleep(METRICS_INTERVAL)
 
 
