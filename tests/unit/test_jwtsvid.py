@@ -154,6 +154,9 @@ REFUSED: list[tuple[str, Callable[[], str], str]] = [
     ("not ASCII", lambda: mint(EC, "ec", ID, ["a"], dt.timedelta(minutes=5), _now()) + "\udcff", "ASCII"),
     # Found by fuzzing (tests/fuzz, jwtsvid): an unhashable alg escaped as TypeError, unsigned.
     ("alg a list", lambda: _unsigned({"alg": ["ES256"], "kid": "ec"}, _claims()), "algorithm"),
+    # Found by fuzzing (tests/fuzz, jwtsvid): PyJWT raised TypeError for a key of the other type, unsigned.
+    ("RS256 for an EC key", lambda: _unsigned({"alg": "RS256", "kid": "ec"}, _claims()), "does not fit"),
+    ("ES256 for an RSA key", lambda: _unsigned({"alg": "ES256", "kid": "rsa"}, _claims()), "does not fit"),
 ]
 
 

@@ -129,12 +129,15 @@ def validate(
     key = keys.get(kid)
     if key is None:
         raise JwtSvidError(f"key id {kid!r} is not in the JWT bundle of {subject.trust_domain}")
+    # PyJWT raises TypeError for a key of the other type; ES* needs an EC key, RS*/PS* an RSA key.
+    if not isinstance(key, ec.EllipticCurvePublicKey if alg.startswith("ES") else rsa.RSAPublicKey):
+        raise JwtSvidError(f"algorithm {alg} does not fit the {type(key).__name__} of key id {kid!r}")
     import jwt
 
     try:
         claims = jwt.decode(
             token,
-            key=key,  # type: ignore[arg-type]
+            key=key,
             algorithms=[alg],
             audience=audience,
             options={"require": ["sub", "aud", "exp"], "verify_iat": False},
