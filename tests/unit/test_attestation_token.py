@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import jwt
@@ -89,29 +89,36 @@ async def test_es256_token_is_accepted() -> None:
     ).pod_uid == "pod-uid"
 
 
+# Claims are built when the test runs, not at collection: a long suite would otherwise run these with
+# tokens that expired in the meantime (and every case would fail as "expired").
 @pytest.mark.parametrize(
-    ("token_claims", "message"),
+    ("make_claims", "message"),
     [
-        (claims(exp=int(time.time()) - 60), "expired"),
-        (claims(nbf=int(time.time()) + 600, iat=int(time.time()) + 600), "not valid yet"),
-        (claims(aud=["other"]), "audience"),
-        (claims(aud="other"), "audience"),
-        (claims(aud=["kubespiffe", "https://kubernetes.default.svc"]), "not exactly 'kubespiffe'"),
-        (claims(aud=["other", "kubespiffe"]), "not exactly 'kubespiffe'"),
+        (lambda: claims(exp=int(time.time()) - 60), "expired"),
+        (lambda: claims(nbf=int(time.time()) + 600, iat=int(time.time()) + 600), "not valid yet"),
+        (lambda: claims(aud=["other"]), "audience"),
+        (lambda: claims(aud="other"), "audience"),
+        (lambda: claims(aud=["kubespiffe", "https://kubernetes.default.svc"]), "not exactly 'kubespiffe'"),
+        (lambda: claims(aud=["other", "kubespiffe"]), "not exactly 'kubespiffe'"),
         (
-            claims(**{"kubernetes.io": {**claims()["kubernetes.io"], "serviceaccount": {"name": "web"}}}),
+            lambda: claims(
+                **{"kubernetes.io": {**claims()["kubernetes.io"], "serviceaccount": {"name": "web"}}}
+            ),
             "UID",
         ),
-        (claims(iss="https://evil"), "issuer"),
-        ({k: v for k, v in claims().items() if k != "exp"}, "exp"),
-        (claims(**{"kubernetes.io": None}), "no kubernetes.io claims"),
-        (claims(**{"kubernetes.io": {**claims()["kubernetes.io"], "pod": None}}), "not bound to a pod"),
-        (claims(sub="system:serviceaccount:other:web"), "subject does not match"),
+        (lambda: claims(iss="https://evil"), "issuer"),
+        (lambda: {k: v for k, v in claims().items() if k != "exp"}, "exp"),
+        (lambda: claims(**{"kubernetes.io": None}), "no kubernetes.io claims"),
+        (
+            lambda: claims(**{"kubernetes.io": {**claims()["kubernetes.io"], "pod": None}}),
+            "not bound to a pod",
+        ),
+        (lambda: claims(sub="system:serviceaccount:other:web"), "subject does not match"),
     ],
 )
-async def test_claims_are_checked(token_claims: dict[str, Any], message: str) -> None:
+async def test_claims_are_checked(make_claims: Callable[[], dict[str, Any]], message: str) -> None:
     with pytest.raises(TokenRejected, match=message):
-        await verifier(Jwks((KEY, "k1"))).verify(sign(token_claims))
+        await verifier(Jwks((KEY, "k1"))).verify(sign(make_claims()))
 
 
 @pytest.mark.parametrize(
