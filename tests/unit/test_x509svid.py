@@ -787,3 +787,15 @@ def test_a_leaf_whose_subject_cannot_be_decoded_is_an_svid_error(value: bytes) -
     broken = x509.load_der_x509_certificate(data[:at] + value + data[at + len(value) :])
     with pytest.raises(X509SvidError, match="Subject"):
         verify_chain([broken], BUNDLES, NOW)
+
+
+@pytest.mark.parametrize("tag", ["a3", "a5"], ids=["x400Address", "ediPartyName"])
+def test_a_general_name_cryptography_cannot_represent_is_an_svid_error(tag: str) -> None:
+    """Found by fuzzing (tests/fuzz, x509svid): a SAN with an x400Address or ediPartyName, in a leaf or
+    in an intermediate the caller made itself, escaped as UnsupportedGeneralNameType (not a ValueError)."""
+    leaf = make_leaf(ROOT, names=[*uris(str(ID)), x509.DNSName("aaaa")])
+    data = der(leaf.cert)
+    at = data.index(bytes.fromhex("820461616161"))  # the DNS name's [2] "aaaa"
+    broken = x509.load_der_x509_certificate(data[:at] + bytes.fromhex(tag + "0430026161") + data[at + 6 :])
+    with pytest.raises(X509SvidError, match="malformed extensions"):
+        verify_chain([broken], BUNDLES, NOW)

@@ -134,9 +134,10 @@ def _subject(cert: x509.Certificate) -> x509.Name:
 
 
 def _extensions(cert: x509.Certificate) -> x509.Extensions:
+    # Neither DuplicateExtension nor UnsupportedGeneralNameType (x400Address, ediPartyName) is a ValueError.
     try:
         return cert.extensions
-    except (ValueError, x509.DuplicateExtension) as exc:  # DuplicateExtension is not a ValueError
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
         raise X509SvidError(f"{_describe(cert)} has malformed extensions: {exc}") from None
 
 
