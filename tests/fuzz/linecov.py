@@ -4,7 +4,9 @@
 
 Replays the target's working corpus (--work/<target>/corpus, what a long run kept) and its committed
 seeds, without libFuzzer, tracing lines with sys.settrace. Counted: the lines of the functions in the
-modules the target covers (module-level statements run on import and are left out).
+modules the target covers (module-level statements run on import and are left out), as a share of the
+functions the inputs entered (how deep the parser is explored) and of the whole module (which also holds
+code no parser input reaches, such as serializers and minting).
 """
 
 from __future__ import annotations
@@ -21,27 +23,33 @@ from tests.fuzz.run import DEFAULT_WORK
 from tests.fuzz.targets import COVERS, MODULES, load, seeds
 
 
-def _function_lines(code: CodeType) -> Iterator[int]:
-    """The line numbers of every function (and class body) nested in `code`, not of `code` itself."""
+def _functions(code: CodeType) -> Iterator[CodeType]:
+    """Every function (and class body) nested in `code`, not `code` itself."""
     for const in code.co_consts:
         if isinstance(const, CodeType):
-            yield from (
-                line for _, _, line in const.co_lines() if line is not None and line != const.co_firstlineno
-            )
-            yield from _function_lines(const)
+            yield const
+            yield from _functions(const)
 
 
-def coverage(name: str, work: Path) -> dict[str, tuple[int, int]]:
-    """Module name -> (lines reached, lines in functions) over the corpus."""
+def _lines(code: CodeType) -> set[int]:
+    return {line for _, _, line in code.co_lines() if line is not None and line != code.co_firstlineno}
+
+
+def coverage(name: str, work: Path) -> dict[str, tuple[int, int, int]]:
+    """Module name -> (lines reached, lines in the functions entered, lines in all functions)."""
     target = load(name)
     files = {importlib.import_module(m).__file__: m for m in COVERS[name]}
     reached: set[tuple[str, int]] = set()
+    entered: set[tuple[str, str, int]] = set()
 
     def trace(frame: FrameType, event: str, arg: Any) -> Any:
-        if frame.f_code.co_filename not in files:
+        code = frame.f_code
+        if code.co_filename not in files:
             return None
-        if event == "line":
-            reached.add((frame.f_code.co_filename, frame.f_lineno))
+        if event == "call":
+            entered.add((code.co_filename, code.co_name, code.co_firstlineno))
+        elif event == "line":
+            reached.add((code.co_filename, frame.f_lineno))
         return trace
 
     inputs = [*sorted((work / name / "corpus").glob("*")), *seeds(name)]
@@ -54,9 +62,13 @@ def coverage(name: str, work: Path) -> dict[str, tuple[int, int]]:
     result = {}
     for filename, module in files.items():
         assert filename is not None
-        code = compile(Path(filename).read_text(), filename, "exec")
-        lines = set(_function_lines(code))
-        result[module] = (len({line for f, line in reached if f == filename} & lines), len(lines))
+        functions = list(_functions(compile(Path(filename).read_text(), filename, "exec")))
+        every = set().union(*(_lines(f) for f in functions))
+        called = set().union(
+            *(_lines(f) for f in functions if (filename, f.co_name, f.co_firstlineno) in entered)
+        )
+        hit = {line for f, line in reached if f == filename} & every
+        result[module] = (len(hit), len(called), len(every))
     return result
 
 
@@ -67,9 +79,10 @@ def main() -> int:
     parser.add_argument("--target", choices=sorted(MODULES), action="append", help="default: every target")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     args = parser.parse_args()
+    print(f"{'target':16} {'module':34} {'reached':>7} {'of entered':>10} {'of module':>9}")
     for name in args.target or MODULES:
-        for module, (hit, total) in coverage(name, args.work).items():
-            print(f"{name:16} {module:40} {hit:4}/{total:<4} lines {100 * hit / total:5.1f}%")
+        for module, (hit, called, every) in coverage(name, args.work).items():
+            print(f"{name:16} {module:34} {hit:7} {hit / called:10.0%} {hit / every:9.0%}")
     return 0
 
 
