@@ -6,14 +6,16 @@ client's identity check passes and only the answer is wrong.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from cryptography import x509
 
-from kubespiffe.agent.issuer_client import IssuerClient, RequestFailed, RequestInvalid
+from kubespiffe.agent.issuer_client import IssuerClient, RequestFailed, RequestInvalid, ServerUnreachable
 from kubespiffe.constants import SERVER_ID_PATH, SERVER_NAME
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
 from tests.unit.certs import make_ca, make_leaf, uris
@@ -22,6 +24,9 @@ NOW = dt.datetime.now(dt.UTC)
 
 
 class FakeIssuer(issuer_pb2_grpc.IssuerServicer):
+    silent_stream = False
+    ca: x509.Certificate | None = None  # what its certificate chains to
+
     def __init__(self) -> None:
         self.answer = issuer_pb2.MintJWTSVIDResponse()
         self.refusal: grpc.StatusCode | None = None
@@ -55,6 +60,8 @@ class FakeIssuer(issuer_pb2_grpc.IssuerServicer):
         request: issuer_pb2.WatchIdentityRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> AsyncIterator[issuer_pb2.IdentityResponse]:
+        if self.silent_stream:  # a stream that opens and then says nothing (a stalled connection)
+            await asyncio.sleep(3600)
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
         yield issuer_pb2.IdentityResponse()
 
@@ -67,6 +74,7 @@ async def fake() -> AsyncIterator[tuple[IssuerClient, FakeIssuer]]:
         ca, names=names, not_before=NOW - dt.timedelta(hours=1), not_after=NOW + dt.timedelta(hours=1)
     )
     issuer = FakeIssuer()
+    issuer.ca = ca.cert
     server = grpc.aio.server()
     issuer_pb2_grpc.add_IssuerServicer_to_server(issuer, server)
     credentials = grpc.ssl_server_credentials([(leaf.key_pem, leaf.cert_pem)])
@@ -110,3 +118,23 @@ async def test_invalid_argument_keeps_its_meaning(fake: tuple[IssuerClient, Fake
     with pytest.raises(RequestFailed) as caught:
         await client.mint_jwt("token", ["db"])
     assert not isinstance(caught.value, RequestInvalid)
+
+
+async def test_a_stream_that_never_answers_is_unreachable_within_the_timeout(
+    fake: tuple[IssuerClient, FakeIssuer],
+) -> None:
+    """kubespiffed sends the complete state at once; a stream that stays silent (its connection stalled,
+    e.g. to a terminating replica) must end so the agent reconnects, not wait forever for bundles."""
+    client, issuer = fake
+    issuer.silent_stream = True
+    assert issuer.ca is not None
+    short = IssuerClient(client.address, [issuer.ca], timeout=0.5)
+    try:
+        start = time.monotonic()
+        async with asyncio.timeout(10):  # without the client's bound this waits for an hour: fail, not hang
+            with pytest.raises(ServerUnreachable):
+                async for _ in short.watch_identity("token"):
+                    pass
+        assert time.monotonic() - start < 3
+    finally:
+        await short.close()

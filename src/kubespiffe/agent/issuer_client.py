@@ -291,8 +291,19 @@ class IssuerClient:
         """The messages of a server-streaming call; its end or failure as an IssuerError."""
         async with self._call():
             stub = await self._stub()
-            async with getattr(stub, method).open(metadata=self._metadata(token)) as stream:
-                await stream.send_message(request, end=True)
+            async with contextlib.AsyncExitStack() as opened:
+                # kubespiffed answers a new stream at once with the complete state: no first message within
+                # the timeout means the connection is stalled (e.g. to a replica that is going away), and
+                # waiting on would leave the agent without bundle updates, silently, for good.
+                async with asyncio.timeout(self._timeout):
+                    stream = await opened.enter_async_context(
+                        getattr(stub, method).open(metadata=self._metadata(token))
+                    )
+                    await stream.send_message(request, end=True)
+                    first = await stream.recv_message()
+                if first is None:
+                    return
+                yield first
                 async for message in stream:
                     yield message
 
