@@ -21,7 +21,7 @@ import pytest
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Event, Secret
+from lightkube.resources.core_v1 import Secret
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from kubespiffe.devenv.controlplane import ControlPlane
@@ -40,7 +40,7 @@ from kubespiffe.spiffe.bundle import parse_bundle_json, parse_der_certificates
 from kubespiffe.spiffe.spiffeid import TrustDomain
 from tests.e2e.conftest import AgentFactory, AgentProcess
 from tests.e2e.test_go_spiffe import MtlsServer, _run
-from tests.integration.kubespiffed import Running, allow_secret, register
+from tests.integration.kubespiffed import Running, allow_secret, register, wait_events
 
 pytestmark = pytest.mark.e2e
 
@@ -319,8 +319,9 @@ async def test_endpoint_down_keeps_last_good_bundle_and_recovers(
         assert status["bundle"] == good
         failed = next(c for c in status["conditions"] if c["type"] == "Ready")
         assert failed["status"] == "False" and failed["message"]
-        events = [e async for e in kube.list(Event, namespace="default")]
-        assert any(e.involvedObject.name == "b" and e.reason == "FetchFailed" for e in events)
+        await wait_events(
+            kube, "default", lambda e: e.involvedObject.name == "b" and e.reason == "FetchFailed"
+        )
         # A new replica (or a restart) in A serves B's last good bundle from status, without fetching.
         replica = Kubespiffed(control_plane)
         replica.start(await service_account_token(kube))

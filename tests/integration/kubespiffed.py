@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from cryptography import x509
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Event
 from lightkube.resources.rbac_authorization_v1 import Role
 
 from kubespiffe.agent.issuer_client import X509Result, fetch_x509
@@ -103,3 +104,17 @@ async def allow_secret(kube: AsyncClient, name: str) -> None:
         if rule.resources == ["leases"] and rule.resourceNames:
             rule.resourceNames = [*rule.resourceNames, f"{name}-leader"]
     await kube.replace(role)
+
+
+async def wait_events(
+    kube: AsyncClient, namespace: str, match: Callable[[Event], bool], timeout: float = 15.0
+) -> list[Event]:
+    """The Events in `namespace` that `match`, once there is at least one (kubespiffed records an Event
+    just after the status it explains, so a test that lists them at once races it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [e async for e in kube.list(Event, namespace=namespace) if match(e)]
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"no matching Event in {namespace} within {timeout:.0f} s"
+        await asyncio.sleep(0.3)

@@ -24,7 +24,7 @@ from lightkube import AsyncClient, KubeConfig
 from lightkube.core.exceptions import ApiError
 from lightkube.models.authentication_v1 import BoundObjectReference, TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import ConfigMap, Event, Pod, ServiceAccount, ServiceAccountToken
+from lightkube.resources.core_v1 import ConfigMap, Pod, ServiceAccount, ServiceAccountToken
 
 from kubespiffe.agent.issuer_client import NoIdentity, TokenRefused, X509Result, new_csr
 from kubespiffe.authority.keys import KeyType
@@ -37,7 +37,7 @@ from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
 from kubespiffe.spiffe.bundle import Bundle, bundle_to_json, certificates_to_pem
 from kubespiffe.spiffe.spiffeid import TrustDomain
 
-from .kubespiffed import Running, pod_with_token, register, unregister
+from .kubespiffed import Running, pod_with_token, register, unregister, wait_events
 
 pytestmark = pytest.mark.integration
 
@@ -442,7 +442,7 @@ async def test_federation_fetches_concurrently_and_a_recreated_peer_at_once(
         assert "127.0.0.1:1" in failed["message"], (
             "status keeps the reason for the FederatedTrustDomain's owner"
         )
-        events = [e async for e in kube.list(Event, namespace="default") if e.involvedObject.name == names[1]]
+        events = await wait_events(kube, "default", lambda e: e.involvedObject.name == names[1])
         assert events and all("127.0.0.1" not in (e.message or "") for e in events), "Event text is generic"
         assert all("refused" not in (e.message or "") for e in events)
         await kube.delete(FederatedTrustDomain, names[1])

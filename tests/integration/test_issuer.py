@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
-from lightkube.resources.core_v1 import ConfigMap, Event, Pod
+from lightkube.resources.core_v1 import ConfigMap, Pod
 
 from kubespiffe.agent.issuer_client import NoIdentity, TokenRefused
 from kubespiffe.devenv.controlplane import ControlPlane
@@ -30,7 +30,7 @@ from kubespiffe.spiffe.bundle import certificates_to_pem
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
 from kubespiffe.spiffe.x509svid import check_leaf, verify_chain
 
-from .kubespiffed import Running, pod_with_token, register, unregister
+from .kubespiffed import Running, pod_with_token, register, unregister, wait_events
 
 pytestmark = pytest.mark.integration
 
@@ -294,8 +294,9 @@ async def test_tenancy_violation_is_not_ready_and_grants_nothing(
     _, token = await pod_with_token(kube, namespace, "escaper", "default")
     with pytest.raises(NoIdentity):
         await kubespiffed.fetch(token)
-    events = [e async for e in kube.list(Event, namespace=namespace)]
-    warnings = [e for e in events if e.involvedObject.name == "escape" and e.reason == "TenancyViolation"]
+    warnings = await wait_events(
+        kube, namespace, lambda e: e.involvedObject.name == "escape" and e.reason == "TenancyViolation"
+    )
     assert warnings and warnings[0].type == "Warning", "the refusal is visible with kubectl describe"
 
 
