@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -113,3 +116,25 @@ async def wait_log(
                 f"{text!r} not in the log of {namespace}/{name} after {timeout}s: {output!r}"
             )
         await asyncio.sleep(0.1)
+
+
+def dump_tasks(pod: Pod, command: str) -> list[int]:
+    """SIGUSR1 to the pod's processes whose command line contains `command`: they log every asyncio task's
+    stack (kubespiffe/taskdump.py). Their PIDs on this host. Read their logs after."""
+    assert pod.metadata is not None and pod.metadata.uid
+    uid = pod.metadata.uid
+    marks = (f"pod{uid}", f"pod{uid.replace('-', '_')}")
+    signalled = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cgroup = (proc / "cgroup").read_text()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(m in cgroup for m in marks) and command in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGUSR1)
+                signalled.append(int(proc.name))
+    return signalled

@@ -30,7 +30,7 @@ from kubespiffe.devenv.workloads import ensure_namespace
 from kubespiffe.injection.settings import INJECTED_ANNOTATION, SIDECAR_NAME
 from kubespiffe.kube.client import WorkloadRegistration
 from tests.node.conftest import TRUST_DOMAIN, Env, record
-from tests.node.pods import NODE_TESTS, logs, wait_phase, wait_service_account
+from tests.node.pods import NODE_TESTS, dump_tasks, logs, wait_phase, wait_service_account
 
 pytestmark = NODE_TESTS
 
@@ -228,15 +228,21 @@ async def test_mtls_survives_kubespiffed_pod_loss_and_ca_rotation(env: Env, kube
     await wait_phase(kube, "client", namespace, ("Succeeded",), timeout=120)
     results = output(await logs(kube, "client", namespace, container="app"))["results"]
     failed = [r for r in results if "error" in r]
-    if failed:  # what each side's injected agent saw: renewals, bundle updates, stream errors
+    if failed:  # what each side's injected agent saw: renewals, bundle updates, stream errors, and tasks
+        replicas = [p async for p in kube.list(Pod, namespace=NAMESPACE, labels=SELECTOR)]
+        for name in ("server", "client"):
+            dump_tasks(await kube.get(Pod, name, namespace=namespace), "agent")
+        for replica in replicas:
+            dump_tasks(replica, "kubespiffed")
+        await asyncio.sleep(1)
         agents = {
             pod: await logs(kube, pod, namespace, container=SIDECAR_NAME) for pod in ("server", "client")
         }
-        for replica in [p async for p in kube.list(Pod, namespace=NAMESPACE, labels=SELECTOR)]:
+        for replica in replicas:
             assert replica.metadata is not None and replica.metadata.name
             name = replica.metadata.name
             agents[f"kubespiffed {name}"] = await logs(kube, name, NAMESPACE)
-        detail = "\n".join(f"--- {pod}:\n{text[-3000:]}" for pod, text in agents.items())
+        detail = "\n".join(f"--- {pod}:\n{text[-12000:]}" for pod, text in agents.items())
         raise AssertionError(f"{len(failed)} of {len(results)} handshakes failed: {failed[:3]}\n{detail}")
     assert all(r["body"] == f"hello {spiffe_id(namespace, 'client')}" for r in results)
     serials = [r["client_svid_serial"] for r in results]

@@ -32,6 +32,7 @@ from lightkube.resources.authentication_v1 import TokenReview
 from lightkube.resources.core_v1 import Secret
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kubespiffe import taskdump
 from kubespiffe.attestation.pod import PodAttestor
 from kubespiffe.attestation.token import JwksCache, TokenVerifier
 from kubespiffe.authority import store
@@ -430,6 +431,7 @@ async def run_until_stopped(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    taskdump.install(loop)
     async with asyncio.TaskGroup() as group:
         background = [group.create_task(run()) for run in loops]
         await until_ready()
