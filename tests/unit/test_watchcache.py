@@ -14,7 +14,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta, Status
 from lightkube.resources.core_v1 import Pod
 
-from kubespiffe.kube.watchcache import WatchCache
+from kubespiffe.kube.watchcache import PAGE_SIZE, WatchCache
 
 
 def pod(name: str, version: str) -> Pod:
@@ -22,12 +22,22 @@ def pod(name: str, version: str) -> Pod:
 
 
 class Listing:
-    def __init__(self, items: list[Pod], version: str) -> None:
+    """One list response, or several pages of one: each page after the first waits for `next_page`
+    (when given), as a page waits for the API server, so a test can look at the cache in between."""
+
+    def __init__(
+        self, items: list[Pod], version: str, *, pages: int = 1, next_page: asyncio.Queue[None] | None = None
+    ) -> None:
         self.items, self.resourceVersion = items, version
+        self.pages, self.next_page = pages, next_page
 
     async def __aiter__(self) -> AsyncIterator[Pod]:
-        for item in self.items:
-            yield item
+        size = -(-len(self.items) // self.pages)
+        for start in range(0, len(self.items), size):
+            if start and self.next_page is not None:
+                await self.next_page.get()
+            for item in self.items[start : start + size]:
+                yield item
 
 
 class ScriptedClient:
@@ -36,8 +46,10 @@ class ScriptedClient:
     def __init__(self, listings: list[Listing], watches: list[list[tuple[str, Pod]]]) -> None:
         self.listings, self.watches = listings, watches
         self.watch_versions: list[str] = []
+        self.list_calls: list[dict[str, Any]] = []
 
     def list(self, resource: Any, **kwargs: Any) -> Listing:
+        self.list_calls.append(kwargs)
         return self.listings.pop(0)
 
     async def watch(self, resource: Any, **kwargs: Any) -> AsyncIterator[tuple[str, Pod]]:
@@ -97,3 +109,64 @@ async def test_failing_listener_does_not_break_the_cache() -> None:
         await asyncio.sleep(0.01)
     task.cancel()
     assert len(cache) == 0
+
+
+async def _until(condition: Any) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_lookups_during_a_paged_relist_see_the_old_snapshot() -> None:
+    """Until the last page is in, the cache answers from the previous list: a pod gone from the new one
+    is still found (no half-built cache), a pod in the first page is not yet seen; then both at once."""
+    next_page: asyncio.Queue[None] = asyncio.Queue()
+    client = ScriptedClient(
+        listings=[
+            Listing([pod("a", "1"), pod("b", "1")], "10"),
+            Listing([pod("b", "1"), pod("c", "5"), pod("d", "5")], "20", pages=3, next_page=next_page),
+        ],
+        watches=[[], []],
+    )
+    cache: WatchCache[Pod] = WatchCache(client, Pod)
+    events: list[tuple[str, str]] = []
+    task = asyncio.create_task(cache.run())
+    await cache.synced.wait()
+    cache.add_listener(lambda kind, obj: events.append((kind, obj.metadata.name)))
+    await _until(lambda: len(client.list_calls) == 2)  # the watch failed with 410: relisting
+    for _ in range(2):  # two of the three pages are in
+        await asyncio.sleep(0.05)
+        assert cache.get("ns", "a") is not None
+        assert cache.get("ns", "c") is None
+        assert events == []
+        next_page.put_nowait(None)
+    await _until(lambda: cache.relists == 2)
+    task.cancel()
+    assert cache.get("ns", "a") is None
+    assert cache.get("ns", "d") is not None
+    assert events == [("DELETED", "a"), ("ADDED", "c"), ("ADDED", "d")]
+
+
+async def test_a_relist_keeps_unchanged_objects_and_asks_for_pages() -> None:
+    """An object whose resourceVersion did not change keeps its copy (a relist does not hold two full
+    lists) and is not reported; the list is asked for in pages of PAGE_SIZE."""
+    client = ScriptedClient(
+        listings=[
+            Listing([pod("a", "1"), pod("b", "1")], "10"),
+            Listing([pod("a", "1"), pod("b", "2")], "20"),
+        ],
+        watches=[[], []],
+    )
+    cache: WatchCache[Pod] = WatchCache(client, Pod)
+    task = asyncio.create_task(cache.run())
+    await cache.synced.wait()
+    first_a = cache.get("ns", "a")
+    events: list[tuple[str, str]] = []
+    cache.add_listener(lambda kind, obj: events.append((kind, obj.metadata.name)))
+    await _until(lambda: cache.relists == 2)
+    task.cancel()
+    assert cache.get("ns", "a") is first_a
+    assert events == [("MODIFIED", "b")]
+    assert [call["chunk_size"] for call in client.list_calls] == [PAGE_SIZE, PAGE_SIZE]

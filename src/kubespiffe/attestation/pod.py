@@ -25,10 +25,11 @@ from dataclasses import dataclass
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
-from lightkube.resources.core_v1 import Pod, ServiceAccount
+from lightkube.resources.core_v1 import ServiceAccount
 
 from kubespiffe.attestation.token import PodClaims, TokenRejected, TokenVerifier
 from kubespiffe.errors import KubespiffeError
+from kubespiffe.kube.pods import PodView
 from kubespiffe.kube.watchcache import WatchCache
 
 _FINISHED = frozenset({"Succeeded", "Failed"})
@@ -41,10 +42,11 @@ class ClusterUnreachable(KubespiffeError):
 
 @dataclass(frozen=True)
 class AttestedPod:
-    """A caller that proved it is this pod: the token's claims and the live Pod object."""
+    """A caller that proved it is this pod: the token's claims and the live pod (the fields of it that
+    attestation and matching read)."""
 
     claims: PodClaims
-    pod: Pod
+    pod: PodView
 
     @property
     def who(self) -> str:
@@ -53,7 +55,7 @@ class AttestedPod:
 
 
 class PodAttestor:
-    def __init__(self, verifier: TokenVerifier, client: AsyncClient, pods: WatchCache[Pod]) -> None:
+    def __init__(self, verifier: TokenVerifier, client: AsyncClient, pods: WatchCache[PodView]) -> None:
         self._verifier = verifier
         self._client = client
         self._pods = pods
@@ -71,8 +73,8 @@ class PodAttestor:
         claims = await self._verifier.verify(token)
         return AttestedPod(claims, await self.resolve(claims))
 
-    async def resolve(self, claims: PodClaims) -> Pod:
-        """The live Pod object the claims are bound to, or TokenRejected saying why not."""
+    async def resolve(self, claims: PodClaims) -> PodView:
+        """The live pod the claims are bound to, or TokenRejected saying why not."""
         pod = self._pods.get(claims.namespace, claims.pod_name)
         if pod is None or _uid(pod) != claims.pod_uid:
             pod = await self._get(claims)
@@ -108,10 +110,10 @@ class PodAttestor:
         if _uid(account) != claims.service_account_uid:
             raise TokenRejected("the token's service account was deleted (a new one has its name)")
 
-    async def _get(self, claims: PodClaims) -> Pod:
+    async def _get(self, claims: PodClaims) -> PodView:
         try:
             with _unreachable("pod"):
-                pod: Pod = await self._client.get(Pod, claims.pod_name, namespace=claims.namespace)
+                pod: PodView = await self._client.get(PodView, claims.pod_name, namespace=claims.namespace)
         except ApiError as exc:
             if exc.status.code == 404:
                 raise TokenRejected("the pod the token is bound to no longer exists") from None
@@ -138,5 +140,5 @@ def _api_failed(what: str, exc: ApiError) -> str:
     return f"the Kubernetes API server could not look up the token's {what} ({exc.status.code}); retry"
 
 
-def _uid(obj: Pod | ServiceAccount) -> str | None:
+def _uid(obj: PodView | ServiceAccount) -> str | None:
     return obj.metadata.uid if obj.metadata else None

@@ -2,7 +2,15 @@
 
 Why not a library: the ones measured kept deleted objects after a relist or hot-looped on 410. This cache
 keeps one dict keyed by (namespace, name); every change, including the synthetic deletes a relist finds,
-goes through `_apply`, so listeners see one consistent stream of events.
+is reported to the listeners, so they see one consistent stream of events.
+
+A relist reads the collection in pages of PAGE_SIZE objects (`limit` and `continue`: all pages come from
+one snapshot of the API server) and builds the new dict beside the old one; lookups keep answering from
+the old dict until the last page is in, then the dicts are swapped and the listeners told what changed, in
+one step on the event loop. Each page is decoded on its own between awaits, so a relist of 10,000 pods no
+longer blocks issuance for the seconds one 17 MB response took to decode (issue 9). An object whose
+resourceVersion did not change keeps its old copy, so a relist holds the old objects plus one page and
+the changed ones, not two full lists.
 """
 
 from __future__ import annotations
@@ -28,8 +36,17 @@ Listener = Callable[[str, Any], None]
 _BACKOFF_MAX = 5.0
 
 
+# Objects per list request while relisting: client-go's reflector uses the same page size.
+PAGE_SIZE = 500
+
+
 def object_key(obj: Any) -> Key:
     return (obj.metadata.namespace, obj.metadata.name)
+
+
+def _version(obj: Any) -> str | None:
+    version: str | None = obj.metadata.resourceVersion
+    return version
 
 
 class WatchCache(Generic[T]):
@@ -84,25 +101,33 @@ class WatchCache(Generic[T]):
             self._store.pop(key, None)
         else:
             self._store[key] = obj
+        self._notify(event, obj)
+
+    def _notify(self, event: str, obj: T) -> None:
         for listener in self._listeners:
             try:
                 listener(event, obj)
             except Exception:
-                log.exception("watch listener failed for %s %s/%s", self.kind, *key)
+                log.exception("watch listener failed for %s %s/%s", self.kind, *object_key(obj))
 
     async def _relist(self) -> str:
-        listing = self._client.list(self._resource, **self._scope())
+        listing = self._client.list(self._resource, chunk_size=PAGE_SIZE, **self._scope())
+        old = self._store
         fresh: dict[Key, T] = {}
         async for obj in listing:
-            fresh[object_key(obj)] = obj
-        for key in set(self._store) - set(fresh):
-            self._apply("DELETED", self._store[key])
-        for key, obj in fresh.items():
-            old = self._store.get(key)
-            if old is None:
-                self._apply("ADDED", obj)
-            elif old.metadata.resourceVersion != obj.metadata.resourceVersion:  # type: ignore[attr-defined]
-                self._apply("MODIFIED", obj)
+            key = object_key(obj)
+            kept = old.get(key)
+            fresh[key] = kept if kept is not None and _version(kept) == _version(obj) else obj
+        self._store = fresh  # the swap: every lookup from here on sees the new snapshot
+        for key, gone in old.items():
+            if key not in fresh:
+                self._notify("DELETED", gone)
+        for key, obj in list(fresh.items()):  # a copy: a listener may put() into the store
+            before = old.get(key)
+            if before is None:
+                self._notify("ADDED", obj)
+            elif before is not obj:
+                self._notify("MODIFIED", obj)
         self.relists += 1
         self.synced.set()
         version: str = listing.resourceVersion

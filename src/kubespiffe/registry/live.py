@@ -27,6 +27,7 @@ from lightkube.types import PatchType
 
 from kubespiffe.kube.client import ClusterWorkloadRegistration, WorkloadRegistration
 from kubespiffe.kube.events import record_warning
+from kubespiffe.kube.pods import PodView
 from kubespiffe.kube.watchcache import WatchCache
 from kubespiffe.registry.changes import Changes
 from kubespiffe.registry.match import MatchResult, identities_for, order_key
@@ -63,7 +64,7 @@ class Registry:
         self._trust_domain = trust_domain
         self._reserved = reserved_dns_names
         self._cluster_domain = cluster_domain
-        self.pods: WatchCache[Pod] = WatchCache(client, Pod)
+        self.pods: WatchCache[PodView] = WatchCache(client, PodView)
         self.namespaces: WatchCache[Namespace] = WatchCache(client, Namespace)
         self._namespaced = WatchCache(client, WorkloadRegistration)
         self._cluster = WatchCache(client, ClusterWorkloadRegistration)
@@ -135,7 +136,7 @@ class Registry:
             self._sorted[namespace] = ordered
         return ordered
 
-    def identities(self, pod: Pod) -> MatchResult:
+    def identities(self, pod: Pod | PodView) -> MatchResult:
         meta = pod.metadata
         assert meta is not None
         namespace = self.namespaces.get(None, meta.namespace or "")
@@ -209,7 +210,7 @@ class Registry:
         await record_warning(self._client, involved, reason, message)
 
 
-def pod_facts(pod: Pod) -> PodFacts:
+def pod_facts(pod: Pod | PodView) -> PodFacts:
     assert pod.metadata is not None and pod.spec is not None
     return PodFacts(
         namespace=pod.metadata.namespace or "",
