@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import gc
 import logging
 import os
 import signal
@@ -147,6 +148,7 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
         await registry.wait_synced()
         await attestor.wait_synced()
         await federation.cache.synced.wait()
+        freeze_heap()
         await server.start()
         ready.set()
         log.info(
@@ -164,6 +166,14 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
         )
 
     await run_until_stopped(loops, until_ready, Shutdown(server, endpoints, workers))
+
+
+def freeze_heap() -> None:
+    """Once the caches are synced, move what startup made (modules, the first lists) out of the cycle
+    collector's reach: a full collection then walks what changed since, not every object (about 64,000
+    with 10,000 pods cached: 30 ms on the event loop). Collected first, so startup's garbage is not kept."""
+    gc.collect()
+    gc.freeze()
 
 
 async def run_worker(config: ServerConfig, index: int) -> None:
@@ -215,6 +225,7 @@ async def serve_worker(config: ServerConfig, client: AsyncClient, index: int) ->
         await registry.wait_synced()
         await attestor.wait_synced()
         await federation.cache.synced.wait()
+        freeze_heap()
         await server.start()  # binds the port: no connection reaches a worker before this
         announce_ready()
         published.set()
