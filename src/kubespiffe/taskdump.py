@@ -18,12 +18,19 @@ log = logging.getLogger("kubespiffe.tasks")
 
 
 def format_tasks() -> str:
-    """Every task of the running loop with the stack of the coroutine it is suspended in."""
+    """Every task of the running loop with the stack of the coroutine it is suspended in.
+
+    Frames are named by file, line and function only: Task.print_stack reads source lines, and fails on
+    the frames of compiled coroutines (grpcio's) whose line is unknown.
+    """
     out = io.StringIO()
     tasks = sorted(asyncio.all_tasks(), key=lambda t: t.get_name())
     out.write(f"{len(tasks)} asyncio tasks\n")
     for task in tasks:
-        task.print_stack(limit=None, file=out)
+        out.write(f"{task!r}\n")
+        for frame in task.get_stack():
+            code = frame.f_code
+            out.write(f"  {code.co_filename}:{frame.f_lineno} in {code.co_name}\n")
     return out.getvalue()
 
 

@@ -306,10 +306,12 @@ async def test_etcd_restart_during_continuous_issuance(faults: FaultPlane, fault
 
 class FailoverProxy:
     """The Service in front of kubespiffed's replicas: each TCP connection goes to the first backend that
-    accepts it, starting from the next one in turn (so both replicas serve, and a dead one is skipped)."""
+    accepts it, starting from the next one in turn (so both replicas serve, and a dead one is skipped);
+    `in_order`: always from the first (every connection to it while it lives)."""
 
-    def __init__(self, backends: list[int]) -> None:
+    def __init__(self, backends: list[int], in_order: bool = False) -> None:
         self.backends = backends
+        self._in_order = in_order
         self._turn = 0
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -323,7 +325,7 @@ class FailoverProxy:
             self._server.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._turn += 1
+        self._turn += 0 if self._in_order else 1
         order = (
             self.backends[self._turn % len(self.backends) :]
             + self.backends[: self._turn % len(self.backends)]
@@ -369,6 +371,16 @@ class Agent:
         if not response.svids:
             return None
         return parse_der_certificates(response.svids[0].x509_svid)[0]
+
+    def authorities(self) -> set[bytes]:
+        """The DER X.509 authorities of the trust domain's bundle the agent serves now."""
+        with grpc.insecure_channel(f"unix://{self.socket}") as channel:
+            stream = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel).FetchX509SVID(
+                workload_pb2.X509SVIDRequest(), metadata=(("workload.spiffe.io", "true"),), timeout=2
+            )
+            response = next(iter(stream))
+            stream.cancel()
+        return {c.public_bytes(Encoding.DER) for c in parse_der_certificates(response.svids[0].bundle)}
 
 
 async def start_agent(kube: AsyncClient, ns: str, name: str, sa: str, server: str, bundle: bytes) -> Agent:
@@ -460,7 +472,13 @@ async def test_kubespiffed_sigkilled_with_two_replicas(faults: FaultPlane, fault
     bundle = await authority_bundle_pem(kube, secret=secret)
     for replica in replicas:
         await asyncio.to_thread(replica.wait_ready, bundle)
-    proxy = FailoverProxy([r.port for r in replicas])
+    holder = await lease_holder(kube, secret)
+    assert holder, "no replica holds the Lease"
+    by_pid = {str(r.process.pid): r for r in replicas if r.process is not None}
+    leader = next(r for pid, r in by_pid.items() if holder.endswith(f"-{pid}"))
+    survivor = next(r for r in replicas if r is not leader)
+    # The agent's connection goes to the leader, which is then killed under its identity stream.
+    proxy = FailoverProxy([leader.port, survivor.port], in_order=True)
     await proxy.start()
     await register(kube, "ha", {"serviceAccountNames": ["ha"]}, ns)
     agent = await start_agent(kube, ns, "ha-1", "ha", f"127.0.0.1:{proxy.port}", bundle)
@@ -482,11 +500,6 @@ async def test_kubespiffed_sigkilled_with_two_replicas(faults: FaultPlane, fault
 
     watcher = asyncio.create_task(asyncio.to_thread(watch_agent))
     try:
-        holder = await lease_holder(kube, secret)
-        assert holder, "no replica holds the Lease"
-        by_pid = {str(r.process.pid): r for r in replicas if r.process is not None}
-        leader = next(r for pid, r in by_pid.items() if holder.endswith(f"-{pid}"))
-        survivor = next(r for r in replicas if r is not leader)
         assert leader.process is not None
         leader.process.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
@@ -504,6 +517,17 @@ async def test_kubespiffed_sigkilled_with_two_replicas(faults: FaultPlane, fault
         first = history.active()
         new_slot = await rotate(kube, secret, history)
         assert new_slot != first
+        # The agent's identity stream, broken by the kill, came back and delivers the rotated bundle (it
+        # once ended for good here, and the agent served the old bundle only: issue 8).
+        published = {
+            c.public_bytes(Encoding.DER)
+            for c in parse_pem_certificates(await authority_bundle_pem(kube, secret=secret))
+        }
+        await until(
+            _true(lambda: agent.authorities() == published),
+            10,
+            "the agent never served the rotated bundle after the kill",
+        )
         # The agent renews through the survivor (its SVIDs last 1 minute, renewed at half-life).
         await until(
             _true(lambda: any(at > killed_at for at, _ in serials)),

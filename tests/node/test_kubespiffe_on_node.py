@@ -169,15 +169,6 @@ async def test_unregistered_pod_is_refused(env: Env, kube: AsyncClient) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "open defect (issue 8, seen on the real node only): since the agent moved to grpclib, an agent "
-        "whose identity stream broke when a kubespiffed pod was deleted can stop receiving bundle updates "
-        "while its X.509 renewals go on, so a rotation that activates before the stream recovers fails "
-        "handshakes. Off the node (a proxy cut or blackholed, a replica SIGTERMed) it recovers in seconds."
-    ),
-)
 async def test_mtls_survives_kubespiffed_pod_loss_and_ca_rotation(env: Env, kube: AsyncClient) -> None:
     """Two injected pods do mTLS once a second for 50 s, with 1-minute SVIDs (renewed at 30 s), while one
     kubespiffed pod is deleted and then the CA is rotated: every handshake succeeds, and renewals happen."""

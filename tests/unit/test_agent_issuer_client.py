@@ -138,3 +138,43 @@ async def test_a_stream_that_never_answers_is_unreachable_within_the_timeout(
         assert time.monotonic() - start < 3
     finally:
         await short.close()
+
+
+async def test_a_lost_connection_leaves_the_calling_task_cancellable_only_by_its_caller() -> None:
+    """grpclib interrupts a call whose connection is lost by cancelling the calling task, and turns the
+    CancelledError into StreamTerminatedError without withdrawing the cancel request. Left so, the agent's
+    long-lived loop (the same task) sees its next asyncio.timeout expire as a CancelledError on Python
+    3.11.0-3.11.3 (the image's Debian 3.11.2; later versions count requests from the block's entry), ends
+    silently, and gets no bundle update again: the defect seen on the real node (issue 8)."""
+    ca = make_ca("ca", not_before=NOW - dt.timedelta(days=1), not_after=NOW + dt.timedelta(days=1))
+    names = [*uris(f"spiffe://example.org{SERVER_ID_PATH}"), x509.DNSName(SERVER_NAME)]
+    leaf = make_leaf(
+        ca, names=names, not_before=NOW - dt.timedelta(hours=1), not_after=NOW + dt.timedelta(hours=1)
+    )
+    issuer = FakeIssuer()
+    issuer.silent_stream = True
+    server = grpc.aio.server()
+    issuer_pb2_grpc.add_IssuerServicer_to_server(issuer, server)
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(leaf.key_pem, leaf.cert_pem)]))
+    await server.start()
+    client = IssuerClient(f"127.0.0.1:{port}", [ca.cert], timeout=5)
+    task = asyncio.current_task()
+    assert task is not None
+    try:
+
+        async def stop_soon() -> None:
+            await asyncio.sleep(0.5)
+            await server.stop(None)  # the connection goes, with the stream waiting on it
+
+        stopping = asyncio.create_task(stop_soon())
+        with pytest.raises(ServerUnreachable):
+            async for _ in client.watch_identity("token"):
+                pass
+        await stopping
+        assert task.cancelling() == 0, "a cancel request nobody made is left on the caller's task"
+        with pytest.raises(TimeoutError):  # not CancelledError: the loop's own pauses still work
+            async with asyncio.timeout(0.05):
+                await asyncio.sleep(1)
+    finally:
+        await client.close()
+        await server.stop(None)

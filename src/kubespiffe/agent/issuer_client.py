@@ -310,17 +310,36 @@ class IssuerClient:
     @contextlib.asynccontextmanager
     async def _call(self) -> AsyncIterator[None]:
         """kubespiffed's status, or a failure to reach it, as an IssuerError (the channel is dropped then)."""
+        task = asyncio.current_task()
+        requests = task.cancelling() if task is not None else 0
         try:
             yield
         except GRPCError as exc:
+            _withdraw_grpclib_cancel(task, requests)
             if exc.status == Status.UNAVAILABLE:
                 self._drop()
             raise _translate(exc.status, exc.message or "", self.address) from None
         except (OSError, TimeoutError, StreamTerminatedError, ProtocolError) as exc:
+            _withdraw_grpclib_cancel(task, requests)
             self._drop()
             raise ServerUnreachable(
                 f"cannot reach kubespiffed at {self.address}: {exc or type(exc).__name__}"
             ) from None
+
+
+def _withdraw_grpclib_cancel(task: asyncio.Task[Any] | None, requests: int) -> None:
+    """Take back the cancel request grpclib left on the calling task when it interrupted a call.
+
+    grpclib wakes a call whose connection is lost (or whose deadline passes) by cancelling the task that
+    waits in it, then raises its own error instead of the CancelledError, but never withdraws the request.
+    The task is the agent's long-lived loop: with the request left, asyncio.timeout in Python 3.11.0-3.11.3
+    (Debian 12's 3.11.2 runs the image) turns the loop's next expiry into a CancelledError, and the loop
+    ended without a word: on the real node, the identity stream stopped for good after a kubespiffed pod
+    was deleted. The caller's own cancel requests, counted when the call began, stay.
+    """
+    if task is not None:
+        while task.cancelling() > requests:
+            task.uncancel()
 
 
 def _bundle_set(bundles: Iterable[issuer_pb2.TrustBundle]) -> BundleSet:

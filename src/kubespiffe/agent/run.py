@@ -23,7 +23,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from kubespiffe.agent.jwtcache import DEFAULT_SIZE, Entry, JwtCache
 from kubespiffe.agent.state import AgentState, Snapshot
 from kubespiffe.agent.workloadapi import WorkloadAPI
 from kubespiffe.constants import SERVER_ID_PATH
+from kubespiffe.errors import KubespiffeError
 from kubespiffe.proto import workload_pool
 from kubespiffe.spiffe.bundle import Bundle, BundleSet, parse_pem_certificates
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
@@ -342,19 +343,45 @@ class Agent:
         log.info("Workload API serving on unix://%s", socket)
         if started is not None:
             started.set()
+        loops = {
+            "X.509 renewal": self._x509_loop,
+            "identity stream": self._watch_loop,
+            "expiry": self._withdraw_loop,
+        }
+        if self.config.write_dir and self.config.jwt_audience:
+            loops["JWT-SVID file"] = self._jwt_file_loop
+        agent = asyncio.current_task()
+        assert agent is not None
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._x509_loop())
-                group.create_task(self._watch_loop())
-                group.create_task(self._withdraw_loop())
-                if self.config.write_dir and self.config.jwt_audience:
-                    group.create_task(self._jwt_file_loop())
+                for name, loop in loops.items():
+                    group.create_task(_for_life(name, loop, agent), name=f"agent {name} loop")
         finally:
             server.close()  # open calls end (grpclib cancels their handlers)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_STOP_GRACE):
                     await server.wait_closed()
             await self._client.close()
+
+
+class LoopEnded(KubespiffeError):
+    """One of the agent's loops was cancelled by nobody: the agent stops rather than serve on without it."""
+
+
+async def _for_life(name: str, loop: Callable[[], Awaitable[None]], agent: asyncio.Task[Any]) -> None:
+    """Run one of the agent's loops, which last as long as the agent (whose run task is `agent`).
+
+    A TaskGroup drops a child that ends with CancelledError without a word. When the agent is stopped (or
+    a sibling failed), its run task is being cancelled too; a loop cancelled otherwise (a library's stray
+    cancel request) would leave the agent serving without renewals or bundle updates, so it fails
+    instead, and the sidecar's container is restarted.
+    """
+    try:
+        await loop()
+    except asyncio.CancelledError:
+        if not agent.cancelling():
+            raise LoopEnded(f"the agent's {name} loop was cancelled, not by the agent stopping") from None
+        raise
 
 
 async def _pause(seconds: float | None, wake: asyncio.Event) -> None:
