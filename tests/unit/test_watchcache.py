@@ -26,16 +26,24 @@ class Listing:
     (when given), as a page waits for the API server, so a test can look at the cache in between."""
 
     def __init__(
-        self, items: list[Pod], version: str, *, pages: int = 1, next_page: asyncio.Queue[None] | None = None
+        self,
+        items: list[Pod],
+        version: str,
+        *,
+        pages: int = 1,
+        next_page: asyncio.Queue[None] | None = None,
+        expires: bool = False,
     ) -> None:
         self.items, self.resourceVersion = items, version
-        self.pages, self.next_page = pages, next_page
+        self.pages, self.next_page, self.expires = pages, next_page, expires
 
     async def __aiter__(self) -> AsyncIterator[Pod]:
         size = -(-len(self.items) // self.pages)
         for start in range(0, len(self.items), size):
             if start and self.next_page is not None:
                 await self.next_page.get()
+            if start and self.expires:  # the continue token expired (etcd compacted the snapshot)
+                raise ApiError(status=Status(code=410, message="The provided continue parameter is too old"))
             for item in self.items[start : start + size]:
                 yield item
 
@@ -170,3 +178,30 @@ async def test_a_relist_keeps_unchanged_objects_and_asks_for_pages() -> None:
     assert cache.get("ns", "a") is first_a
     assert events == [("MODIFIED", "b")]
     assert [call["chunk_size"] for call in client.list_calls] == [PAGE_SIZE, PAGE_SIZE]
+
+
+async def test_a_relist_whose_continue_token_expires_keeps_the_old_snapshot_and_lists_again() -> None:
+    """A later page answering 410 Gone: the pages already read are dropped, never swapped in half, and the
+    list starts over from its first page."""
+    client = ScriptedClient(
+        listings=[
+            Listing([pod("a", "1"), pod("b", "1")], "10"),
+            Listing([pod("c", "5"), pod("d", "5")], "20", pages=2, expires=True),
+            Listing([pod("c", "5"), pod("d", "5")], "30", pages=2),
+        ],
+        watches=[[], []],
+    )
+    cache: WatchCache[Pod] = WatchCache(client, Pod)
+    events: list[tuple[str, str]] = []
+    task = asyncio.create_task(cache.run())
+    await cache.synced.wait()
+    cache.add_listener(lambda kind, obj: events.append((kind, obj.metadata.name)))
+    await _until(lambda: len(client.list_calls) == 2)
+    await asyncio.sleep(0.05)
+    assert sorted(p.metadata.name for p in cache) == ["a", "b"]  # the expired list changed nothing
+    assert events == []
+    await _until(lambda: cache.relists == 2)
+    task.cancel()
+    assert client.watch_versions == ["10", "30"]
+    assert sorted(p.metadata.name for p in cache) == ["c", "d"]
+    assert events == [("DELETED", "a"), ("DELETED", "b"), ("ADDED", "c"), ("ADDED", "d")]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -111,6 +112,7 @@ class WatchCache(Generic[T]):
                 log.exception("watch listener failed for %s %s/%s", self.kind, *object_key(obj))
 
     async def _relist(self) -> str:
+        started = time.monotonic()
         listing = self._client.list(self._resource, chunk_size=PAGE_SIZE, **self._scope())
         old = self._store
         fresh: dict[Key, T] = {}
@@ -119,15 +121,26 @@ class WatchCache(Generic[T]):
             kept = old.get(key)
             fresh[key] = kept if kept is not None and _version(kept) == _version(obj) else obj
         self._store = fresh  # the swap: every lookup from here on sees the new snapshot
+        changes = {"ADDED": 0, "MODIFIED": 0, "DELETED": 0}
         for key, gone in old.items():
             if key not in fresh:
+                changes["DELETED"] += 1
                 self._notify("DELETED", gone)
         for key, obj in list(fresh.items()):  # a copy: a listener may put() into the store
             before = old.get(key)
             if before is None:
+                changes["ADDED"] += 1
                 self._notify("ADDED", obj)
             elif before is not obj:
+                changes["MODIFIED"] += 1
                 self._notify("MODIFIED", obj)
+        log.info(
+            "%s listed objects=%d seconds=%.2f added=%d modified=%d deleted=%d",
+            self.kind,
+            len(fresh),
+            time.monotonic() - started,
+            *changes.values(),
+        )
         self.relists += 1
         self.synced.set()
         version: str = listing.resourceVersion
