@@ -1,5 +1,5 @@
-"""Kubernetes plumbing, independent of SPIFFE: client setup, a generic list+watch cache, leader
-election on a Lease, and Warning Events.
+"""Kubernetes plumbing, independent of SPIFFE: client setup, a generic list+watch cache (paged relists),
+PodView (the fields of a Pod kubespiffed caches), leader election on a Lease, and Warning Events.
 
-    client = make_client(load_config(kubeconfig)); cache = WatchCache(client, Pod); await cache.run()
+    client = make_client(load_config(kubeconfig)); cache = WatchCache(client, PodView); await cache.run()
 """
