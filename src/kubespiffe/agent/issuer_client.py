@@ -1,10 +1,10 @@
 """Client side of the issuer API: make a key, send a CSR with the pod's token, check who answered.
 
 Used by `kubespiffe fetch` (and by the in-pod agent). The private key is made here and never leaves the
-process. Before any token is sent, a TLS handshake proves the server holds an X.509-SVID for exactly the
-expected SPIFFE ID (by default spiffe://<trust domain>/kubespiffe/kubespiffed), chained to the trust
-bundle the pod was given. The channel itself checks the chain and the Service DNS name, which no workload
-can be granted (kubespiffed refuses to put its own names in workload SVIDs).
+process. Before any token is sent over a connection, its TLS handshake proves the server holds an
+X.509-SVID for exactly the expected SPIFFE ID (by default spiffe://<trust domain>/kubespiffe/kubespiffed),
+chained to the trust bundle the pod was given, and valid for the Service DNS name, which no workload can
+be granted (kubespiffed refuses to put its own names in workload SVIDs).
 
 gRPC over grpclib (pure-Python, asyncio, h2), not grpcio: the agent runs in every pod, and grpcio's core
 would be most of its memory (docs/agent.md, "Cost per pod"); kubespiffed serves with grpcio.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import socket
 import ssl
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from grpclib.client import Channel
 from grpclib.config import Configuration
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.protocol import H2Protocol
 
 from kubespiffe.constants import SERVER_ID_PATH, SERVER_NAME
 from kubespiffe.errors import KubespiffeError
@@ -114,23 +114,8 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _check_server_identity(address: str, bundle_pem: str, expected: SpiffeId, timeout: float) -> None:
-    host, port = _split(address)
-    context = ssl.create_default_context(cadata=bundle_pem)
-    context.check_hostname = False  # the SPIFFE ID is checked below instead
-    try:
-        with (
-            socket.create_connection((host, port), timeout=timeout) as raw,
-            context.wrap_socket(raw) as tls,
-        ):
-            der = tls.getpeercert(binary_form=True)
-    except ssl.SSLCertVerificationError as exc:
-        raise ServerIdentityWrong(
-            f"the server at {address} is not kubespiffe: its certificate does not chain to the trust "
-            f"bundle ({exc.verify_message})"
-        ) from None
-    except (OSError, ssl.SSLError) as exc:
-        raise ServerUnreachable(f"cannot reach kubespiffed at {address}: {exc}") from None
+def _check_server_identity(address: str, der: bytes | None, expected: SpiffeId) -> None:
+    """The certificate a server presented (already verified against the trust bundle) names `expected`."""
     if der is None:
         raise ServerIdentityWrong(f"the server at {address} presented no certificate")
     try:
@@ -139,6 +124,38 @@ def _check_server_identity(address: str, bundle_pem: str, expected: SpiffeId, ti
         raise ServerIdentityWrong(f"the server at {address} has no SPIFFE ID ({exc})") from None
     if actual != expected:
         raise ServerIdentityWrong(f"the server at {address} is {actual}, not {expected}")
+
+
+class _KubespiffedChannel(Channel):
+    """A grpclib channel whose every connection proves kubespiffed's SPIFFE ID before a call is sent on it.
+
+    The check runs on the connection the token then travels over, each time grpclib opens one (it
+    reconnects on its own after a connection closes), in the event loop: no second handshake, no thread.
+    """
+
+    def __init__(self, address: str, context: ssl.SSLContext, server_name: str, expected: SpiffeId) -> None:
+        host, port = _split(address)
+        super().__init__(host, port, ssl=context, config=Configuration(ssl_target_name_override=server_name))
+        self._address, self._target = address, (host, port)
+        self._tls, self._server_name, self._expected = context, server_name, expected
+
+    async def _create_connection(self) -> H2Protocol:  # grpclib's hook for opening a connection
+        try:
+            transport, protocol = await asyncio.get_running_loop().create_connection(
+                self._protocol_factory, *self._target, ssl=self._tls, server_hostname=self._server_name
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise ServerIdentityWrong(
+                f"the server at {self._address} is not kubespiffed: its certificate is not valid for "
+                f"{self._server_name} under the trust bundle ({exc.verify_message})"
+            ) from None
+        try:
+            tls = transport.get_extra_info("ssl_object")
+            _check_server_identity(self._address, tls.getpeercert(binary_form=True), self._expected)
+        except BaseException:
+            transport.close()
+            raise
+        return protocol
 
 
 def new_csr() -> tuple[ec.EllipticCurvePrivateKey, bytes]:
@@ -197,19 +214,11 @@ class IssuerClient:
         self._retired.pop(channel).cancel()
         channel.close()
 
-    async def _stub(self) -> IssuerStub:
-        if self._channel is None:
-            await asyncio.to_thread(
-                _check_server_identity, self.address, self._trust_pem, self._expected, self._timeout
-            )
-        # Several loops ask at once when the agent starts: the first to get here opens the one channel;
-        # opening another would leak a connection (its Channel would be dropped without close()).
+    def _stub(self) -> IssuerStub:
         if self._channel is None:
             context = ssl.create_default_context(cadata=self._trust_pem)
             context.set_alpn_protocols(["h2"])
-            host, port = _split(self.address)
-            config = Configuration(ssl_target_name_override=self._server_name)
-            self._channel = Channel(host, port, ssl=context, config=config)
+            self._channel = _KubespiffedChannel(self.address, context, self._server_name, self._expected)
         return IssuerStub(self._channel)
 
     async def close(self) -> None:
@@ -225,7 +234,7 @@ class IssuerClient:
     async def mint_x509(self, token: str, spiffe_id: str = "") -> X509Result:
         key, csr = new_csr()
         async with self._call():
-            response = await (await self._stub()).MintX509SVID(
+            response = await self._stub().MintX509SVID(
                 issuer_pb2.MintX509SVIDRequest(csr=csr, spiffe_id=spiffe_id),
                 metadata=self._metadata(token),
                 timeout=self._timeout,
@@ -247,7 +256,7 @@ class IssuerClient:
 
     async def mint_jwt(self, token: str, audience: list[str], spiffe_id: str = "") -> list[JWTSVID]:
         async with self._call():
-            response = await (await self._stub()).MintJWTSVID(
+            response = await self._stub().MintJWTSVID(
                 issuer_pb2.MintJWTSVIDRequest(audience=audience, spiffe_id=spiffe_id),
                 metadata=self._metadata(token),
                 timeout=self._timeout,
@@ -290,7 +299,7 @@ class IssuerClient:
     async def _watch(self, method: str, request: Any, token: str) -> AsyncIterator[Any]:
         """The messages of a server-streaming call; its end or failure as an IssuerError."""
         async with self._call():
-            stub = await self._stub()
+            stub = self._stub()
             async with contextlib.AsyncExitStack() as opened:
                 # kubespiffed answers a new stream at once with the complete state: no first message within
                 # the timeout means the connection is stalled (e.g. to a replica that is going away), and
