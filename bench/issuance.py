@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
-import resource
 import statistics
 import subprocess
 import tarfile
@@ -40,7 +39,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from lightkube import AsyncClient, KubeConfig
 from stack import Stack, running_stack  # bench/stack.py (benchmarks run as scripts)
-from vs_spire import bench_client, descendants, machine, memory_mb, run_client
+from vs_spire import bench_client, descendants, machine, memory_mb, metered_client
 
 from kubespiffe.agent.issuer_client import new_csr
 from kubespiffe.authority.keys import KeyType
@@ -86,23 +85,6 @@ class Config:
     runs: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
 
-def process_tree_cpu(pid: int) -> float:
-    """User + system seconds of `pid` and its descendants (workers) so far."""
-    total = 0.0
-    for member in descendants(pid):
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs since boot."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
-
-
 @contextlib.contextmanager
 def baseline_tree(revision: str) -> Iterator[Path]:
     """src/ of `revision`, unpacked into a temporary directory (PYTHONPATH for a kubespiffed process)."""
@@ -135,11 +117,9 @@ def start(stack: Stack, token: str, extra: tuple[str, ...], pythonpath: Path | N
 
 async def mint(client: Path, stack: Stack, config: Config, clients: int, total: int) -> dict[str, Any]:
     assert config.daemon.process is not None
-    pid = config.daemon.process.pid
-    cpu, busy = process_tree_cpu(pid), machine_busy()
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = await run_client(
+    return await metered_client(
         client,
+        config.daemon.process.pid,
         "issuer-mint",
         "-addr",
         config.daemon.address,
@@ -154,13 +134,6 @@ async def mint(client: Path, stack: Stack, config: Config, clients: int, total: 
         "-n",
         str(total),
     )
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    busy_after = machine_busy()
-    result["server_us_per_call"] = (process_tree_cpu(pid) - cpu) / total * 1e6
-    client_cpu = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
-    result["client_us_per_call"] = client_cpu / total * 1e6
-    result["machine_busy"] = (busy_after[0] - busy[0]) / max(1, busy_after[1] - busy[1])
-    return result
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -47,11 +47,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import random
+import resource
 import shutil
 import signal
 import statistics
@@ -479,6 +481,47 @@ class Bench:
         return float(seen["seen_ns"] - started) / 1e9
 
 
+def process_tree_cpu(pid: int) -> float:
+    """User + system seconds of `pid` and its descendants (kubespiffed's workers) so far."""
+    total = 0.0
+    for member in descendants(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+async def metered_client(client: Path, server_pid: int, *args: str) -> dict[str, Any]:
+    """`run_client` for a mint command, plus the CPU the server (its process tree) and the client spent
+    per call and how busy the whole machine was meanwhile. The client's CPU includes its setup (one
+    handshake per connection, SPIRE's node attestation), a small share of thousands of calls."""
+    cpu, busy = process_tree_cpu(server_pid), machine_busy()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = await run_client(client, *args)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy_after = machine_busy()
+    calls = int(result["calls"])
+    result["server_us_per_call"] = (process_tree_cpu(server_pid) - cpu) / calls * 1e6
+    client_cpu = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
+    result["client_us_per_call"] = client_cpu / calls * 1e6
+    result["machine_busy"] = (busy_after[0] - busy[0]) / max(1, busy_after[1] - busy[1])
+    return result
+
+
+def _cpu_cell(runs: list[dict[str, Any]]) -> str:
+    def med(key: str) -> float:
+        return statistics.median(float(r[key]) for r in runs)
+
+    return f"{med('server_us_per_call'):.0f} + {med('client_us_per_call'):.0f} ({med('machine_busy'):.0%})"
+
+
 def summary(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{statistics.median(values) * scale:.{digits}f} / {max(values) * scale:.{digits}f}"
 
@@ -589,63 +632,65 @@ async def measure(bench: Bench, args: argparse.Namespace, ks_token: Path, mint_t
     sides = ("spire", "kubespiffe")
 
     cold: dict[str, list[float]] = {side: [] for side in sides}
-    for _ in range(args.cold_rounds):
-        for side in sides:
-            cold[side].append(await bench.cold_start(side, ks_token))
-    print(f"cold start done: {cold}", flush=True)
-
     fetch: dict[str, dict[str, list[float]]] = {side: {"x509_ms": [], "jwt_ms": []} for side in sides}
-    for _ in range(2):
-        for side, socket in (("spire", bench.spire.socket), ("kubespiffe", bench.ks_socket)):
-            result = await run_client(
-                bench.client, "fetch-loop", "-socket", f"unix://{socket}", "-n", str(args.fetches)
-            )
-            for key in ("x509_ms", "jwt_ms"):
-                fetch[side][key].extend(v / 1000 for v in result[key])
+    if not args.mint_only:
+        for _ in range(args.cold_rounds):
+            for side in sides:
+                cold[side].append(await bench.cold_start(side, ks_token))
+        print(f"cold start done: {cold}", flush=True)
+        for _ in range(2):
+            for side, socket in (("spire", bench.spire.socket), ("kubespiffe", bench.ks_socket)):
+                result = await run_client(
+                    bench.client, "fetch-loop", "-socket", f"unix://{socket}", "-n", str(args.fetches)
+                )
+                for key in ("x509_ms", "jwt_ms"):
+                    fetch[side][key].extend(v / 1000 for v in result[key])
 
     descriptor = bench.work / "issuer.desc"
     descriptor.write_bytes(issuer_pb2.DESCRIPTOR.serialized_pb)
     mint_x509: dict[tuple[str, int], list[dict[str, Any]]] = {}
     mint_jwt: dict[tuple[str, int], list[dict[str, Any]]] = {}
     spire_addr = f"127.0.0.1:{bench.spire.port}"
+    assert bench.spire_server is not None and bench.daemon.process is not None
+    servers = {"spire": bench.spire_server.pid, "kubespiffe": bench.daemon.process.pid}
+    spire_mint = (
+        "spire-mint",
+        "-addr",
+        spire_addr,
+        "-bundle",
+        str(bench.spire.bundle),
+        "-token-file",
+        str(mint_token),
+        "-cluster",
+        CLUSTER,
+    )
+    ks_mint = (
+        "issuer-mint",
+        "-addr",
+        bench.daemon.address,
+        "-bundle",
+        str(bench.ks_bundle),
+        "-token-file",
+        str(ks_token),
+        "-descriptor",
+        str(descriptor),
+    )
     for clients in (1, 4, 16):
-        for _ in range(2):
-            mint_x509.setdefault(("spire", clients), []).append(
-                await run_client(
-                    bench.client,
-                    "spire-mint",
-                    "-addr",
-                    spire_addr,
-                    "-bundle",
-                    str(bench.spire.bundle),
-                    "-token-file",
-                    str(mint_token),
-                    "-cluster",
-                    CLUSTER,
-                    "-clients",
-                    str(clients),
-                    "-n",
-                    str(args.requests),
+        for _ in range(args.mint_rounds):
+            for side, command in (("spire", spire_mint), ("kubespiffe", ks_mint)):
+                mint_x509.setdefault((side, clients), []).append(
+                    await metered_client(
+                        bench.client,
+                        servers[side],
+                        *command,
+                        "-clients",
+                        str(clients),
+                        "-n",
+                        str(args.requests),
+                    )
                 )
-            )
-            mint_x509.setdefault(("kubespiffe", clients), []).append(
-                await run_client(
-                    bench.client,
-                    "issuer-mint",
-                    "-addr",
-                    bench.daemon.address,
-                    "-bundle",
-                    str(bench.ks_bundle),
-                    "-token-file",
-                    str(ks_token),
-                    "-descriptor",
-                    str(descriptor),
-                    "-clients",
-                    str(clients),
-                    "-n",
-                    str(args.requests),
-                )
-            )
+            if args.mint_only:
+                continue
             for side, socket in (("spire", bench.spire.socket), ("kubespiffe", bench.ks_socket)):
                 mint_jwt.setdefault((side, clients), []).append(
                     await run_client(
@@ -695,6 +740,8 @@ async def measure(bench: Bench, args: argparse.Namespace, ks_token: Path, mint_t
                 )
             )
     for key, name in (("x509_ms", "cached FetchX509SVID"), ("jwt_ms", "cached FetchJWTSVID")):
+        if not fetch["spire"][key]:
+            continue
         s50, s99 = percentiles(fetch["spire"][key])
         k50, k99 = percentiles(fetch["kubespiffe"][key])
         rows.append(
@@ -706,28 +753,39 @@ async def measure(bench: Bench, args: argparse.Namespace, ks_token: Path, mint_t
             )
         )
     for label, table in (("X.509 mint at the server", mint_x509), ("JWT mint via Workload API", mint_jwt)):
-        for clients in (1, 4, 16):
+        for clients in (1, 4, 16) if table else ():
             spire_runs, ks_runs = table[("spire", clients)], table[("kubespiffe", clients)]
-            s_rate = statistics.median(r["per_second"] for r in spire_runs)
-            k_rate = statistics.median(r["per_second"] for r in ks_runs)
-            s_p99 = statistics.median(r["p99_ms"] for r in spire_runs)
-            k_p99 = statistics.median(r["p99_ms"] for r in ks_runs)
+
+            def med(key: str, runs: list[dict[str, Any]]) -> float:
+                return statistics.median(float(r[key]) for r in runs)
+
+            s_rate, k_rate = med("per_second", spire_runs), med("per_second", ks_runs)
             rows.append(
                 (
-                    f"{label}, {clients} clients: per s (p99 ms)",
-                    f"{s_rate:,.0f} ({s_p99:.1f})",
-                    f"{k_rate:,.0f} ({k_p99:.1f})",
+                    f"{label}, {clients} clients: per s (p50 / p99 ms)",
+                    f"{s_rate:,.0f} ({med('p50_ms', spire_runs):.1f} / {med('p99_ms', spire_runs):.1f})",
+                    f"{k_rate:,.0f} ({med('p50_ms', ks_runs):.1f} / {med('p99_ms', ks_runs):.1f})",
                     ratio(s_rate, k_rate),
                 )
             )
-    rows.append(
-        (
-            "agent process exec -> first SVID: median / max (ms)",
-            summary(cold["spire"], 1000, 1),
-            summary(cold["kubespiffe"], 1000, 1),
-            ratio(statistics.median(cold["spire"]), statistics.median(cold["kubespiffe"])),
+            if "server_us_per_call" in spire_runs[0]:
+                rows.append(
+                    (
+                        f"{label}, {clients} clients: CPU us per call, server + client (machine busy)",
+                        _cpu_cell(spire_runs),
+                        _cpu_cell(ks_runs),
+                        ratio(med("server_us_per_call", spire_runs), med("server_us_per_call", ks_runs)),
+                    )
+                )
+    if cold["spire"]:
+        rows.append(
+            (
+                "agent process exec -> first SVID: median / max (ms)",
+                summary(cold["spire"], 1000, 1),
+                summary(cold["kubespiffe"], 1000, 1),
+                ratio(statistics.median(cold["spire"]), statistics.median(cold["kubespiffe"])),
+            )
         )
-    )
 
     assert (
         bench.spire_server is not None and bench.spire.agent_proc is not None and bench.ks_agent is not None
@@ -790,6 +848,14 @@ def main() -> int:
     parser.add_argument("--fetches", type=int, default=1000, help="cached fetches per loop (max 20000)")
     parser.add_argument("--requests", type=int, default=2000, help="X.509 mints per run (max 20000)")
     parser.add_argument("--workers", type=int, default=1, help="kubespiffed --workers (issuer API processes)")
+    parser.add_argument(
+        "--mint-rounds", type=int, default=2, help="X.509 mint runs per side and client count"
+    )
+    parser.add_argument(
+        "--mint-only",
+        action="store_true",
+        help="only the X.509 mint (no cold start, cached fetch, JWT mint or registration rounds)",
+    )
     args = parser.parse_args()
     args.short_rounds = min(args.short_rounds, 20)
     args.long_rounds = min(args.long_rounds, 10)
@@ -797,6 +863,9 @@ def main() -> int:
     args.fetches = min(args.fetches, 20000)
     args.requests = min(args.requests, 20000)
     args.workers = min(args.workers, 16)
+    args.mint_rounds = max(1, min(args.mint_rounds, 10))
+    if args.mint_only:
+        args.short_rounds = args.long_rounds = args.cold_rounds = 0
     try:
         server, agent = spire_binaries()
     except Skip as exc:

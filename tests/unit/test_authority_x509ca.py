@@ -799,3 +799,72 @@ def test_a_damaged_csr_is_a_csr_error_or_a_valid_csr(
         return
     assert csr.is_signature_valid
     check_public_key(csr.public_key())
+
+
+def _step_by_step_leaf(
+    authority: X509Authority,
+    public_key: Any,
+    spiffe_id: SpiffeId,
+    dns_names: list[str],
+    ttl: dt.timedelta,
+    serial: int,
+) -> bytes:
+    """The profile written out with cryptography's builder, one setter per part: what sign_x509_svid's
+    prebuilt, pre-encoded path must reproduce byte for byte (TBS; the ECDSA signature itself is random)."""
+    ca = authority.certificate
+    subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "kubespiffe")]
+    if dns_names:
+        subject.append(x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0]))
+    rsa_key = isinstance(public_key, rsa.RSAPublicKey)
+    ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = (
+        x509.CertificateBuilder()
+        .issuer_name(ca.subject)
+        .subject_name(x509.Name(subject))
+        .public_key(public_key)
+        .serial_number(serial)
+        .not_valid_before(max(NOW - CLOCK_SKEW, ca.not_valid_before_utc))
+        .not_valid_after(min(NOW + ttl, ca.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, rsa_key, False, False, False, False, False, False), critical=True
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(str(spiffe_id)), *(x509.DNSName(n) for n in dns_names)]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+    )
+    return builder.sign(authority.key, hashes.SHA256()).tbs_certificate_bytes
+
+
+@pytest.mark.parametrize("key_type", [KeyType.EC_P256, KeyType.RSA_2048])
+@pytest.mark.parametrize("dns_names", [[], ["web.default.svc", "web"]])
+def test_leaf_is_byte_for_byte_the_step_by_step_profile(
+    monkeypatch: pytest.MonkeyPatch, key_type: KeyType, dns_names: list[str]
+) -> None:
+    """The fast path (builder given every part at once, extensions encoded once per CA or per name)
+    makes the same TBSCertificate as the plain builder, on the first leaf and on a later one (cached)."""
+    monkeypatch.setattr(x509, "random_serial_number", lambda: 0x1234)
+    public_key = _key(key_type).public_key()
+    for _ in range(2):
+        leaf = sign_x509_svid(_ca_under_test(), make_csr(_key(key_type)), ID, dns_names, HOUR, NOW)
+        expected = _step_by_step_leaf(_ca_under_test(), public_key, ID, dns_names, HOUR, 0x1234)
+        assert leaf.tbs_certificate_bytes == expected
+
+
+def test_leaf_names_are_checked_on_every_call_until_cached_valid() -> None:
+    """A refused name is never remembered: the same bad request is refused again."""
+    csr = make_csr(_key(KeyType.EC_P256))
+    for _ in range(2):
+        with pytest.raises(ValueError, match="not a DNS name"):
+            sign_x509_svid(_ca_under_test(), csr, ID, ["bad name"], HOUR, NOW)
+        with pytest.raises(ValueError, match="outside the CA's trust domain"):
+            sign_x509_svid(_ca_under_test(), csr, SpiffeId.parse("spiffe://other.org/x"), [], HOUR, NOW)
