@@ -3,7 +3,7 @@
 As root: starts the node with kubespiffe installed from its image and chart (kubespiffe.devenv.nodecluster),
 registers one ServiceAccount, then creates N pods one after another in a namespace labelled
 kubespiffe.io/inject=enabled. Each pod is what an application team writes: go-spiffe's mTLS server
-(tools/interop), which starts only once the injected agent holds an SVID (its startup probe) and then
+(tools/interop), which starts only once the injected agent holds an SVID (its postStart hook) and then
 fetches it over the Workload API. Timed from the create call to the app container seen running.
 Afterwards the injected agent's memory is read from /proc (RSS and PSS of the `kubespiffe agent`
 process, smaps_rollup) and from its container's memory cgroup, for the last pods, which keep running.

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,29 @@ async def test_exit_codes_for_the_usual_failures(
     assert wrong_id.returncode == 6 and "not spiffe://example.org/not/kubespiffed" in wrong_id.stderr
     no_socket = await asyncio.to_thread(_cli, "fetch", "x509", env={"SPIFFE_ENDPOINT_SOCKET": ""})
     assert no_socket.returncode == 2 and "SPIFFE_ENDPOINT_SOCKET" in no_socket.stderr
+
+
+async def test_probe_wait_returns_the_moment_the_agent_holds_an_svid(
+    kube: AsyncClient, namespace: str, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """`probe --wait` is the injected sidecar's postStart hook: it returns as soon as the SVID is there,
+    and fails with the last answer once the wait is over."""
+    start = time.monotonic()
+    missing = await asyncio.to_thread(_cli, "probe", "--socket", str(tmp_path / "none.sock"), "--wait", "1")
+    elapsed = time.monotonic() - start
+    assert missing.returncode == 5 and "unavailable" in missing.stderr, missing.stderr
+    assert 1 <= elapsed < 10
+
+    agent = await start_agent("late", "late", wait_ready=False)  # no registration yet: no SVID
+    waiting = asyncio.create_task(
+        asyncio.to_thread(_cli, "probe", "--socket", str(agent.socket), "--wait", "25")
+    )
+    await asyncio.sleep(2)
+    assert not waiting.done(), "probe --wait returned before the agent held an SVID"
+    registered = time.monotonic()
+    await register(kube, "late", {"serviceAccountNames": ["late"]}, namespace=namespace)
+    result = await waiting
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - registered < 5
+    not_ready = await asyncio.to_thread(_cli, "probe", "--socket", str(tmp_path / "none.sock"))
+    assert not_ready.returncode == 5  # without --wait: one question

@@ -115,7 +115,9 @@ async def test_injected_pod_is_accepted_and_stored_with_the_native_sidecar(
     sidecar = spec.initContainers[1]
     assert sidecar.restartPolicy == "Always"
     assert sidecar.command == SETTINGS.agent_command()
-    assert sidecar.startupProbe.exec.command == ["kubespiffe", "probe", "--socket", "/run/spiffe/agent.sock"]
+    assert sidecar.lifecycle.postStart.exec.command == [
+        *("kubespiffe", "probe", "--socket", "/run/spiffe/agent.sock", "--wait", "20")
+    ]
     assert sidecar.securityContext.runAsUser == 65532 and sidecar.securityContext.readOnlyRootFilesystem
     assert spec.initContainers[0].volumeMounts is None and spec.initContainers[0].env is None
     volumes = {v.name: v for v in spec.volumes}

@@ -168,7 +168,7 @@ async def test_pod_in_labelled_namespace_gets_the_native_sidecar(kube: AsyncClie
     sidecars = [c for c in pod.spec.initContainers or [] if c.name == SIDECAR_NAME]
     assert len(sidecars) == 1 and sidecars[0].restartPolicy == "Always"
     assert sidecars[0].image == "localhost/kubespiffe:test" and sidecars[0].imagePullPolicy == "Never"
-    assert sidecars[0].startupProbe is not None
+    assert sidecars[0].lifecycle is not None and sidecars[0].lifecycle.postStart is not None
     command = sidecars[0].command or []
     assert command[:2] == ["kubespiffe", "agent"] and "localhost.kubespiffe-system.svc:443" in command
     app = pod.spec.containers[0]

@@ -28,6 +28,7 @@ from kubespiffe.devenv import helm
 from kubespiffe.devenv.nodecluster import NAMESPACE, SELECTOR
 from kubespiffe.devenv.workloads import ensure_namespace
 from kubespiffe.injection.settings import INJECTED_ANNOTATION, SIDECAR_NAME
+from kubespiffe.injection.sidecar import STARTUP_WAIT
 from kubespiffe.kube.client import WorkloadRegistration
 from tests.node.conftest import TRUST_DOMAIN, Env, record
 from tests.node.pods import NODE_TESTS, dump_tasks, logs, wait_phase, wait_service_account
@@ -167,6 +168,14 @@ async def test_unregistered_pod_is_refused(env: Env, kube: AsyncClient) -> None:
     assert all(s.state is None or s.state.running is None for s in statuses), (
         "the app started without an SVID"
     )
+    # The kubelet is inside the sidecar's postStart hook (waiting for an SVID) and holds the pod's deletion
+    # until it ends: bounded by the hook's wait (STARTUP_WAIT) and the grace period.
+    deleted = time.monotonic()
+    await kube.delete(Pod, "stranger", namespace=namespace, grace_period=5)
+    while [p async for p in kube.list(Pod, namespace=namespace)]:
+        took = time.monotonic() - deleted
+        assert took < STARTUP_WAIT + 5 + 10, f"the pod was still there {took:.0f} s after its deletion"
+        await asyncio.sleep(0.5)
 
 
 async def test_mtls_survives_kubespiffed_pod_loss_and_ca_rotation(env: Env, kube: AsyncClient) -> None:

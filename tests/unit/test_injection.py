@@ -114,9 +114,10 @@ def test_injected_commands_parse_with_the_real_cli() -> None:
         "/var/run/kubespiffe/token",
         "/var/run/kubespiffe-bundle/ca.crt",
     )
-    for probe in ("startupProbe", "readinessProbe"):
-        args = build_parser().parse_args(sidecar[probe]["exec"]["command"][1:])
-        assert args.socket == "/run/spiffe/agent.sock" and not args.upstream
+    readiness = build_parser().parse_args(sidecar["readinessProbe"]["exec"]["command"][1:])
+    assert readiness.socket == "/run/spiffe/agent.sock" and not readiness.upstream and readiness.wait == 0
+    startup = build_parser().parse_args(sidecar["lifecycle"]["postStart"]["exec"]["command"][1:])
+    assert startup.socket == "/run/spiffe/agent.sock" and not startup.upstream and startup.wait == 20
 
 
 @pytest.mark.parametrize(
@@ -243,13 +244,11 @@ def test_minimal_pod_gets_the_native_sidecar() -> None:
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    assert sidecar["startupProbe"]["exec"]["command"] == [
-        "kubespiffe",
-        "probe",
-        "--socket",
-        "/run/spiffe/agent.sock",
-    ]
-    assert sidecar["readinessProbe"]["exec"] == sidecar["startupProbe"]["exec"]
+    probe = ["kubespiffe", "probe", "--socket", "/run/spiffe/agent.sock"]
+    # No startup probe: the postStart hook holds the app containers back until the SVID, to the moment.
+    assert "startupProbe" not in sidecar
+    assert sidecar["lifecycle"] == {"postStart": {"exec": {"command": [*probe, "--wait", "20"]}}}
+    assert sidecar["readinessProbe"]["exec"] == {"command": probe}
     assert sidecar["resources"] == {
         "requests": {"cpu": "10m", "memory": "64Mi"},
         "limits": {"memory": "128Mi"},

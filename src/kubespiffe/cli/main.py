@@ -211,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--upstream", action="store_true", help="instead: exit 0 while kubespiffed is reachable"
     )
+    probe.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="ask until the answer is yes or SECONDS have passed (a postStart hook), instead of once",
+    )
     probe.set_defaults(func=cmd_fetch_or_validate, server=None)
 
     agent = commands.add_parser(

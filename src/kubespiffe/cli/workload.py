@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +40,7 @@ EXIT_NO_IDENTITY = 3
 EXIT_UNREACHABLE = 5
 EXIT_REFUSED = 7
 EXIT_INVALID = 8
+WAIT_INTERVAL = 0.05  # seconds between a waiting probe's questions (a local socket: cheap)
 
 T = TypeVar("T")
 
@@ -153,20 +155,34 @@ def validate_jwt(target: str, audience: str, token: str, timeout: float) -> dict
     return {"spiffe_id": response.spiffe_id, "claims": MessageToDict(response.claims)}
 
 
-def probe(target: str, service: str, timeout: float) -> int:
-    """The agent's gRPC health service: "" = SVID in hand, kubespiffe.upstream = kubespiffed reachable."""
+def probe(target: str, service: str, timeout: float, wait: float = 0.0) -> int:
+    """The agent's gRPC health service: "" = SVID in hand, kubespiffe.upstream = kubespiffed reachable.
+
+    `wait` > 0: ask again every WAIT_INTERVAL until it is so or `wait` seconds have passed (the sidecar's
+    postStart hook: the app containers start the moment the agent holds an SVID, not at a probe's next
+    period), and fail with the last answer.
+    """
     request = HealthCheckRequest(service=service)
-    response: Any = _call(target, timeout, lambda c: HealthStub(c).Check(request))
-    if response.status != HealthCheckResponse.SERVING:
-        raise WorkloadError(f"not ready ({HealthCheckResponse.ServingStatus.Name(response.status)})", 1)
-    return 0
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            response: Any = _call(target, timeout, lambda c: HealthStub(c).Check(request))
+            if response.status == HealthCheckResponse.SERVING:
+                return 0
+            name = HealthCheckResponse.ServingStatus.Name(response.status)
+            failure = WorkloadError(f"not ready ({name})", 1)
+        except WorkloadError as exc:
+            failure = exc
+        if time.monotonic() + WAIT_INTERVAL > deadline:
+            raise failure
+        time.sleep(WAIT_INTERVAL)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         target = endpoint(args.socket)
         if args.command == "probe":
-            return probe(target, "kubespiffe.upstream" if args.upstream else "", args.timeout)
+            return probe(target, "kubespiffe.upstream" if args.upstream else "", args.timeout, args.wait)
         if args.command == "validate":
             print(json.dumps(validate_jwt(target, args.audience, args.token, args.timeout), indent=2))
         elif args.kind == "x509":

@@ -20,12 +20,24 @@ from kubespiffe.injection.settings import (
     InjectionSettings,
 )
 
+# Seconds the sidecar's postStart hook waits for the first SVID; then it fails, and the kubelet restarts
+# the agent's container (as a startup probe's failureThreshold would). Bounded this much because the
+# kubelet holds a pod's other work, its deletion included, while the hook runs (measured on the node): a
+# pod that gets no SVID is deleted up to this long after its grace period. The first SVID normally comes
+# within a second; this also covers a kubespiffed rollout.
+STARTUP_WAIT = 20
+
+
+def _probe_command(settings: InjectionSettings) -> list[str]:
+    """`kubespiffe probe` succeeds while the agent holds a valid X.509-SVID."""
+    return ["kubespiffe", "probe", "--socket", settings.socket_path]
+
 
 def _probe(settings: InjectionSettings, *, period: int, failures: int) -> dict[str, Any]:
-    # `kubespiffe probe` succeeds while the agent holds a valid X.509-SVID. Its own --timeout is 1 s; the
-    # kubelet's timeout also covers the Python start-up of the probe command, hence 5 s.
+    # The probe's own --timeout is 1 s; the kubelet's timeout also covers the Python start-up of the probe
+    # command, hence 5 s.
     return {
-        "exec": {"command": ["kubespiffe", "probe", "--socket", settings.socket_path]},
+        "exec": {"command": _probe_command(settings)},
         "periodSeconds": period,
         "timeoutSeconds": 5,
         "failureThreshold": failures,
@@ -35,8 +47,10 @@ def _probe(settings: InjectionSettings, *, period: int, failures: int) -> dict[s
 def sidecar(settings: InjectionSettings) -> dict[str, Any]:
     """The agent as a native sidecar: an init container with `restartPolicy: Always`.
 
-    The startup probe holds back the app containers until the pod has an SVID (up to a minute, then the
-    kubelet restarts the agent); the readiness probe takes the pod out of its Services while it holds no
+    The postStart hook holds back the app containers until the pod has an SVID: the kubelet starts them once
+    the hook returns, which it does the moment the agent holds one (a startup probe would start them only
+    at its next period, up to a second later). After STARTUP_WAIT seconds without one the hook fails and
+    the kubelet restarts the agent. The readiness probe takes the pod out of its Services while it holds no
     valid SVID (identity lost, or expired during a long outage). The security context passes the
     `restricted` Pod Security Standard, so injection never makes a compliant pod non-compliant.
     """
@@ -46,7 +60,9 @@ def sidecar(settings: InjectionSettings) -> dict[str, Any]:
         "imagePullPolicy": settings.image_pull_policy,
         "restartPolicy": "Always",
         "command": settings.agent_command(),
-        "startupProbe": _probe(settings, period=1, failures=60),
+        "lifecycle": {
+            "postStart": {"exec": {"command": [*_probe_command(settings), "--wait", f"{STARTUP_WAIT}"]}}
+        },
         "readinessProbe": _probe(settings, period=10, failures=3),
         "resources": {kind: dict(values) for kind, values in settings.resources.items()},
         "securityContext": {
