@@ -25,7 +25,7 @@ from kubespiffe.federation import fetch
 from kubespiffe.federation.fetch import BundleFetchError, Endpoint, choose, next_refresh, parse_networks
 from kubespiffe.spiffe.bundle import Bundle, bundle_to_json
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
-from tests.unit.certs import Issued, make_ca, make_leaf
+from tests.unit.certs import Issued, der, make_ca, make_leaf
 
 TD = TrustDomain("b.test")
 ENDPOINT_ID = SpiffeId.parse("spiffe://b.test/kubespiffe/kubespiffed")
@@ -625,3 +625,24 @@ def test_parse_networks() -> None:
     assert [str(n) for n in parse_networks(" 10.0.0.0/8 , fd00::/8 ")] == ["10.0.0.0/8", "fd00::/8"]
     with pytest.raises(ValueError, match="not a network"):
         parse_networks("10.0.0.0/33")
+
+
+class _PeerCertificate:
+    """What the TLS layer hands over from a peer: its leaf as DER, nothing verified (https_spiffe)."""
+
+    def __init__(self, leaf: bytes) -> None:
+        self._leaf = leaf
+
+    def getpeercert(self, binary_form: bool) -> bytes:
+        assert binary_form
+        return self._leaf
+
+
+def test_a_peer_certificate_with_an_unknown_version_is_a_fetch_error() -> None:
+    """A federated peer controls its TLS certificate: one cryptography cannot load for its version
+    (InvalidVersion, not a ValueError) is refused like any other unusable certificate."""
+    data = der(make_ca("peer").cert)
+    assert data.count(bytes.fromhex("a003020102")) == 1
+    bad = data.replace(bytes.fromhex("a003020102"), bytes.fromhex("a00302010a"))
+    with pytest.raises(BundleFetchError, match="unparsable certificate"):
+        fetch._peer_chain(_PeerCertificate(bad))  # type: ignore[arg-type]

@@ -208,7 +208,7 @@ def _peer_chain(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> list[x509.Certific
             ders = [leaf_der, *(c for c in extra if c != leaf_der)]
     try:
         return [x509.load_der_x509_certificate(der) for der in ders]
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
         raise BundleFetchError("bundle endpoint presented an unparsable certificate") from None
 
 
