@@ -1,0 +1,43 @@
+"""What `kubespiffe agent` loads: every pod pays for each module it imports, in memory and start time
+(docs/agent.md, "Cost per pod"), so what only some pods or some calls need is imported on first use."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+# `kubespiffe agent` runs kubespiffe.cli.main, which imports kubespiffe.agent.main for the subcommand.
+AGENT_IMPORTS = ("kubespiffe.cli.main", "kubespiffe.agent.main")
+
+NOT_LOADED = {
+    "grpc": "grpcio: the agent speaks gRPC with grpclib",
+    "lightkube": "the Kubernetes client: kubespiffed's",
+    "aiohttp": "kubespiffed's HTTPS endpoints",
+    "prometheus_client": "kubespiffed's metrics",
+    "yaml": "kubespiffed's configuration",
+    "kubespiffe.server": "kubespiffed",
+    "kubespiffe.kube": "kubespiffed's caches",
+    "envoy": "Envoy's SDS messages: on the first SDS call (agent/sdslazy.py)",
+    "xds": "Envoy's SDS messages: on the first SDS call",
+    "udpa": "Envoy's SDS messages: on the first SDS call",
+    "kubespiffe.agent.sds": "the SDS servicer: on the first SDS call",
+    "jwt": "PyJWT: on the first ValidateJWTSVID call (spiffe/jwtsvid.py)",
+    "tempfile": "files mode's writer: on the first file written (agent/files.py)",
+}
+
+
+def loaded_after(*modules: str) -> set[str]:
+    code = f"import sys, json; import {', '.join(modules)}; print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(json.loads(result.stdout))
+
+
+def test_the_agent_imports_only_what_every_pod_needs() -> None:
+    loaded = loaded_after(*AGENT_IMPORTS)
+    early = {
+        name: why
+        for name, why in NOT_LOADED.items()
+        if any(module == name or module.startswith(f"{name}.") for module in loaded)
+    }
+    assert not early, f"imported by every agent at start: {early}"
