@@ -144,3 +144,13 @@ def test_archive_is_a_tagged_docker_archive(built: image.ImageRef, tmp_path: Pat
 
 def test_unchanged_inputs_reuse_the_image(built: image.ImageRef, snapshot: Path) -> None:
     assert image.build_image(snapshot) == built
+
+
+def test_the_cache_keeps_only_the_newest_images(built: image.ImageRef) -> None:
+    """Every source change builds another ~250 MB image (and archive): only image.KEEP of each stay."""
+    archive = image.cached_archive(built)
+    names = [n for i in json.loads(image.buildah("images", "--json")) for n in i.get("names") or []]
+    ours = [n for n in names if n.startswith(f"{image.IMAGE_REPOSITORY}:")]
+    assert built.name in ours and len(ours) <= image.KEEP, ours
+    archives = list(archive.parent.glob("kubespiffe-*.tar"))
+    assert archive in archives and len(archives) <= image.KEEP, archives

@@ -18,7 +18,9 @@ Root only: buildah needs it here for overlay storage and its runc containers, an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -36,6 +38,7 @@ IMAGE_REPOSITORY = "localhost/kubespiffe"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # The build-time Python tooling that building kubespiffe's own wheel needs (pyproject's build-system).
 BUILD_REQUIREMENTS = ("setuptools>=77", "wheel")
+KEEP = 3  # kubespiffe images (and their archives) kept in the cache; older ones are removed
 
 
 class ImageError(RuntimeError):
@@ -185,6 +188,7 @@ def build_image(root: Path | None = None) -> ImageRef:
     name = f"{IMAGE_REPOSITORY}:{_inputs_digest(root, base_id)}"
     existing = _image_id(name)
     if existing is not None:
+        _prune_images()
         return ImageRef(name, existing)
     _log(f"building {name} from deploy/Dockerfile on {base} ...")
     with tempfile.TemporaryDirectory(dir=images_dir()) as tmp:
@@ -213,7 +217,21 @@ def build_image(root: Path | None = None) -> ImageRef:
         )
     image_id = _image_id(name)
     assert image_id is not None
+    _prune_images()
     return ImageRef(name, image_id)
+
+
+def _prune_images() -> None:
+    """Remove all but the KEEP newest kubespiffe images: each source change builds another (~250 MB).
+
+    KEEP, not one: concurrent test runs of different trees (a fresh clone beside a working copy) each use
+    their own image while it is in use."""
+    images = json.loads(buildah("images", "--json") or "[]")
+    ours = [i for i in images if any(n.startswith(f"{IMAGE_REPOSITORY}:") for n in i.get("names") or [])]
+    ours.sort(key=lambda i: i.get("created", 0), reverse=True)
+    for image in ours[KEEP:]:
+        with contextlib.suppress(ImageError):  # in use by a build at this moment: next time
+            buildah("rmi", image["id"])
 
 
 def export_archive(ref: ImageRef, path: Path) -> Path:
@@ -227,9 +245,16 @@ def export_archive(ref: ImageRef, path: Path) -> Path:
 
 
 def cached_archive(ref: ImageRef) -> Path:
-    """The image's docker-archive under the cache, exported once per image id."""
+    """The image's docker-archive under the cache, exported once per image id (the KEEP newest kept)."""
     path = images_dir() / "archives" / f"kubespiffe-{ref.image_id[:16]}.tar"
-    return path if path.exists() else export_archive(ref, path)
+    if path.exists():
+        os.utime(path)  # the newest by use, not by export, are kept
+        return path
+    export_archive(ref, path)
+    archives = sorted(path.parent.glob("kubespiffe-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in archives[KEEP:]:
+        old.unlink(missing_ok=True)
+    return path
 
 
 def main() -> None:
