@@ -29,7 +29,7 @@ from prometheus_client import Counter, Histogram
 from kubespiffe.attestation.pod import AttestedPod, ClusterUnreachable, PodAttestor
 from kubespiffe.attestation.token import TokenRejected
 from kubespiffe.authority.state import JwtSigningKey
-from kubespiffe.authority.x509ca import CsrError, X509Authority, load_csr, sign_x509_svid
+from kubespiffe.authority.x509ca import CsrError, X509Authority, load_csr, sign_x509_svid_for_key
 from kubespiffe.constants import JWT_AUDIENCE_MAX_COUNT, JWT_AUDIENCE_MAX_LENGTH
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
 from kubespiffe.registry.live import Registry
@@ -229,7 +229,7 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
         try:
             caller = await self._attest("x509", context, request.spiffe_id)
             try:
-                csr = load_csr(request.csr)
+                public_key = load_csr(request.csr).public_key()
             except CsrError as exc:
                 DECISIONS.labels("x509", "invalid_argument").inc()
                 log.warning("rejected %s reason=%r", caller.who, f"bad CSR: {exc}")
@@ -241,9 +241,9 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
             digest, spiffe_ids = self._grant(caller.identities)
             response = issuer_pb2.MintX509SVIDResponse(bundle=self._own_bundle_der(), grant=digest)
             for identity in caller.identities:
-                leaf = sign_x509_svid(
+                leaf = sign_x509_svid_for_key(
                     authority,
-                    csr,
+                    public_key,
                     identity.spiffe_id,
                     identity.dns_names,
                     identity.x509_ttl or self._x509_ttl,
