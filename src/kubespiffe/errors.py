@@ -31,7 +31,7 @@
     │   ├── ServerIdentityWrong            (exit 6) whoever answered is not kubespiffed
     │   └── RequestFailed                  (exit 7) any other refusal, or an answer that cannot be used
     │       └── RequestInvalid             (exit 7) kubespiffed found the request invalid
-    ├── LoopEnded                        agent.run           an agent loop was cancelled, not by a stop
+    ├── LoopEnded                        tasks               a lifelong loop was cancelled, not by a stop
     └── WorkloadError                    cli.workload        a Workload API call from the CLI failed
 
 Each class is defined next to the rule it guards (the module named above); this module holds the root

@@ -9,8 +9,9 @@ import warnings
 import pytest
 from lightkube import AsyncClient
 
-from kubespiffe.agent.run import Agent, AgentConfig, LoopEnded
+from kubespiffe.agent.run import Agent, AgentConfig
 from kubespiffe.devenv.workloads import create_pod, pod_token
+from kubespiffe.tasks import LoopEnded
 from tests.e2e.conftest import _runtime_dir
 from tests.integration.kubespiffed import Running, register
 

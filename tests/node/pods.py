@@ -120,7 +120,7 @@ async def wait_log(
 
 def dump_tasks(pod: Pod, command: str) -> list[int]:
     """SIGUSR1 to the pod's processes whose command line contains `command`: they log every asyncio task's
-    stack (kubespiffe/taskdump.py). Their PIDs on this host. Read their logs after."""
+    stack (kubespiffe/tasks.py). Their PIDs on this host. Read their logs after."""
     assert pod.metadata is not None and pod.metadata.uid
     uid = pod.metadata.uid
     marks = (f"pod{uid}", f"pod{uid.replace('-', '_')}")

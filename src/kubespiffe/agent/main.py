@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from kubespiffe import taskdump
+from kubespiffe import tasks
 from kubespiffe.agent.run import Agent, AgentConfig
 from kubespiffe.spiffe.spiffeid import SpiffeIdError, TrustDomain
 
@@ -21,7 +21,7 @@ async def _run(config: AgentConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
-    taskdump.install(loop)
+    tasks.install_dump(loop)
     try:
         await task
     except asyncio.CancelledError:

@@ -23,7 +23,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from grpclib.health.service import OVERALL, Health
 from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
 
+from kubespiffe import tasks
 from kubespiffe.agent import sdslazy
 from kubespiffe.agent.files import remove_x509_svid, write_atomic, write_x509_svids
 from kubespiffe.agent.issuer_client import (
@@ -49,7 +50,6 @@ from kubespiffe.agent.jwtcache import DEFAULT_SIZE, Entry, JwtCache
 from kubespiffe.agent.state import AgentState, Snapshot
 from kubespiffe.agent.workloadapi import WorkloadAPI
 from kubespiffe.constants import SERVER_ID_PATH
-from kubespiffe.errors import KubespiffeError
 from kubespiffe.proto import workload_pool
 from kubespiffe.spiffe.bundle import Bundle, BundleSet, parse_pem_certificates
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
@@ -355,33 +355,15 @@ class Agent:
         try:
             async with asyncio.TaskGroup() as group:
                 for name, loop in loops.items():
-                    group.create_task(_for_life(name, loop, agent), name=f"agent {name} loop")
+                    # The agent stops (or a sibling failed) when its run task is being cancelled.
+                    life = tasks.for_life(f"agent's {name}", loop, stopping=lambda: agent.cancelling() > 0)
+                    group.create_task(life, name=f"agent {name} loop")
         finally:
             server.close()  # open calls end (grpclib cancels their handlers)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_STOP_GRACE):
                     await server.wait_closed()
             await self._client.close()
-
-
-class LoopEnded(KubespiffeError):
-    """One of the agent's loops was cancelled by nobody: the agent stops rather than serve on without it."""
-
-
-async def _for_life(name: str, loop: Callable[[], Awaitable[None]], agent: asyncio.Task[Any]) -> None:
-    """Run one of the agent's loops, which last as long as the agent (whose run task is `agent`).
-
-    A TaskGroup drops a child that ends with CancelledError without a word. When the agent is stopped (or
-    a sibling failed), its run task is being cancelled too; a loop cancelled otherwise (a library's stray
-    cancel request) would leave the agent serving without renewals or bundle updates, so it fails
-    instead, and the sidecar's container is restarted.
-    """
-    try:
-        await loop()
-    except asyncio.CancelledError:
-        if not agent.cancelling():
-            raise LoopEnded(f"the agent's {name} loop was cancelled, not by the agent stopping") from None
-        raise
 
 
 async def _pause(seconds: float | None, wake: asyncio.Event) -> None:

@@ -33,7 +33,7 @@ from lightkube.resources.authentication_v1 import TokenReview
 from lightkube.resources.core_v1 import Secret
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from kubespiffe import taskdump
+from kubespiffe import tasks
 from kubespiffe.attestation.pod import PodAttestor
 from kubespiffe.attestation.token import JwksCache, TokenVerifier
 from kubespiffe.authority import store
@@ -442,9 +442,12 @@ async def run_until_stopped(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    taskdump.install(loop)
+    tasks.install_dump(loop)
     async with asyncio.TaskGroup() as group:
-        background = [group.create_task(run()) for run in loops]
+        background = [
+            group.create_task(tasks.for_life(getattr(run, "__qualname__", repr(run)), run, stop.is_set))
+            for run in loops
+        ]
         await until_ready()
         await stop.wait()
         await shutdown()
