@@ -31,7 +31,7 @@ from kubespiffe.authority.keys import KeyType
 from kubespiffe.authority.x509ca import create_self_signed_ca
 from kubespiffe.devenv.controlplane import ControlPlane
 from kubespiffe.devenv.stack import Kubespiffed, service_account_token
-from kubespiffe.devenv.workloads import ensure_namespace
+from kubespiffe.devenv.workloads import create_pod, ensure_namespace, pod_token
 from kubespiffe.kube.client import FederatedTrustDomain
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
 from kubespiffe.spiffe.bundle import Bundle, bundle_to_json, certificates_to_pem
@@ -118,6 +118,7 @@ async def test_token_with_several_audiences_is_refused(
 
 # Finding 4: pod binding looser than the API server's own (TokenReview refuses both of these).
 async def test_pod_being_deleted_is_refused(kube: AsyncClient, kubespiffed: Running, namespace: str) -> None:
+    """A pod on no node is deleted without a grace period: held by a finalizer, it is refused at once."""
     await register(kube, "held", {"serviceAccountNames": ["held"]}, namespace)
     _, token = await pod_with_token(kube, namespace, "held", "held")
     await kube.patch(
@@ -128,10 +129,31 @@ async def test_pod_being_deleted_is_refused(kube: AsyncClient, kubespiffed: Runn
     try:
         stored = await kube.get(Pod, "held", namespace=namespace)
         assert stored.metadata is not None and stored.metadata.deletionTimestamp is not None
-        with pytest.raises(TokenRefused, match="being deleted"):
+        with pytest.raises(TokenRefused, match="grace period is over"):
             await kubespiffed.fetch(token)
     finally:
         await kube.patch(Pod, "held", {"metadata": {"finalizers": []}}, namespace=namespace)
+
+
+async def test_pod_in_its_grace_period_keeps_its_identity_until_the_period_ends(
+    kube: AsyncClient, kubespiffed: Running, namespace: str
+) -> None:
+    """A pod shutting down gracefully still drains work that may need SVIDs: until its deletionTimestamp
+    (deletion + grace period) it is served, after it refused (the API server's own check allows a minute
+    more). The pod names a node, so the API server keeps it, waiting for a kubelet, through its grace."""
+    await register(kube, "drain", {"serviceAccountNames": ["drain"]}, namespace)
+    pod = await create_pod(kube, namespace, "drain", "drain", node_name="node-without-kubelet")
+    token = await pod_token(kube, pod)
+    await kube.delete(Pod, "drain", namespace=namespace, grace_period=4)
+    stored = await kube.get(Pod, "drain", namespace=namespace)
+    assert stored.metadata is not None and stored.metadata.deletionTimestamp is not None
+    ends = stored.metadata.deletionTimestamp
+    assert ends > dt.datetime.now(dt.UTC), "the grace period is already over"
+    assert (await kubespiffed.fetch(token)).svids, "a pod in its grace period was refused"
+    await asyncio.sleep(max(0.0, (ends - dt.datetime.now(dt.UTC)).total_seconds()) + 1)
+    with pytest.raises(TokenRefused, match="grace period"):
+        await kubespiffed.fetch(token)
+    await kube.delete(Pod, "drain", namespace=namespace, grace_period=0)
 
 
 async def test_token_of_deleted_or_recreated_service_account_is_refused(

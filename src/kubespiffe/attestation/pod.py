@@ -1,6 +1,6 @@
 """Attest a caller: verify its pod-bound token, then check what the API server's own token authenticator
-checks and a bit more: the pod still exists, is the same pod (UID), is not being deleted and has not
-finished; the token's ServiceAccount still exists and is the same one (UID).
+checks and a bit more: the pod still exists, is the same pod (UID), is not past its deletion grace period
+and has not finished; the token's ServiceAccount still exists and is the same one (UID).
 
     attestor = PodAttestor(TokenVerifier(...), client, registry.pods)
     await attestor.run()                  # in a task: list+watch ServiceAccounts
@@ -13,13 +13,16 @@ pod is served at once and a deleted pod's token is refused.
 While the API server cannot be reached, the caches still answer for every pod and ServiceAccount they
 hold; a miss then raises ClusterUnreachable (the issuer answers UNAVAILABLE, and the agent retries).
 
-A pod with a deletionTimestamp is refused at once (the API server waits 60 s): a pod held by a finalizer
-can stay in that state indefinitely, and a terminating pod already holds SVIDs for its remaining life.
+A pod being deleted is served until its deletionTimestamp (deletion plus its grace period), then refused:
+a pod shutting down gracefully still drains work that may need SVIDs (its agent renews and serves them as
+before, as SPIRE's does), while a pod held by a finalizer, which can stay in that state indefinitely, loses
+its identity when its grace period ends. The API server's own check allows a minute more.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -80,8 +83,9 @@ class PodAttestor:
             pod = await self._get(claims)
         if _uid(pod) != claims.pod_uid:
             raise TokenRejected("the pod the token is bound to was deleted (a new pod has its name)")
-        if pod.metadata is not None and pod.metadata.deletionTimestamp is not None:
-            raise TokenRejected("the pod the token is bound to is being deleted")
+        deleting = pod.metadata.deletionTimestamp if pod.metadata is not None else None
+        if deleting is not None and deleting <= dt.datetime.now(dt.UTC):
+            raise TokenRejected("the pod the token is bound to was deleted and its grace period is over")
         phase = pod.status.phase if pod.status else None
         if phase in _FINISHED:
             raise TokenRejected(f"the pod the token is bound to has finished ({phase})")
