@@ -29,6 +29,7 @@ from kubespiffe.authority.x509ca import (
     X509Authority,
     create_self_signed_ca,
     load_csr,
+    load_csr_key,
     sign_x509_svid,
 )
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
@@ -868,3 +869,15 @@ def test_leaf_names_are_checked_on_every_call_until_cached_valid() -> None:
             sign_x509_svid(_ca_under_test(), csr, ID, ["bad name"], HOUR, NOW)
         with pytest.raises(ValueError, match="outside the CA's trust domain"):
             sign_x509_svid(_ca_under_test(), csr, SpiffeId.parse("spiffe://other.org/x"), [], HOUR, NOW)
+
+
+def test_load_csr_key_returns_the_proven_key_and_refuses_what_load_csr_refuses() -> None:
+    """The issuer's path (load_csr_key) runs every check load_csr runs: proof of possession included."""
+    for key_type in KeyType:
+        key = _key(key_type)
+        assert load_csr_key(csr_der(make_csr(key))) == key.public_key()
+    signer, other = _key(KeyType.EC_P256), ec_key()
+    swapped = csr_der(make_csr(signer, CSR_SUBJECT)).replace(_spki(signer), _spki(other))
+    for bad, message in ((b"", "empty"), (b"garbage", "not a DER"), (swapped, "signature does not verify")):
+        with pytest.raises(CsrError, match=message):
+            load_csr_key(bad)

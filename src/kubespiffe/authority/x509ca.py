@@ -232,6 +232,15 @@ def intermediate_csr(key: SigningKey, trust_domain: TrustDomain) -> x509.Certifi
 
 def load_csr(der: bytes) -> x509.CertificateSigningRequest:
     """Parse a caller's PKCS#10 CSR; every way it can be unusable is a CsrError, never another exception."""
+    return _load_checked_csr(der)[0]
+
+
+def load_csr_key(der: bytes) -> CertificatePublicKeyTypes:
+    """`load_csr`'s checks, and the public key the CSR proves possession of (all a leaf takes from it)."""
+    return _load_checked_csr(der)[1]
+
+
+def _load_checked_csr(der: bytes) -> tuple[x509.CertificateSigningRequest, CertificatePublicKeyTypes]:
     if not der:
         raise CsrError("the CSR is empty")
     if len(der) > MAX_CSR_BYTES:
@@ -256,7 +265,7 @@ def load_csr(der: bytes) -> x509.CertificateSigningRequest:
         valid = False
     if not valid:
         raise CsrError("the CSR signature does not verify with its own public key")
-    return csr
+    return csr, key
 
 
 def _trust_domain_of(ca: x509.Certificate) -> TrustDomain:
@@ -325,7 +334,7 @@ def sign_x509_svid_for_key(
     ttl: dt.timedelta,
     now: dt.datetime,
 ) -> x509.Certificate:
-    """`sign_x509_svid` for a public key already taken from a CSR (`load_csr(...).public_key()`).
+    """`sign_x509_svid` for a public key already taken from a CSR (`load_csr_key`).
 
     Built for the issuer's hot path (bench/issuance.py): the builder gets every part at once rather than
     a copy per part, and the extensions go in already encoded (each encoded once, by cryptography, from

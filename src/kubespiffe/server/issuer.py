@@ -29,7 +29,7 @@ from prometheus_client import Counter, Histogram
 from kubespiffe.attestation.pod import AttestedPod, ClusterUnreachable, PodAttestor
 from kubespiffe.attestation.token import TokenRejected
 from kubespiffe.authority.state import JwtSigningKey
-from kubespiffe.authority.x509ca import CsrError, X509Authority, load_csr, sign_x509_svid_for_key
+from kubespiffe.authority.x509ca import CsrError, X509Authority, load_csr_key, sign_x509_svid_for_key
 from kubespiffe.constants import JWT_AUDIENCE_MAX_COUNT, JWT_AUDIENCE_MAX_LENGTH
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
 from kubespiffe.registry.live import Registry
@@ -229,7 +229,7 @@ class IssuerService(issuer_pb2_grpc.IssuerServicer):
         try:
             caller = await self._attest("x509", context, request.spiffe_id)
             try:
-                public_key = load_csr(request.csr).public_key()
+                public_key = load_csr_key(request.csr)
             except CsrError as exc:
                 DECISIONS.labels("x509", "invalid_argument").inc()
                 log.warning("rejected %s reason=%r", caller.who, f"bad CSR: {exc}")
