@@ -133,6 +133,7 @@ async def mint(client: Path, stack: Stack, config: Config, clients: int, total: 
         str(clients),
         "-n",
         str(total),
+        port=config.daemon.port,
     )
 
 
@@ -203,6 +204,10 @@ async def report(args: argparse.Namespace, client: Path, stack: Stack, configs: 
                 f"{med('p99_ms'):>7.2f} {med('server_us_per_call'):>14.0f} "
                 f"{med('client_us_per_call'):>14.0f} {med('machine_busy'):>11.0%}{verdict}"
             )
+    print("connections per process at 16 clients, each run (SO_REUSEPORT spreads them by a hash):")
+    for config in configs:
+        spreads = ", ".join("/".join(map(str, r["connections_per_process"])) for r in config.runs[16])
+        print(f"  {config.name:<28} {spreads}")
     print("memory after the load, per process (RSS / PSS MB):")
     for config in configs:
         assert config.daemon.process is not None

@@ -498,13 +498,24 @@ def machine_busy() -> tuple[float, float]:
     return sum(values) - idle, sum(values)
 
 
-async def metered_client(client: Path, server_pid: int, *args: str) -> dict[str, Any]:
+async def metered_client(
+    client: Path, server_pid: int, *args: str, port: int | None = None
+) -> dict[str, Any]:
     """`run_client` for a mint command, plus the CPU the server (its process tree) and the client spent
     per call and how busy the whole machine was meanwhile. The client's CPU includes its setup (one
-    handshake per connection, SPIRE's node attestation), a small share of thousands of calls."""
+    handshake per connection, SPIRE's node attestation), a small share of thousands of calls.
+
+    With `port`, also how the client's connections to it were spread over the server's processes, read
+    once the run is under way: the kernel spreads connections over kubespiffed's --workers processes
+    (SO_REUSEPORT) by a hash, so one process may serve 11 of 16 clients and the other 5."""
     cpu, busy = process_tree_cpu(server_pid), machine_busy()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = await run_client(client, *args)
+    running = asyncio.create_task(run_client(client, *args))
+    spread: list[int] = []
+    if port is not None:
+        await asyncio.wait([running], timeout=0.3)  # every client connected (each makes a first call)
+        spread = connections_per_process(server_pid, port)
+    result = await running
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy_after = machine_busy()
     calls = int(result["calls"])
@@ -512,7 +523,29 @@ async def metered_client(client: Path, server_pid: int, *args: str) -> dict[str,
     client_cpu = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
     result["client_us_per_call"] = client_cpu / calls * 1e6
     result["machine_busy"] = (busy_after[0] - busy[0]) / max(1, busy_after[1] - busy[1])
+    result["connections_per_process"] = spread
     return result
+
+
+def connections_per_process(pid: int, port: int) -> list[int]:
+    """Established connections to local `port` held by each process of `pid`'s tree, most first."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # ESTABLISHED
+                    inodes.add(f"socket:[{fields[9]}]")
+    counts = []
+    for member in descendants(pid):
+        held = 0
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{member}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    held += os.readlink(fd) in inodes
+        if held:
+            counts.append(held)
+    return sorted(counts, reverse=True)
 
 
 def _cpu_cell(runs: list[dict[str, Any]]) -> str:
@@ -687,6 +720,7 @@ async def measure(bench: Bench, args: argparse.Namespace, ks_token: Path, mint_t
                         str(clients),
                         "-n",
                         str(args.requests),
+                        port=bench.daemon.port if side == "kubespiffe" else None,
                     )
                 )
             if args.mint_only:
@@ -768,6 +802,11 @@ async def measure(bench: Bench, args: argparse.Namespace, ks_token: Path, mint_t
                     ratio(s_rate, k_rate),
                 )
             )
+            if clients > 1 and ks_runs[0].get("connections_per_process"):
+                spreads = ", ".join("/".join(map(str, r["connections_per_process"])) for r in ks_runs)
+                rows.append(
+                    (f"{label}, {clients} clients: kubespiffed connections per process", "", spreads, "")
+                )
             if "server_us_per_call" in spire_runs[0]:
                 rows.append(
                     (
