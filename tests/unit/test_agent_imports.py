@@ -23,7 +23,6 @@ NOT_LOADED = {
     "udpa": "Envoy's SDS messages: on the first SDS call",
     "kubespiffe.agent.sds": "the SDS servicer: on the first SDS call",
     "jwt": "PyJWT: on the first ValidateJWTSVID call (spiffe/jwtsvid.py)",
-    "tempfile": "files mode's writer: on the first file written (agent/files.py)",
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,10 +22,6 @@ _IDENTITY_FILE = re.compile(r"(?:svid|bundle)\.(\d+)\.(?:pem|key)")
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    # Imported here: tempfile pulls in shutil, random, bz2 and lzma (0.4 MB, a few ms), and every agent and
-    # `kubespiffe probe` imports this module while only files mode writes.
-    import tempfile
-
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, mode)
