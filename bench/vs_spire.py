@@ -805,7 +805,12 @@ async def measure(bench: Bench, args: argparse.Namespace, ks_token: Path, mint_t
             if clients > 1 and ks_runs[0].get("connections_per_process"):
                 spreads = ", ".join("/".join(map(str, r["connections_per_process"])) for r in ks_runs)
                 rows.append(
-                    (f"{label}, {clients} clients: kubespiffed connections per process", "", spreads, "")
+                    (
+                        f"{label}, {clients} clients: kubespiffed connections per process (+1: the agent)",
+                        "",
+                        spreads,
+                        "",
+                    )
                 )
             if "server_us_per_call" in spire_runs[0]:
                 rows.append(
