@@ -173,7 +173,7 @@ class JWTSVID:
 
 
 class IssuerClient:
-    """One TLS channel to kubespiffed, opened after the server proved its SPIFFE ID.
+    """One TLS channel to kubespiffed; each of its connections proves kubespiffed's SPIFFE ID before use.
 
     `trust` is the trust bundle that authenticates kubespiffed; the agent replaces it with the newest
     bundle it receives so that kubespiffed stays verifiable across CA rotation.
