@@ -40,3 +40,29 @@ def test_the_agent_imports_only_what_every_pod_needs() -> None:
         if any(module == name or module.startswith(f"{name}.") for module in loaded)
     }
     assert not early, f"imported by every agent at start: {early}"
+
+
+PROBE_NOT_LOADED = {
+    **NOT_LOADED,
+    "cryptography": "keys and certificates: the probe only asks the agent's health service",
+    "kubespiffe.agent.issuer_client": "the issuer client: `fetch --server` only (cli/direct.py)",
+}
+
+
+def test_the_probe_imports_no_cryptography() -> None:
+    """`kubespiffe probe` runs in every injected pod's start (its postStart hook, beside the starting agent)
+    and as its readiness probe: measured 39 MB and 0.2 s with cryptography, 29 MB without."""
+    code = (
+        "import sys, json; from kubespiffe.cli.main import main; sys.argv = ['kubespiffe', 'probe', "
+        "'--socket', '/nonexistent/agent.sock']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(json.loads(result.stdout.splitlines()[-1]))
+    assert "grpclib.client" in loaded  # it did run the probe
+    early = {
+        name: why
+        for name, why in PROBE_NOT_LOADED.items()
+        if any(module == name or module.startswith(f"{name}.") for module in loaded)
+    }
+    assert not early, f"imported by every probe: {early}"

@@ -14,9 +14,10 @@ from __future__ import annotations
 import datetime as dt
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from kubespiffe.agent.issuer_client import JWTSVID
+if TYPE_CHECKING:  # an annotation only: `kubespiffe probe` reads DEFAULT_SIZE without cryptography
+    from kubespiffe.agent.issuer_client import JWTSVID
 
 DEFAULT_SIZE = 1024
 Key = tuple[str, tuple[str, ...]]  # (spiffe_id or "" for all, sorted audiences)

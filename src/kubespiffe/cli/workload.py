@@ -25,13 +25,9 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-from kubespiffe.agent.files import write_x509_svids
 from kubespiffe.errors import KubespiffeError
 from kubespiffe.proto import workload_pb2
 from kubespiffe.proto.workload_pb2_grpclib import SpiffeWorkloadAPIStub
-from kubespiffe.spiffe.bundle import parse_der_certificates
-from kubespiffe.spiffe.spiffeid import SpiffeId
-from kubespiffe.spiffe.x509svid import X509Svid
 
 HEADER = {"workload.spiffe.io": "true"}
 ENV_SOCKET = "SPIFFE_ENDPOINT_SOCKET"
@@ -112,6 +108,12 @@ def _call(target: str, timeout: float, call: Callable[[Channel], Awaitable[T]]) 
 
 
 def fetch_x509(target: str, write: Path | None, timeout: float) -> list[str]:
+    # Here, not at the top: they bring cryptography, which `probe` (every pod's postStart hook) never needs.
+    from kubespiffe.agent.files import write_x509_svids
+    from kubespiffe.spiffe.bundle import parse_der_certificates
+    from kubespiffe.spiffe.spiffeid import SpiffeId
+    from kubespiffe.spiffe.x509svid import X509Svid
+
     async def first(channel: Channel) -> workload_pb2.X509SVIDResponse:
         async with SpiffeWorkloadAPIStub(channel).FetchX509SVID.open(metadata=HEADER) as stream:
             await stream.send_message(workload_pb2.X509SVIDRequest(), end=True)

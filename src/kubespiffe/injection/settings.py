@@ -36,7 +36,8 @@ SOCKET_ENV: Final = "SPIFFE_ENDPOINT_SOCKET"
 AGENT_UID: Final = 65532  # the image's user
 
 DEFAULT_RESOURCES: Final[Mapping[str, Mapping[str, str]]] = {
-    # The agent's RSS is about 60 MB (docs/security.md); the limit leaves room for renewals and streams.
+    # The agent's RSS is about 43 MB (docs/agent.md, "Cost per pod"); the limit leaves room for renewals,
+    # streams and the postStart hook's probe process.
     "requests": {"cpu": "10m", "memory": "64Mi"},
     "limits": {"memory": "128Mi"},
 }
