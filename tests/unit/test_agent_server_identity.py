@@ -15,6 +15,7 @@ from kubespiffe.agent.issuer_client import IssuerClient, ServerIdentityWrong
 from kubespiffe.constants import SERVER_ID_PATH, SERVER_NAME
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
 from tests.unit.certs import Issued, make_ca, make_leaf, uris
+from tests.unit.test_agent_issuer_client import FakeIssuer
 
 NOW = dt.datetime.now(dt.UTC)
 SERVER_ID = f"spiffe://example.org{SERVER_ID_PATH}"
@@ -24,10 +25,12 @@ ANSWER = issuer_pb2.MintJWTSVIDResponse(
 )
 
 
-class Recorder(issuer_pb2_grpc.IssuerServicer):
+class Recorder(FakeIssuer):
     """Answers MintJWTSVID and remembers every token it was sent."""
 
     def __init__(self) -> None:
+        super().__init__()
+        self.answer = ANSWER
         self.tokens: list[str] = []
 
     async def MintJWTSVID(
@@ -36,30 +39,7 @@ class Recorder(issuer_pb2_grpc.IssuerServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> issuer_pb2.MintJWTSVIDResponse:
         self.tokens.extend(str(v) for k, v in context.invocation_metadata() or () if k == "authorization")
-        return ANSWER
-
-    async def MintX509SVID(
-        self,
-        request: issuer_pb2.MintX509SVIDRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
-    ) -> issuer_pb2.MintX509SVIDResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
-
-    async def WatchBundles(
-        self,
-        request: issuer_pb2.WatchBundlesRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
-    ) -> AsyncIterator[issuer_pb2.BundlesResponse]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
-        yield issuer_pb2.BundlesResponse()
-
-    async def WatchIdentity(
-        self,
-        request: issuer_pb2.WatchIdentityRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
-    ) -> AsyncIterator[issuer_pb2.IdentityResponse]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
-        yield issuer_pb2.IdentityResponse()
+        return await super().MintJWTSVID(request, context)
 
 
 def ca() -> Issued:
