@@ -443,9 +443,17 @@ async def run_until_stopped(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     tasks.install_dump(loop)
+    this = asyncio.current_task()
+    assert this is not None
+
+    def stopping() -> bool:
+        # Stopped by a signal, or the group is cancelling every loop because one failed (it cancels this
+        # task too): only a loop cancelled otherwise is LoopEnded, so a failure is not buried under them.
+        return stop.is_set() or this.cancelling() > 0
+
     async with asyncio.TaskGroup() as group:
         background = [
-            group.create_task(tasks.for_life(getattr(run, "__qualname__", repr(run)), run, stop.is_set))
+            group.create_task(tasks.for_life(getattr(run, "__qualname__", repr(run)), run, stopping))
             for run in loops
         ]
         await until_ready()
