@@ -196,6 +196,11 @@ def test_every_option_reaches_kubespiffed() -> None:
         10,
         7200,
     )
+    bounds = (config.token_review_rate, config.max_streams_per_pod, config.max_concurrent_rpcs)
+    assert bounds == (20, 8, 10000)
+    assert config.grpc_max_connection_idle.total_seconds() == 600
+    assert config.grpc_handshake_timeout.total_seconds() == 5
+    assert config.federation_allowed_networks == "10.0.0.0/8,fd00::/8"
     assert (config.webhook_port, config.webhook_configuration) == (9446, "kubespiffe-injector")
     injection = config.injection()
     assert injection.image == "registry.example/kubespiffe-agent:0.1.0-agent"
@@ -217,6 +222,8 @@ DURATIONS = [
     ("bundleEndpoint.refreshHint", "--bundle-refresh-hint", ["0s", "1s", "24h", "86401s"]),
     ("federation.minRefresh", "--federation-min-refresh", ["0s", "1s", "1h", "3601s"]),
     ("federation.maxRefresh", "--federation-max-refresh", ["0s", "1s", "24h", "24h1s"]),
+    ("bounds.connectionIdle", "--grpc-max-connection-idle", ["0s", "1s", "24h", "24h1s"]),
+    ("bounds.handshakeTimeout", "--grpc-handshake-timeout", ["0s", "1s", "5m", "301s"]),
 ]
 
 
@@ -301,6 +308,10 @@ BAD_VALUES = [
     (["--set", "image.pullPolicy=Sometimes"], "at '/image/pullPolicy'"),
     (["--set", "podCertificates.signerName=svid"], "at '/podCertificates/signerName'"),
     (["--set", "replica=3"], "additional properties 'replica' not allowed"),
+    (["--set", "bounds.streamsPerPod=0"], "at '/bounds/streamsPerPod': minimum"),
+    (["--set", "bounds.tokenReviewRate=1001"], "at '/bounds/tokenReviewRate': maximum"),
+    (["--set", "bounds.concurrentRPCs=1000001"], "at '/bounds/concurrentRPCs': maximum"),
+    (["--set-json", 'federation.allowedNetworks=["10.0.0.0"]'], "at '/federation/allowedNetworks/0'"),
     (
         ["--set", "podSecurityContext.runAsNonRoot=false"],
         "at '/podSecurityContext/runAsNonRoot': value must be true",

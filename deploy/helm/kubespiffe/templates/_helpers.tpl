@@ -98,7 +98,13 @@ except --pod-certificate-signer, which the PodCertificateRequest signer adds.
   (printf "--bundle-configmap=%s" $v.bundleConfigMap)
   (printf "--bundle-configmap-key=%s" $v.bundleConfigMapKey)
   (printf "--federation-min-refresh=%s" (include "kubespiffe.duration" (list "federation.minRefresh" $v.federation.minRefresh 1 3600 "1s and 1h")))
-  (printf "--federation-max-refresh=%s" (include "kubespiffe.duration" (list "federation.maxRefresh" $v.federation.maxRefresh 1 86400 "1s and 24h")))) -}}
+  (printf "--federation-max-refresh=%s" (include "kubespiffe.duration" (list "federation.maxRefresh" $v.federation.maxRefresh 1 86400 "1s and 24h")))
+  (printf "--token-review-rate=%d" (int $v.bounds.tokenReviewRate))
+  (printf "--max-streams-per-pod=%d" (int $v.bounds.streamsPerPod))
+  (printf "--max-concurrent-rpcs=%d" (int $v.bounds.concurrentRPCs))
+  (printf "--grpc-max-connection-idle=%s" (include "kubespiffe.duration" (list "bounds.connectionIdle" $v.bounds.connectionIdle 1 86400 "1s and 24h")))
+  (printf "--grpc-handshake-timeout=%s" (include "kubespiffe.duration" (list "bounds.handshakeTimeout" $v.bounds.handshakeTimeout 1 300 "1s and 5m")))) -}}
+{{- with $v.federation.allowedNetworks }}{{ $args = append $args (printf "--federation-allowed-networks=%s" (join "," .)) }}{{ end -}}
 {{- if $v.injection.enabled -}}
 {{- if not $v.bundleConfigMap -}}
 {{- fail "injection.enabled needs bundleConfigMap: the injected agent mounts it as its bootstrap trust bundle" -}}
