@@ -71,7 +71,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node
 from stack import percentiles  # bench/stack.py (benchmarks run as scripts)
 
-from kubespiffe.devenv.build import cache_root, repo_root
+from kubespiffe.devenv.build import cache_root, ensure_tool, repo_root
 from kubespiffe.devenv.controlplane import ControlPlane, free_port
 from kubespiffe.devenv.stack import Kubespiffed, agent_command, authority_bundle_pem, install
 from kubespiffe.devenv.stack import service_account_token as kubespiffed_token
@@ -133,20 +133,8 @@ def spire_binaries() -> tuple[Path, Path]:
 
 
 def bench_client() -> Path:
-    """tools/benchclient, built once per source hash (like the interop client)."""
-    module_dir = repo_root() / "tools" / "benchclient"
-    digest = hashlib.sha256(
-        b"".join(
-            path.read_bytes() for path in sorted(module_dir.glob("go.*")) + sorted(module_dir.glob("*.go"))
-        )
-    ).hexdigest()[:12]
-    binary = cache_root() / "benchclient" / digest / "spiffe-bench"
-    if not binary.exists():
-        binary.parent.mkdir(parents=True, exist_ok=True)
-        staging = binary.parent / f".spiffe-bench-{os.getpid()}"
-        _go_build(module_dir, ["."], staging, cgo=False)
-        staging.rename(binary)
-    return binary
+    """tools/benchclient (go-spiffe), built once per source hash."""
+    return ensure_tool("benchclient", "spiffe-bench")
 
 
 def memory_mb(pid: int) -> tuple[float, float]:

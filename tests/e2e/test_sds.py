@@ -10,7 +10,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -30,8 +29,7 @@ from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from kubespiffe.authority.keys import KeyType
 from kubespiffe.authority.x509ca import create_self_signed_ca
-from kubespiffe.devenv.build import _go_build as go_build
-from kubespiffe.devenv.build import cache_root, repo_root
+from kubespiffe.devenv.build import ensure_tool
 from kubespiffe.kube.client import FederatedTrustDomain
 from kubespiffe.spiffe.bundle import certificates_to_pem
 from kubespiffe.spiffe.spiffeid import TrustDomain
@@ -45,18 +43,8 @@ SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 
 def ensure_sdsclient() -> Path:
-    """tools/sdsclient, built once per go.mod/go.sum/source hash (like devenv.build.ensure_interop)."""
-    module_dir = repo_root() / "tools" / "sdsclient"
-    digest = hashlib.sha256(
-        b"".join((module_dir / name).read_bytes() for name in ("go.mod", "go.sum", "main.go"))
-    ).hexdigest()[:12]
-    binary = cache_root() / "sdsclient" / digest / "sdsclient"
-    if not binary.exists():
-        binary.parent.mkdir(parents=True, exist_ok=True)
-        staging = binary.parent / f".sdsclient-{os.getpid()}"
-        go_build(module_dir, ".", staging, "-s -w")
-        staging.rename(binary)
-    return binary
+    """tools/sdsclient (go-control-plane's SDS types over grpc-go)."""
+    return ensure_tool("sdsclient", "sdsclient")
 
 
 @pytest.fixture(scope="session")

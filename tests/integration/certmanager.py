@@ -4,14 +4,13 @@ CRDs read from that module in the Go module cache (never copied into this reposi
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubespiffe.devenv.build import cache_root, repo_root
+from kubespiffe.devenv.build import ensure_tool, repo_root
 
 MODULE = "github.com/cert-manager/cert-manager"
 
@@ -31,18 +30,8 @@ def _go(*args: str) -> str:
 
 
 def ensure_controller() -> Path:
-    """The controller binary, built once per go.mod/go.sum/main.go hash (minutes on two cores)."""
-    module_dir = _module_dir()
-    digest = hashlib.sha256(
-        b"".join((module_dir / name).read_bytes() for name in ("go.mod", "go.sum", "main.go"))
-    ).hexdigest()[:12]
-    binary = cache_root() / "certmanager" / digest / "certmanager-controller"
-    if not binary.exists():
-        binary.parent.mkdir(parents=True, exist_ok=True)
-        staging = binary.parent / f".certmanager-controller-{os.getpid()}"
-        _go("build", "-trimpath", "-ldflags", "-s -w", "-o", str(staging), ".")
-        staging.rename(binary)
-    return binary
+    """The controller binary, built once per source hash (minutes on two cores)."""
+    return ensure_tool("certmanager", "certmanager-controller")
 
 
 def crd_paths() -> list[Path]:

@@ -97,7 +97,7 @@ def _build_all(module_dir: Path, target: Path, builds: list[tuple[str, str, str]
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
     try:
         for package, name, ldflags in builds:
-            _go_build(module_dir, package, staging / name, ldflags)
+            go_build(module_dir, package, staging / name, ldflags)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -105,7 +105,7 @@ def _build_all(module_dir: Path, target: Path, builds: list[tuple[str, str, str]
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _go_build(module_dir: Path, package: str, output: Path, ldflags: str) -> None:
+def go_build(module_dir: Path, package: str, output: Path, ldflags: str) -> None:
     """`go build -v` prints each package as it compiles; count them so a long build shows it is alive."""
     cmd = ["go", "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(output), package]
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
@@ -160,19 +160,24 @@ def ensure_node_binaries(module_dir: Path | None = None) -> NodeBinaries:
     )
 
 
-def ensure_interop() -> Path:
-    """The go-spiffe interop program (tools/interop), built once per go.mod/go.sum/source hash."""
-    module_dir = repo_root() / "tools" / "interop"
-    digest = hashlib.sha256(
-        b"".join((module_dir / name).read_bytes() for name in ("go.mod", "go.sum", "main.go"))
-    ).hexdigest()[:12]
-    binary = cache_root() / "interop" / digest / "spiffe-interop"
+def ensure_tool(name: str, binary_name: str) -> Path:
+    """tools/<name>, a Go program of the tests or benchmarks, built once per hash of its go.mod, go.sum and
+    *.go files into ~/.cache/kubespiffe/<name>/<hash>/<binary_name> (renamed into place when built)."""
+    module_dir = repo_root() / "tools" / name
+    sources = [module_dir / "go.mod", module_dir / "go.sum", *sorted(module_dir.glob("*.go"))]
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:12]
+    binary = cache_root() / name / digest / binary_name
     if not binary.exists():
         binary.parent.mkdir(parents=True, exist_ok=True)
-        staging = binary.parent / f".spiffe-interop-{os.getpid()}"
-        _go_build(module_dir, ".", staging, "-s -w")
+        staging = binary.parent / f".{binary_name}-{os.getpid()}"
+        go_build(module_dir, ".", staging, "-s -w")
         staging.rename(binary)
     return binary
+
+
+def ensure_interop() -> Path:
+    """The go-spiffe interop program (tools/interop)."""
+    return ensure_tool("interop", "spiffe-interop")
 
 
 if __name__ == "__main__":

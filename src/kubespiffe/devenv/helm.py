@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kubespiffe.devenv.build import _go_build, cache_root, repo_root
+from kubespiffe.devenv.build import cache_root, go_build, repo_root
 
 HELM_MODULE = "helm.sh/helm/v4"
 HELM_PACKAGE = f"{HELM_MODULE}/cmd/helm"
@@ -61,7 +61,7 @@ def ensure_helm() -> Path:
         staging = binary.parent / f".helm-{os.getpid()}"
         try:
             ldflags = f"-s -w -X {HELM_MODULE}/internal/version.version={version}"
-            _go_build(module_dir, HELM_PACKAGE, staging, ldflags)
+            go_build(module_dir, HELM_PACKAGE, staging, ldflags)
             staging.rename(binary)
         finally:
             staging.unlink(missing_ok=True)

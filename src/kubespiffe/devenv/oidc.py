@@ -13,8 +13,6 @@ point an OIDC library at it (trusting oidc-ca.pem) the way a cloud points at a p
 from __future__ import annotations
 
 import base64
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +23,7 @@ from lightkube.models.rbac_v1 import PolicyRule
 from lightkube.resources.core_v1 import Secret
 from lightkube.resources.rbac_authorization_v1 import Role
 
-from kubespiffe.devenv.build import _go_build as go_build
-from kubespiffe.devenv.build import cache_root, repo_root
+from kubespiffe.devenv.build import ensure_tool
 from kubespiffe.devenv.pki import ClusterCA
 from kubespiffe.devenv.stack import NAMESPACE
 
@@ -91,15 +88,5 @@ async def grant_get(client: AsyncClient, secret: str) -> None:
 
 
 def ensure_oidcverify() -> Path:
-    """tools/oidcverify (go-oidc, an independent OIDC verifier), built once per go.mod/go.sum/source hash."""
-    module_dir = repo_root() / "tools" / "oidcverify"
-    digest = hashlib.sha256(
-        b"".join((module_dir / name).read_bytes() for name in ("go.mod", "go.sum", "main.go"))
-    ).hexdigest()[:12]
-    binary = cache_root() / "oidcverify" / digest / "oidcverify"
-    if not binary.exists():
-        binary.parent.mkdir(parents=True, exist_ok=True)
-        staging = binary.parent / f".oidcverify-{os.getpid()}"
-        go_build(module_dir, ".", staging, "-s -w")
-        staging.rename(binary)
-    return binary
+    """tools/oidcverify (go-oidc, an independent OIDC verifier)."""
+    return ensure_tool("oidcverify", "oidcverify")
