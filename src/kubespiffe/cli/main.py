@@ -14,6 +14,17 @@ from kubespiffe.agent.jwtcache import DEFAULT_SIZE as JWT_CACHE_SIZE
 from kubespiffe.constants import SERVER_NAME as DEFAULT_SERVER_NAME
 
 
+def _seconds(text: str) -> float:
+    """A finite number of seconds, 0 or more; anything else is a usage error (exit 2) saying so."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 <= seconds < float("inf"):  # NaN too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, 0 or more")
+    return seconds
+
+
 def cmd_fetch_or_validate(args: argparse.Namespace) -> int:
     if not args.server:
         from kubespiffe.cli.workload import run
@@ -154,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.add_argument(
         "--wait",
-        type=float,
+        type=_seconds,
         default=0.0,
         metavar="SECONDS",
         help="ask until the answer is yes or SECONDS have passed (a postStart hook), instead of once",
