@@ -127,6 +127,20 @@ async def _until(condition: Any) -> None:
     raise AssertionError("condition not reached")
 
 
+async def _relisting(
+    client: ScriptedClient,
+) -> tuple[WatchCache[Pod], list[tuple[str, str]], asyncio.Task[None]]:
+    """A cache synced from the first listing, recording events from then on, once it lists again (its
+    first watch failed with 410)."""
+    cache: WatchCache[Pod] = WatchCache(client, Pod)
+    events: list[tuple[str, str]] = []
+    task = asyncio.create_task(cache.run())
+    await cache.synced.wait()
+    cache.add_listener(lambda kind, obj: events.append((kind, obj.metadata.name)))
+    await _until(lambda: len(client.list_calls) == 2)
+    return cache, events, task
+
+
 async def test_lookups_during_a_paged_relist_see_the_old_snapshot() -> None:
     """Until the last page is in, the cache answers from the previous list: a pod gone from the new one
     is still found (no half-built cache), a pod in the first page is not yet seen; then both at once."""
@@ -138,12 +152,7 @@ async def test_lookups_during_a_paged_relist_see_the_old_snapshot() -> None:
         ],
         watches=[[], []],
     )
-    cache: WatchCache[Pod] = WatchCache(client, Pod)
-    events: list[tuple[str, str]] = []
-    task = asyncio.create_task(cache.run())
-    await cache.synced.wait()
-    cache.add_listener(lambda kind, obj: events.append((kind, obj.metadata.name)))
-    await _until(lambda: len(client.list_calls) == 2)  # the watch failed with 410: relisting
+    cache, events, task = await _relisting(client)
     for _ in range(2):  # two of the three pages are in
         await asyncio.sleep(0.05)
         assert cache.get("ns", "a") is not None
@@ -191,12 +200,7 @@ async def test_a_relist_whose_continue_token_expires_keeps_the_old_snapshot_and_
         ],
         watches=[[], []],
     )
-    cache: WatchCache[Pod] = WatchCache(client, Pod)
-    events: list[tuple[str, str]] = []
-    task = asyncio.create_task(cache.run())
-    await cache.synced.wait()
-    cache.add_listener(lambda kind, obj: events.append((kind, obj.metadata.name)))
-    await _until(lambda: len(client.list_calls) == 2)
+    cache, events, task = await _relisting(client)
     await asyncio.sleep(0.05)
     assert sorted(p.metadata.name for p in cache) == ["a", "b"]  # the expired list changed nothing
     assert events == []
