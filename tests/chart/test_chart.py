@@ -312,6 +312,8 @@ BAD_VALUES = [
     (["--set", "bounds.tokenReviewRate=1001"], "at '/bounds/tokenReviewRate': maximum"),
     (["--set", "bounds.concurrentRPCs=1000001"], "at '/bounds/concurrentRPCs': maximum"),
     (["--set-json", 'federation.allowedNetworks=["10.0.0.0"]'], "at '/federation/allowedNetworks/0'"),
+    (["--set-json", 'federation.allowedNetworks=["10.0.0.0/33"]'], "at '/federation/allowedNetworks/0'"),
+    (["--set-json", 'federation.allowedNetworks=["fd00::/129"]'], "at '/federation/allowedNetworks/0'"),
     (
         ["--set", "podSecurityContext.runAsNonRoot=false"],
         "at '/podSecurityContext/runAsNonRoot': value must be true",

@@ -45,6 +45,9 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         ["--trust-domain", "td", "--port", "http"],
         ["--trust-domain", "td", "--federation-min-refresh", "0s"],
         ["--trust-domain", "td", "--port", "70000"],
+        ["--trust-domain", "td", "--federation-allowed-networks", "10.0.0.0/99"],
+        ["--trust-domain", "td", "--federation-allowed-networks", "10.0.0.1/8"],  # host bits set
+        ["--trust-domain", "td", "--federation-allowed-networks", "10.0.0.0/8,private"],
         ["--trust-domain", "td", "--webhook-port", "8446"],  # no --agent-image
         ["--trust-domain", "td", "--webhook-port", "8446", "--agent-image", "has space"],
         ["--trust-domain", "td", "--webhook-port", "8446", "--agent-image", "i", "--agent-resources", "{"],

@@ -29,6 +29,7 @@ from kubespiffe.constants import (
     X509_TTL_MAX,
     X509_TTL_MIN,
 )
+from kubespiffe.federation.fetch import parse_networks
 from kubespiffe.federation.oidc import OidcIssuer, OidcIssuerError
 from kubespiffe.injection import InjectionSettings
 from kubespiffe.registry.models import format_duration, parse_duration
@@ -333,6 +334,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
             parser.error(str(exc))
     try:
         config.oidc()
+        parse_networks(config.federation_allowed_networks)
         check_pem_key(config.bundle_configmap_key)
         config.upstream_issuer()
     except ValueError as exc:
