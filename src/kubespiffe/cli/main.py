@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeAlias
 
 from kubespiffe.agent.jwtcache import DEFAULT_SIZE as JWT_CACHE_SIZE
 from kubespiffe.constants import SERVER_NAME as DEFAULT_SERVER_NAME
@@ -87,29 +89,37 @@ EXIT_CODES = (
 )
 
 
-def add_authority_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    def target(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--kubeconfig", help="default: $KUBECONFIG or ~/.kube/config")
-        parser.add_argument("--namespace", default="kubespiffe-system", help="kubespiffed's namespace")
-        parser.add_argument("--secret", default="kubespiffe-authority", help="the authority Secret")
+def _authority_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kubeconfig", help="default: $KUBECONFIG or ~/.kube/config")
+    parser.add_argument("--namespace", default="kubespiffe-system", help="kubespiffed's namespace")
+    parser.add_argument("--secret", default="kubespiffe-authority", help="the authority Secret")
 
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _add_ca(commands: Commands) -> None:
     ca = commands.add_parser("ca", help="the trust domain's signing keys").add_subparsers(
         dest="action", required=True
     )
     show = ca.add_parser("show", help="slots (CA + JWT key), their states and times, and the bundle sequence")
-    target(show)
+    _authority_target(show)
     rotate = ca.add_parser(
         "rotate", help="prepare a new CA and JWT key now; they activate after the grace period"
     )
-    target(rotate)
+    _authority_target(rotate)
+    for parser in (show, rotate):
+        parser.set_defaults(func=cmd_authority)
 
+
+def _add_bundle(commands: Commands) -> None:
     bundle = commands.add_parser("bundle", help="the trust bundle").add_subparsers(
         dest="action", required=True
     )
     bshow = bundle.add_parser(
         "show", help="print this trust domain's bundle, e.g. to bootstrap a federated peer"
     )
-    target(bshow)
+    _authority_target(bshow)
     bshow.add_argument("--format", choices=["spiffe", "pem", "jwks"], default="spiffe")
     bshow.add_argument(
         "--endpoint", metavar="URL", help="fetch from this bundle endpoint instead of the cluster"
@@ -119,14 +129,10 @@ def add_authority_commands(commands: argparse._SubParsersAction[argparse.Argumen
     bshow.add_argument(
         "--bootstrap", metavar="FILE", help="with --endpoint-id: the peer's bundle (SPIFFE or PEM)"
     )
-    for parser in (show, rotate, bshow):
-        parser.set_defaults(func=cmd_authority)
+    bshow.set_defaults(func=cmd_authority)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kubespiffe", description="SPIFFE identities for Kubernetes pods.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _add_fetch(commands: Commands) -> None:
     fetch = commands.add_parser("fetch", help="fetch SVIDs for this pod").add_subparsers(
         dest="kind", required=True
     )
@@ -143,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     jwt.add_argument("--spiffe-id", help="only this identity")
     jwt.set_defaults(func=cmd_fetch_or_validate)
 
+
+def _add_validate(commands: Commands) -> None:
     validate_cmd = commands.add_parser("validate", help="validate SVIDs").add_subparsers(
         dest="kind", required=True
     )
@@ -154,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate_jwt.add_argument("--token", required=True)
     validate_jwt.set_defaults(func=cmd_fetch_or_validate)
 
+
+def _add_probe(commands: Commands) -> None:
     probe = commands.add_parser(
         "probe",
         help="exit 0 when the agent holds a valid X.509-SVID (for startup/readiness exec probes)",
@@ -172,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.set_defaults(func=cmd_fetch_or_validate, server=None)
 
+
+def _add_agent(commands: Commands) -> None:
     agent = commands.add_parser(
         "agent",
         help="serve the SPIFFE Workload API inside the pod",
@@ -206,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agent.set_defaults(func=cmd_agent)
 
-    add_authority_commands(commands)
 
+def _add_dev(commands: Commands) -> None:
     dev = commands.add_parser("dev", help="local development cluster").add_subparsers(
         dest="action", required=True
     )
@@ -233,11 +245,47 @@ def build_parser() -> argparse.ArgumentParser:
         "image and Helm chart with sidecar injection; writes DIR/image (the local image reference) too",
     )
     up.set_defaults(func=cmd_dev_up)
+
+
+# Each subcommand's parser, in the order `kubespiffe --help` lists them.
+SUBCOMMANDS: dict[str, Callable[[Commands], None]] = {
+    "fetch": _add_fetch,
+    "validate": _add_validate,
+    "probe": _add_probe,
+    "agent": _add_agent,
+    "ca": _add_ca,
+    "bundle": _add_bundle,
+    "dev": _add_dev,
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """`kubespiffe`'s parser; given the subcommand a command line names first, that subcommand's only.
+
+    The parse of such a command line is the same either way: its usage, help and errors are the
+    subcommand's parser's own, and the one error left to the top parser (unrecognized arguments) shows
+    every subcommand in its usage line as ever. `kubespiffe agent`, in every pod, and `kubespiffe probe`,
+    every readiness probe, then do not build the others' parsers: about 6 ms of the agent's start.
+    """
+    parser = argparse.ArgumentParser(prog="kubespiffe", description="SPIFFE identities for Kubernetes pods.")
+    if command not in SUBCOMMANDS:
+        commands = parser.add_subparsers(dest="command", required=True)
+        for add in SUBCOMMANDS.values():
+            add(commands)
+        return parser
+    every = "{" + ",".join(SUBCOMMANDS) + "}"  # as argparse names the full set
+    SUBCOMMANDS[command](parser.add_subparsers(dest="command", required=True, metavar=every))
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """`kubespiffe`'s arguments (default: the process's), parsed by the parser of the subcommand named."""
+    argv = sys.argv[1:] if argv is None else argv
+    return build_parser(argv[0] if argv else None).parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     sys.exit(args.func(args))
 
 
