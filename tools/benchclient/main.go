@@ -3,8 +3,9 @@
 // Workload API subcommands use go-spiffe v2 (the reference client) against either agent's socket. The
 // server-side subcommands speak each server's own API, the way that side's agent does when it needs a new
 // X.509-SVID: SPIRE's agent API (k8s_psat attestation, then BatchNewX509SVID over mTLS with the agent SVID)
-// and kubespiffe's issuer API (MintX509SVID over TLS with the pod's bearer token; the message types come
-// from the descriptor that kubespiffe's generated Python code carries, so nothing here is generated).
+// and kubespiffe's issuer API (MintX509SVID over TLS with the pod's bearer token). Both sides' messages are
+// generated Go code: SPIRE's from its API module, kubespiffe's in issuer.pb.go (scripts/gen-proto), which
+// issuer-mint checks against the descriptor kubespiffe's Python code carries before it starts.
 // Every subcommand prints one JSON document on stdout; times are Unix nanoseconds (CLOCK_REALTIME), so
 // the Python driver can compare them with its own clock.
 package main
@@ -38,9 +39,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
-	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/descriptorpb"
-	"google.golang.org/protobuf/types/dynamicpb"
 )
 
 const usage = "usage: spiffe-bench wait-id|fetch-loop|jwt-mint|issuer-mint|spire-mint|spire-entry [flags]"
@@ -283,34 +282,15 @@ func issuerMint(ctx context.Context, addr, bundlePath, serverName, tokenFile, de
 	if err != nil {
 		return err
 	}
-	raw, err := os.ReadFile(descriptorPath)
-	if err != nil {
+	if err := sameIssuerAPI(descriptorPath); err != nil {
 		return err
 	}
-	fdp := &descriptorpb.FileDescriptorProto{}
-	if err := proto.Unmarshal(raw, fdp); err != nil {
-		return err
-	}
-	file, err := protodesc.NewFile(fdp, nil)
-	if err != nil {
-		return err
-	}
-	service := file.Services().ByName("Issuer")
-	if service == nil {
-		return errors.New("no Issuer service in " + descriptorPath)
-	}
-	method := service.Methods().ByName("MintX509SVID")
-	if method == nil {
-		return errors.New("no MintX509SVID in the Issuer service")
-	}
-	fullMethod := fmt.Sprintf("/%s/%s", service.FullName(), method.Name())
+	fullMethod := fmt.Sprintf("/%s/MintX509SVID", File_issuer_proto.Services().ByName("Issuer").FullName())
 	csr, err := newCSR()
 	if err != nil {
 		return err
 	}
-	request := dynamicpb.NewMessage(method.Input())
-	request.Set(method.Input().Fields().ByName("csr"), protoreflect.ValueOfBytes(csr))
-	svids := method.Output().Fields().ByName("svids")
+	request := &MintX509SVIDRequest{Csr: csr}
 	creds := credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS12})
 	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
 	setup := func() (*grpc.ClientConn, func(), error) {
@@ -321,11 +301,11 @@ func issuerMint(ctx context.Context, addr, bundlePath, serverName, tokenFile, de
 		return conn, func() { _ = conn.Close() }, nil
 	}
 	mint := func(ctx context.Context, conn *grpc.ClientConn) error {
-		response := dynamicpb.NewMessage(method.Output())
+		response := &MintX509SVIDResponse{}
 		if err := conn.Invoke(ctx, fullMethod, request, response); err != nil {
 			return err
 		}
-		if response.Get(svids).List().Len() == 0 {
+		if len(response.Svids) == 0 {
 			return errors.New("MintX509SVID returned no SVID")
 		}
 		return nil
@@ -334,6 +314,33 @@ func issuerMint(ctx context.Context, addr, bundlePath, serverName, tokenFile, de
 		return paced(ctx, clients, rate, duration, setup, mint)
 	}
 	return run(ctx, clients, n, setup, mint)
+}
+
+// sameIssuerAPI fails when issuer.pb.go was generated from another issuer.proto than the one kubespiffe
+// serves (descriptorPath: its serialized FileDescriptorProto), so a stale copy cannot measure the wrong API.
+func sameIssuerAPI(descriptorPath string) error {
+	raw, err := os.ReadFile(descriptorPath)
+	if err != nil {
+		return err
+	}
+	served := &descriptorpb.FileDescriptorProto{}
+	if err := proto.Unmarshal(raw, served); err != nil {
+		return err
+	}
+	compiled := protodesc.ToFileDescriptorProto(File_issuer_proto)
+	// Neither comments nor JSON names are part of the wire API (the Python copy carries neither).
+	for _, file := range []*descriptorpb.FileDescriptorProto{served, compiled} {
+		file.SourceCodeInfo = nil
+		for _, message := range file.MessageType {
+			for _, field := range message.Field {
+				field.JsonName = nil
+			}
+		}
+	}
+	if !proto.Equal(served, compiled) {
+		return errors.New("tools/benchclient/issuer.pb.go does not match kubespiffe's issuer.proto: run scripts/gen-proto")
+	}
+	return nil
 }
 
 // spireMint attests as a SPIRE agent would (k8s_psat), then calls BatchNewX509SVID for one entry whose
