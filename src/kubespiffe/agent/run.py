@@ -30,7 +30,6 @@ from typing import Any
 
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
-from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
 
 from kubespiffe import tasks
@@ -47,6 +46,7 @@ from kubespiffe.agent.issuer_client import (
     trust_domain_of,
 )
 from kubespiffe.agent.jwtcache import DEFAULT_SIZE, Entry, JwtCache
+from kubespiffe.agent.reflection import LazyReflection
 from kubespiffe.agent.state import AgentState, Snapshot
 from kubespiffe.agent.workloadapi import WorkloadAPI
 from kubespiffe.constants import SERVER_ID_PATH
@@ -332,8 +332,9 @@ class Agent:
             health,
             sdslazy.LazySecretDiscovery(self.state),  # Envoy SDS (docs/sds.md)
         ]
-        # Our Workload API descriptors live in their own pool (see proto/workload_pool.py).
-        server = Server(ServerReflection.extend(services, pool=workload_pool.POOL))
+        # Our Workload API descriptors live in their own pool (see proto/workload_pool.py); reflection is
+        # loaded on its first call (agent/reflection.py).
+        server = Server([*services, LazyReflection(services, workload_pool.POOL)])
         socket = self.config.socket
         socket.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
