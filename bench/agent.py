@@ -13,10 +13,12 @@ at build time and the root filesystem is read-only): a development tree run with
 would compile kubespiffe's own modules at every start, which no pod does. The bytecode lives under
 ~/.cache/kubespiffe/pycache (PYTHONPYCACHEPREFIX), written by one untimed start.
 
-    .venv/bin/python bench/agent.py [--rounds 200] [--image]
+    .venv/bin/python bench/agent.py [--rounds 200] [--image | --python-option=-OO]
 
 --image (root, buildah): the agent processes run in the project's image as a pod runs them (read-only
 root, tmpfs /tmp, user 65532, the image's environment and Debian's python3), built from this tree first.
+--python-option (development venv only, repeatable): run the agent processes' interpreter with it, e.g.
+-OO (no docstrings or asserts; its bytecode is written by the untimed start as well).
 
 Targets on 2 cores: fresh agent to first SVID p99 <= 100 ms; agent process exec to first SVID p50 <= 100 ms;
 cached fetch p99 <= 5 ms; agent RSS <= 35 MB after load (issue 9 part 3).
@@ -159,7 +161,7 @@ async def jwt_rate(address: str, bundle: bytes, token: str, total: int) -> float
     return (total // 16) * 16 / elapsed
 
 
-async def main(rounds: int, in_the_image: bool) -> None:
+async def main(rounds: int, in_the_image: bool, options: list[str]) -> None:
     async with running_stack() as stack:
         work, daemon = stack.work, stack.daemon
         (work / "token").write_text(stack.token)
@@ -172,15 +174,17 @@ async def main(rounds: int, in_the_image: bool) -> None:
         print(f"fresh agent (in process) to first SVID, {rounds} starts: p50 {p50:.1f} ms  p99 {p99:.1f} ms")
 
         def here(socket: Path) -> list[str]:
-            return agent_command(daemon.address, work / "token", work / "bundle.pem", socket)
+            python, *agent = agent_command(daemon.address, work / "token", work / "bundle.pem", socket)
+            return [python, *options, *agent]
 
         launcher = in_image(daemon.address, work) if in_the_image else contextlib.nullcontext(here)
         with launcher as launch:
-            await agent_processes(work, launch, rounds, " in the image" if in_the_image else "")
+            where = " in the image" if in_the_image else "".join(f" {o}" for o in options)
+            await agent_processes(work, launch, rounds, where)
         rate = await jwt_rate(daemon.address, stack.bundle_pem, stack.token, 1600)
         print(f"JWT-SVIDs minted at kubespiffed (16 concurrent calls): {rate:.0f}/s")
     if not in_the_image:
-        print_floor(compiled_ahead())
+        print_floor(compiled_ahead(), options)
 
 
 async def agent_processes(work: Path, launch: Launcher, rounds: int, where: str) -> None:
@@ -227,7 +231,7 @@ async def agent_processes(work: Path, launch: Launcher, rounds: int, where: str)
         process.wait(10)
 
 
-def import_cost(modules: tuple[str, ...], env: dict[str, str]) -> tuple[float, float]:
+def import_cost(modules: tuple[str, ...], env: dict[str, str], options: list[str]) -> tuple[float, float]:
     """A fresh interpreter's RSS (MB) once `modules` are imported, and ms from exec to then (median of 5)."""
     code = (
         f"import time; import {', '.join(('sys', *modules))}; t = time.perf_counter(); "
@@ -237,20 +241,20 @@ def import_cost(modules: tuple[str, ...], env: dict[str, str]) -> tuple[float, f
     samples = []
     for _ in range(5):
         start = time.perf_counter()  # CLOCK_MONOTONIC: the child's perf_counter reads the same clock
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True)
+        out = subprocess.run([sys.executable, *options, "-c", code], env=env, capture_output=True, check=True)
         done, rss = map(float, out.stdout.split())
         samples.append((rss, (done - start) * 1000))
     return statistics.median(r for r, _ in samples), statistics.median(t for _, t in samples)
 
 
-def print_floor(env: dict[str, str]) -> None:
+def print_floor(env: dict[str, str], options: list[str]) -> None:
     """What each layer the agent stands on costs at import (its pages touched by use come on top)."""
     print("import floor, fresh interpreter, each layer on top of the ones above (median of 5):")
     modules: tuple[str, ...] = ()
     previous = (0.0, 0.0)
     for name, layer in LAYERS:
         modules += layer
-        rss, ms = import_cost(modules, env)
+        rss, ms = import_cost(modules, env, options)
         print(
             f"  {name:38s} RSS {rss:5.1f} MB (+{rss - previous[0]:4.1f})  "
             f"exec to imported {ms:5.0f} ms (+{ms - previous[1]:3.0f})"
@@ -264,5 +268,14 @@ if __name__ == "__main__":
     )
     parser.add_argument("--rounds", type=int, default=100, help="fresh agent starts (bounded to 1000)")
     parser.add_argument("--image", action="store_true", help="agent processes in the image (root, buildah)")
+    parser.add_argument(
+        "--python-option",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="the agent processes' interpreter option, e.g. -OO (development venv only)",
+    )
     args = parser.parse_args()
-    asyncio.run(main(min(args.rounds, 1000), args.image))
+    if args.image and args.python_option:
+        parser.error("--python-option: the image's command line is the sidecar's (development venv only)")
+    asyncio.run(main(min(args.rounds, 1000), args.image, args.python_option))
