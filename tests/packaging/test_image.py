@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from kubespiffe.authority.keys import KeyType
 from kubespiffe.devenv import image
 from kubespiffe.devenv.build import repo_root
 
@@ -101,6 +102,8 @@ def test_image_user_is_not_root(rootfs: Rootfs) -> None:
     "argv",
     [
         ("kubespiffe", "--help"),
+        ("kubespiffe", "agent", "--help"),
+        ("kubespiffe", "fetch", "--help"),
         ("kubespiffed", "--help"),
         ("python3", "-c", "import kubespiffe.agent.main, kubespiffe.server.main"),
     ],
@@ -108,6 +111,56 @@ def test_image_user_is_not_root(rootfs: Rootfs) -> None:
 def test_commands_run_on_a_read_only_root(rootfs: Rootfs, argv: tuple[str, ...]) -> None:
     result = rootfs.run(*argv)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_cryptography_uses_the_base_images_openssl(rootfs: Rootfs, snapshot: Path) -> None:
+    """One OpenSSL per process: cryptography's Rust extension links the base's libssl3/libcrypto3, the ones
+    the stdlib's ssl and hashlib load. The manylinux wheel carries its own OpenSSL, a second one mapped and
+    initialised in every kubespiffe process (~5 MB of an agent's RSS)."""
+    result = rootfs.run(
+        "python3",
+        "-c",
+        "import json, ssl; from cryptography.hazmat.backends.openssl import backend; "
+        "from cryptography.hazmat.bindings import _rust; "
+        "print(json.dumps([backend.openssl_version_text(), ssl.OPENSSL_VERSION, _rust.__file__]))",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    theirs, stdlib, extension = json.loads(result.stdout)
+    why = image.cryptography_build(snapshot)
+    assert theirs == stdlib, f"cryptography runs {theirs}, ssl {stdlib}; the image build: {why}"
+    linked = rootfs.run("ldd", extension)
+    assert linked.returncode == 0, linked.stderr
+    resolved = {
+        words[0]: words[2] for words in map(str.split, linked.stdout.splitlines()) if words[1:2] == ["=>"]
+    }
+    for library in ("libssl.so.3", "libcrypto.so.3"):
+        assert resolved.get(library, "").startswith(("/lib/", "/usr/lib/")), linked.stdout
+
+
+def test_kubespiffe_crypto_works_in_the_image(rootfs: Rootfs) -> None:
+    """What kubespiffed and the agent do with cryptography, on the image's OpenSSL: a CA of every key type
+    signs an X.509-SVID that verifies against it, and mints a JWT-SVID that validates."""
+    script = """
+import datetime as dt
+from kubespiffe.authority.keys import KeyType, generate_key
+from kubespiffe.authority.x509ca import create_self_signed_ca, sign_x509_svid_for_key
+from kubespiffe.spiffe import jwtsvid
+from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
+from kubespiffe.spiffe.x509svid import verify_chain
+
+now, ttl = dt.datetime.now(dt.timezone.utc), dt.timedelta(minutes=5)
+domain, workload = TrustDomain.parse("example.org"), SpiffeId.parse("spiffe://example.org/ns/a/sa/b")
+for key_type in KeyType:
+    ca = create_self_signed_ca(domain, key_type, dt.timedelta(hours=1), now)
+    leaf = sign_x509_svid_for_key(ca, generate_key().public_key(), workload, [], ttl, now)
+    assert verify_chain([leaf], {domain: [ca.certificate]}, now) == workload
+    token = jwtsvid.mint(ca.key, "k", workload, ["aud"], ttl, now)
+    assert jwtsvid.validate(token, "aud", {domain: {"k": ca.key.public_key()}}, now).spiffe_id == workload
+    print(key_type.value)
+"""
+    result = rootfs.run("python3", "-c", script)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == [key_type.value for key_type in KeyType]
 
 
 def test_root_really_is_read_only(rootfs: Rootfs) -> None:

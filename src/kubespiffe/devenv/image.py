@@ -11,6 +11,13 @@ and reach the build's RUN steps through a read-only volume plus PIP_NO_INDEX/PIP
 arguments. That keeps the build hermetic and independent of DNS inside the build container, and the
 same Dockerfile still builds from PyPI when those arguments are not given (users with registries).
 
+One OpenSSL per process: the pinned `cryptography` is built from its sdist against the host's OpenSSL
+(libssl-dev; the host is Debian bookworm like the base, so the same 3.0 series the base's libssl3 provides)
+and replaces the manylinux wheel, which carries its own OpenSSL next to the Debian one the stdlib's
+ssl/hashlib load (two OpenSSLs mapped and initialised in every agent: ~5 MB of RSS). The Rust build runs once
+per input set, cached under ~/.cache/kubespiffe/cryptography; without cargo, pkg-config or libssl-dev the
+image gets the manylinux wheel and the build says so.
+
 Images are tagged `localhost/kubespiffe:<hash of the inputs>` and exported as docker-archive tars that
 `ctr -n k8s.io images import` accepts; an unchanged tree reuses both, so a second run costs seconds.
 Root only: buildah needs it here for overlay storage and its runc containers, and debootstrap always does.
@@ -22,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -39,6 +47,7 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # The build-time Python tooling that building kubespiffe's own wheel needs (pyproject's build-system).
 BUILD_REQUIREMENTS = ("setuptools>=77", "wheel")
 KEEP = 3  # kubespiffe images (and their archives) kept in the cache; older ones are removed
+CRYPTOGRAPHY = "cryptography"
 
 
 class ImageError(RuntimeError):
@@ -51,6 +60,22 @@ class ImageRef:
 
     name: str
     image_id: str
+
+
+@dataclass(frozen=True)
+class CryptographyBuild:
+    """What building the pinned cryptography against the host's OpenSSL depends on; `key` names the wheel."""
+
+    version: str
+    cargo: Path
+    toolchain: str  # `cargo -V`: the Rust compiler that builds the extension
+    openssl: str  # pkg-config's version of the host's OpenSSL: what openssl-sys links against
+
+    @property
+    def key(self) -> str:
+        python = f"{sys.implementation.name}{sys.version_info[0]}.{sys.version_info[1]}-{platform.machine()}"
+        inputs = f"{self.version}\n{self.toolchain}\nopenssl {self.openssl}\n{python}"
+        return f"{self.version}-{hashlib.sha256(inputs.encode()).hexdigest()[:12]}"
 
 
 def images_dir() -> Path:
@@ -151,9 +176,86 @@ def ensure_base() -> str:
     return name
 
 
-def _inputs_digest(root: Path, base_id: str) -> str:
-    """Hash of everything the image is made of: sources, packaging metadata, the Dockerfile, the base."""
-    digest = hashlib.sha256(base_id.encode())
+def _pinned_version(root: Path, name: str) -> str | None:
+    """The `name==version` pin of constraints.txt, if any."""
+    for line in (root / "constraints.txt").read_text().splitlines():
+        pinned, _, version = line.split("#", 1)[0].partition("==")
+        if version and pinned.strip().lower().replace("_", "-") == name:
+            return version.strip()
+    return None
+
+
+def _cargo() -> Path | None:
+    """cargo on PATH, else where rustup puts it (root's shells in CI often lack ~/.cargo/bin)."""
+    found = shutil.which("cargo")
+    if found is not None:
+        return Path(found)
+    rustup = Path(os.environ.get("CARGO_HOME", "~/.cargo")).expanduser() / "bin" / "cargo"
+    return rustup if os.access(rustup, os.X_OK) else None
+
+
+def _output(*cmd: str) -> str | None:
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else None
+
+
+def cryptography_build(root: Path) -> CryptographyBuild | str:
+    """How the image's `cryptography` is built against the host's OpenSSL, or why it cannot be here."""
+    version = _pinned_version(root, CRYPTOGRAPHY)
+    if version is None:
+        return "constraints.txt pins no cryptography version"
+    cargo = _cargo()
+    if cargo is None:
+        return "cargo not found (on PATH or in ~/.cargo/bin; install Rust >= 1.83 with rustup)"
+    toolchain = _output(str(cargo), "-V")
+    if toolchain is None:
+        return f"{cargo} -V failed"
+    if shutil.which("pkg-config") is None:
+        return "pkg-config is not installed (scripts/bootstrap installs it as root)"
+    openssl = _output("pkg-config", "--modversion", "openssl")
+    if openssl is None:
+        return "pkg-config finds no OpenSSL: is libssl-dev installed? (scripts/bootstrap installs it as root)"
+    return CryptographyBuild(version, cargo, toolchain, openssl)
+
+
+def _cryptography_wheel(build: CryptographyBuild) -> Path:
+    """The pinned cryptography built from its PyPI sdist against the host's OpenSSL, once per input set.
+
+    pip checks the sdist against the sha256 PyPI's index gives for it; maturin runs cargo with --locked
+    (cryptography's pyproject), so the crates are the sdist's Cargo.lock versions, checksums verified.
+    --no-cache-dir: a wheel pip cached from another build of the same sdist would skip the key's inputs."""
+    directory = cache_root() / CRYPTOGRAPHY / build.key
+    wheels = sorted(directory.glob(f"{CRYPTOGRAPHY}-*.whl"))
+    if wheels:
+        return wheels[0]
+    _log(
+        f"building {CRYPTOGRAPHY} {build.version} against the host's OpenSSL {build.openssl} with "
+        f"{build.toolchain} (first run only, a few minutes) ..."
+    )
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    log = directory.parent / f"{build.key}.log"
+    with tempfile.TemporaryDirectory(dir=directory.parent) as tmp:
+        out = Path(tmp) / "wheel"
+        cmd = [
+            *(sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-cache-dir", "wheel"),
+            *("--no-deps", "--no-binary", CRYPTOGRAPHY, "-w", str(out), f"{CRYPTOGRAPHY}=={build.version}"),
+        ]
+        env = {**os.environ, "PATH": f"{build.cargo.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        with log.open("w") as sink:
+            result = subprocess.run(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, check=False)
+        if result.returncode != 0:
+            tail = log.read_text()[-3000:]
+            raise ImageError(f"building {CRYPTOGRAPHY} {build.version} failed (log: {log}):\n{tail}")
+        if not directory.exists():  # else a concurrent build finished first: same inputs, same wheel
+            out.rename(directory)
+    (wheel,) = directory.glob(f"{CRYPTOGRAPHY}-*.whl")
+    return wheel
+
+
+def _inputs_digest(root: Path, base_id: str, cryptography: str) -> str:
+    """Hash of everything the image is made of: sources, packaging metadata, the Dockerfile, the base, and
+    which cryptography wheel goes in (`cryptography`: the build key, or the reason for the manylinux one)."""
+    digest = hashlib.sha256(f"{base_id}\n{cryptography}".encode())
     files = [root / name for name in ("pyproject.toml", "constraints.txt", "README.md", "deploy/Dockerfile")]
     files += sorted(p for p in (root / "src").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     for path in files:
@@ -163,8 +265,11 @@ def _inputs_digest(root: Path, base_id: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _wheelhouse(root: Path, directory: Path) -> None:
-    """Every wheel the image's `pip install` needs, so the build itself runs without network."""
+def _wheelhouse(root: Path, directory: Path, cryptography: CryptographyBuild | str) -> None:
+    """Every wheel the image's `pip install` needs, so the build itself runs without network.
+
+    cryptography's is the one built against the host's OpenSSL when `cryptography` is a build (the
+    manylinux wheel pip fetched is removed: pip would prefer it), else the manylinux wheel."""
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     steps = [
         [*pip, "wheel", "--quiet", "-c", str(root / "constraints.txt"), "-w", str(directory), str(root)],
@@ -174,6 +279,12 @@ def _wheelhouse(root: Path, directory: Path) -> None:
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise ImageError(f"{' '.join(cmd[3:5])} failed:\n{result.stderr[-3000:]}")
+    if isinstance(cryptography, str):
+        _log(f"{CRYPTOGRAPHY}: {cryptography}; the image gets the manylinux wheel: two OpenSSLs per process")
+        return
+    for fetched in directory.glob(f"{CRYPTOGRAPHY}-*.whl"):
+        fetched.unlink()
+    shutil.copy2(_cryptography_wheel(cryptography), directory)
 
 
 def build_image(root: Path | None = None) -> ImageRef:
@@ -185,7 +296,9 @@ def build_image(root: Path | None = None) -> ImageRef:
     base = ensure_base()
     base_id = _image_id(base)
     assert base_id is not None
-    name = f"{IMAGE_REPOSITORY}:{_inputs_digest(root, base_id)}"
+    cryptography = cryptography_build(root)
+    key = cryptography.key if isinstance(cryptography, CryptographyBuild) else f"manylinux: {cryptography}"
+    name = f"{IMAGE_REPOSITORY}:{_inputs_digest(root, base_id, key)}"
     existing = _image_id(name)
     if existing is not None:
         _prune_images()
@@ -193,7 +306,7 @@ def build_image(root: Path | None = None) -> ImageRef:
     _log(f"building {name} from deploy/Dockerfile on {base} ...")
     with tempfile.TemporaryDirectory(dir=images_dir()) as tmp:
         wheels = Path(tmp) / "wheelhouse"
-        _wheelhouse(root, wheels)
+        _wheelhouse(root, wheels, cryptography)
         buildah(
             "bud",
             "--quiet",
