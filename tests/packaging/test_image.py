@@ -9,6 +9,7 @@ Root only (debootstrap, buildah, mounts); elsewhere every test here is skipped a
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -135,6 +136,19 @@ def test_cryptography_uses_the_base_images_openssl(rootfs: Rootfs, snapshot: Pat
     }
     for library in ("libssl.so.3", "libcrypto.so.3"):
         assert resolved.get(library, "").startswith(("/lib/", "/usr/lib/")), linked.stdout
+
+
+def test_without_rust_or_libssl_dev_the_build_says_why(
+    snapshot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manylinux fallback names what is missing (it is logged and goes into the image's hash)."""
+    assert isinstance(image.cryptography_build(snapshot), image.CryptographyBuild)  # this machine has both
+    monkeypatch.setenv("PKG_CONFIG_LIBDIR", str(tmp_path))  # pkg-config without openssl.pc
+    assert "libssl-dev" in str(image.cryptography_build(snapshot))
+    path = [entry for entry in os.environ["PATH"].split(os.pathsep) if not Path(entry, "cargo").exists()]
+    monkeypatch.setenv("PATH", os.pathsep.join(path))
+    monkeypatch.setenv("CARGO_HOME", str(tmp_path))
+    assert "cargo not found" in str(image.cryptography_build(snapshot))
 
 
 def test_kubespiffe_crypto_works_in_the_image(rootfs: Rootfs) -> None:

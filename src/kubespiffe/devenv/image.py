@@ -204,6 +204,12 @@ def cryptography_build(root: Path) -> CryptographyBuild | str:
     version = _pinned_version(root, CRYPTOGRAPHY)
     if version is None:
         return "constraints.txt pins no cryptography version"
+    try:
+        release = platform.freedesktop_os_release().get("VERSION_CODENAME")
+    except OSError:
+        release = None
+    if release != SUITE:  # a newer host's OpenSSL (3.5 in trixie) or glibc would not load on the base
+        return f"the host is not Debian {SUITE} (the base's release) but {release or 'unknown'}"
     cargo = _cargo()
     if cargo is None:
         return "cargo not found (on PATH or in ~/.cargo/bin; install Rust >= 1.83 with rustup)"
