@@ -305,9 +305,16 @@ async def test_unregistered_pod_is_denied_and_waits(env: Env, kube: AsyncClient)
             break
         assert time.monotonic() < deadline, f"events: {[(e.reason, e.message) for e in events]}"
         await asyncio.sleep(0.5)
-    current = await kube.get(Pod, "stranger", namespace=namespace)
-    assert current.status is not None and current.status.phase == "Pending"
-    (waiting,) = current.status.containerStatuses or []
+    # The kubelet's status manager posts the container's status on its own schedule, which can come after
+    # the FailedMount event.
+    while True:
+        current = await kube.get(Pod, "stranger", namespace=namespace)
+        assert current.status is not None and current.status.phase == "Pending"
+        if current.status.containerStatuses:
+            break
+        assert time.monotonic() < deadline, f"no container status reported: {current.status}"
+        await asyncio.sleep(0.5)
+    (waiting,) = current.status.containerStatuses
     assert waiting.state is not None and waiting.state.waiting is not None
     assert waiting.state.waiting.reason == "ContainerCreating"
     # The kubelet makes the sandbox only once the volumes are mounted: nothing runs at all.
