@@ -8,8 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from grpclib.client import Channel
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 from grpclib.reflection.service import ServerReflection
@@ -20,7 +23,7 @@ from grpclib.reflection.v1alpha import reflection_pb2 as v1alpha
 from grpclib.server import Server
 
 from kubespiffe.agent.reflection import LazyReflection
-from kubespiffe.agent.sdslazy import LazySecretDiscovery
+from kubespiffe.agent.sdslazy import LazySecretDiscovery, Raw
 from kubespiffe.agent.state import AgentState
 from kubespiffe.agent.workloadapi import WorkloadAPI
 from kubespiffe.proto import workload_pool
@@ -87,3 +90,43 @@ async def test_lazy_reflection_answers_as_grpclibs(tmp_path: Path) -> None:
     assert (
         v1.ServerReflectionResponse.FromString(lazy["v1"][-1]).error_response.error_code == 3
     )  # INVALID_ARGUMENT
+
+
+async def _ask_raw(channel: Channel, request: bytes) -> None:
+    path = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+    async with channel.request(path, Cardinality.STREAM_STREAM, Raw, Raw) as stream:
+        await stream.send_message(Raw(request), end=True)
+        await stream.recv_message()
+        await stream.recv_trailing_metadata()
+
+
+async def _garbage_status(servicers: list[Any], socket: Path) -> tuple[Status, list[bytes]]:
+    """The status an undecodable reflection request ends with, then a valid question's answer (the server
+    goes on serving)."""
+    server = Server(servicers)
+    await server.start(path=str(socket))
+    try:
+        channel = Channel(path=str(socket))
+        with pytest.raises(GRPCError) as refused:
+            await _ask_raw(channel, b"\xff\xff\xff\xff")
+        replies = await v1_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            [v1.ServerReflectionRequest(list_services="")]
+        )
+        channel.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    return refused.value.status, [reply.SerializeToString() for reply in replies]
+
+
+async def test_an_undecodable_request_is_refused_as_grpclibs_servicer_refuses_it(tmp_path: Path) -> None:
+    services = _services()
+    eager = await _garbage_status(
+        ServerReflection.extend(services, pool=workload_pool.POOL), tmp_path / "e.sock"
+    )
+    services = _services()
+    lazy = await _garbage_status(
+        [*services, LazyReflection(services, workload_pool.POOL)], tmp_path / "l.sock"
+    )
+    assert lazy == eager
+    assert lazy[0] != Status.OK
