@@ -13,6 +13,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 import jwt
@@ -20,6 +21,8 @@ import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hpack import Decoder, Encoder
+from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame, RstStreamFrame, SettingsFrame
 from lightkube import AsyncClient, KubeConfig
 from lightkube.core.exceptions import ApiError
 from lightkube.models.authentication_v1 import BoundObjectReference, TokenRequestSpec
@@ -361,6 +364,149 @@ async def test_idle_and_unfinished_connections_are_closed(limited: Running) -> N
         assert channel.get_state() == grpc.ChannelConnectivity.READY
         await asyncio.sleep(3)
         assert channel.get_state() == grpc.ChannelConnectivity.IDLE, "an idle connection is closed"
+
+
+# Finding: grpc enforces its 16 KiB metadata bound only once the client has acknowledged the server's
+# SETTINGS; before that a header block may be 16 MiB, and 20 such calls, each waiting for a request that
+# never came, held 567 MB in a kubespiffed-like server. These tests speak HTTP/2 frame by frame.
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+async def _h2_connection(running: Running) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    context = ssl.create_default_context(cadata=running.bundle_pem.decode())
+    context.set_alpn_protocols(["h2"])
+    host, port = running.address.rsplit(":", 1)
+    return await asyncio.open_connection(host, int(port), ssl=context, server_hostname="kubespiffed")
+
+
+def _header_frames(path: str, token_bytes: int, *, end_headers: bool, stream: int = 1) -> bytes:
+    """A call's HEADERS (+ CONTINUATION) frames, its token not Huffman-coded (so its size is what is sent)."""
+    block = Encoder().encode(
+        [
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":path", path),
+            (":authority", "kubespiffed"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("authorization", "Bearer " + "A" * token_bytes),
+        ],
+        huffman=False,
+    )
+    chunks = [block[i : i + 16384] for i in range(0, len(block), 16384)]
+    frames: list[HeadersFrame | ContinuationFrame] = [HeadersFrame(stream, chunks[0])]
+    frames += [ContinuationFrame(stream, chunk) for chunk in chunks[1:]]
+    if end_headers:
+        frames[-1].flags.add("END_HEADERS")
+    else:
+        frames.pop()  # the block never ends
+    return b"".join(frame.serialize() for frame in frames)
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> Frame:
+    frame, length = Frame.parse_frame_header(memoryview(await reader.readexactly(9)))
+    frame.parse_body(memoryview(await reader.readexactly(length)))
+    return frame
+
+
+@pytest.mark.parametrize("method", ["MintX509SVID", "WatchBundles"], ids=["unary", "server-streaming"])
+async def test_megabytes_of_metadata_sent_before_the_settings_ack_are_refused_at_once(
+    limited: Running, method: str
+) -> None:
+    """The call is refused (RESOURCE_EXHAUSTED) as soon as its headers are in, without waiting for its
+    request, so its metadata does not stay in memory; the connection goes on."""
+    before = await _refusals(limited, "metadata_size")
+    reader, writer = await _h2_connection(limited)
+    try:
+        writer.write(_PREFACE + SettingsFrame(0).serialize())
+        writer.write(_header_frames(f"/kubespiffe.issuer.v1.Issuer/{method}", 1_000_000, end_headers=True))
+        writer.write(SettingsFrame(0, flags=["ACK"]).serialize())
+        await writer.drain()
+        decoder = Decoder()
+        async with asyncio.timeout(3):  # the call itself would wait for its request forever
+            while True:
+                frame = await _read_frame(reader)
+                if isinstance(frame, HeadersFrame) and frame.stream_id == 1:
+                    headers = dict(decoder.decode(frame.data, raw=True))
+                    if b"grpc-status" in headers:
+                        break
+        assert headers[b"grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]).encode()
+        assert "metadata is larger than 16384 bytes" in unquote(headers[b"grpc-message"].decode())
+        assert await _refusals(limited, "metadata_size") == before + 1
+        # The connection, now past its SETTINGS ack, still takes calls (grpc's own bound refuses this one).
+        mint = "/kubespiffe.issuer.v1.Issuer/MintX509SVID"
+        writer.write(_header_frames(mint, 20_000, end_headers=True, stream=3))
+        await writer.drain()
+        async with asyncio.timeout(3):
+            while (frame := await _read_frame(reader)).stream_id != 3:
+                pass
+        assert isinstance(frame, HeadersFrame | RstStreamFrame)
+    finally:
+        writer.transport.abort()  # at once: a TLS close() waits for the peer's close_notify
+
+
+async def test_calls_that_never_send_their_request_count_toward_the_calls_in_flight(limited: Running) -> None:
+    """Calls count from their start: with 3 at most, a fourth opened next to three that never send their
+    request is refused at once, and the three stop counting when their connection goes."""
+    before = await _refusals(limited, "concurrent_rpcs")
+    reader, writer = await _h2_connection(limited)
+    try:
+        writer.write(_PREFACE + SettingsFrame(0).serialize() + SettingsFrame(0, flags=["ACK"]).serialize())
+        mint = "/kubespiffe.issuer.v1.Issuer/MintX509SVID"
+        for stream in (1, 3, 5, 7):
+            writer.write(_header_frames(mint, 100, end_headers=True, stream=stream))
+        await writer.drain()
+        decoder = Decoder()
+        async with asyncio.timeout(3):
+            while True:
+                frame = await _read_frame(reader)
+                if isinstance(frame, HeadersFrame):
+                    headers = dict(decoder.decode(frame.data, raw=True))
+                    if frame.stream_id == 7 and b"grpc-status" in headers:
+                        break
+                    assert frame.stream_id == 7, "the three calls within the bound wait for their request"
+        assert headers[b"grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]).encode()
+        assert await _refusals(limited, "concurrent_rpcs") == before + 1
+    finally:
+        writer.transport.abort()  # at once: a TLS close() waits for the peer's close_notify
+    async with _channel(limited) as channel:
+        stub = issuer_pb2_grpc.IssuerStub(channel)
+        deadline = time.monotonic() + 5
+        while (code := await _mint_code(stub, "not-a-token")) == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            assert time.monotonic() < deadline, "the calls of a closed connection still count"
+            await asyncio.sleep(0.1)
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.fixture(scope="module")
+async def patient(
+    control_plane: ControlPlane, kube: AsyncClient, kubespiffed: Running
+) -> AsyncIterator[Running]:
+    """A replica that keeps idle connections for the default 5 minutes, with a 2 s handshake timeout."""
+    daemon = Kubespiffed(control_plane, extra_args=("--grpc-handshake-timeout=2s",))
+    daemon.start(await service_account_token(kube))
+    await asyncio.to_thread(daemon.wait_ready, kubespiffed.bundle_pem)
+    yield Running(daemon, kubespiffed.bundle_pem)
+    daemon.stop()
+
+
+async def test_connection_that_never_acknowledges_settings_is_closed(patient: Running) -> None:
+    """A header block of megabytes that never ends, on a connection that never acknowledges the server's
+    SETTINGS, is dropped with the connection within the handshake timeout (2 s), not the idle one (5 min)."""
+    reader, writer = await _h2_connection(patient)
+    try:
+        writer.write(_PREFACE + SettingsFrame(0).serialize())
+        writer.write(
+            _header_frames("/kubespiffe.issuer.v1.Issuer/MintX509SVID", 1_000_000, end_headers=False)
+        )
+        await writer.drain()
+        started = time.monotonic()
+        async with asyncio.timeout(30):
+            while await reader.read(65536):
+                pass
+        assert time.monotonic() - started < 6
+    finally:
+        writer.transport.abort()  # at once: a TLS close() waits for the peer's close_notify
 
 
 # Finding 8: kubespiffed's `create` on ConfigMaps cannot be limited by name in RBAC; the shipped

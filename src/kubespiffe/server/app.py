@@ -49,13 +49,13 @@ from kubespiffe.federation.handler import bundle_endpoint
 from kubespiffe.federation.watch import Federation
 from kubespiffe.kube.client import get_raw_json, load_config, make_client
 from kubespiffe.kube.leader import LeaderElector
-from kubespiffe.proto import issuer_pb2_grpc
 from kubespiffe.registry.live import Registry
 from kubespiffe.server import https
 from kubespiffe.server.bundle_configmaps import BundleConfigMaps
+from kubespiffe.server.callbounds import CallBounds
 from kubespiffe.server.config import ServerConfig
 from kubespiffe.server.https import StaticTls, TlsSource
-from kubespiffe.server.issuer import ConcurrencyLimit, IssuerService
+from kubespiffe.server.issuer import IssuerService
 from kubespiffe.server.oidc import oidc_endpoint
 from kubespiffe.server.podcert import pod_certificates
 from kubespiffe.server.tls import ServingIdentity
@@ -341,18 +341,21 @@ async def pod_attestor(
 
 
 def issuer_server(config: ServerConfig, identity: ServingIdentity, service: IssuerService) -> grpc.aio.Server:
+    handshake_ms = int(config.grpc_handshake_timeout.total_seconds() * 1000)
     server = grpc.aio.server(
         options=[
             # Connections with no call in flight are closed (GOAWAY); so are connections that have not
-            # finished TLS and HTTP/2 setup in time. Keepalive pings find peers that vanished mid-stream.
+            # finished TLS and HTTP/2 setup in time, the client's acknowledgement of the server's SETTINGS
+            # included (until then grpc bounds a call's metadata at 16 MiB, not 16 KiB: CallBounds).
+            # Keepalive pings find peers that vanished mid-stream.
             ("grpc.max_connection_idle_ms", int(config.grpc_max_connection_idle.total_seconds() * 1000)),
-            ("grpc.server_handshake_timeout_ms", int(config.grpc_handshake_timeout.total_seconds() * 1000)),
+            ("grpc.server_handshake_timeout_ms", handshake_ms),
+            ("grpc.http2.settings_timeout", handshake_ms),
             ("grpc.keepalive_time_ms", 120_000),
             ("grpc.keepalive_timeout_ms", 20_000),
         ],
     )
-    limit = ConcurrencyLimit(config.max_concurrent_rpcs)
-    issuer_pb2_grpc.add_IssuerServicer_to_server(limit.around(service), server)
+    server.add_generic_rpc_handlers((CallBounds(service, max_in_flight=config.max_concurrent_rpcs),))
     server.add_secure_port(f"{config.listen_host}:{config.port}", identity.grpc_credentials())
     return server
 

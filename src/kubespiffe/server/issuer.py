@@ -3,9 +3,9 @@
 One log line per decision: `attested` with the pod and its SPIFFE IDs, or `rejected` with the reason.
 Tokens and keys never reach the log.
 
-One caller cannot degrade everyone: `ConcurrencyLimit` bounds the calls in flight (streams included), and
-WatchBundles streams are bounded per pod (UID). Each refusal is RESOURCE_EXHAUSTED and counts in
-`kubespiffe_issuer_limit_refusals_total{limit}`.
+One caller cannot degrade everyone: WatchBundles streams are bounded per pod (UID), and the bounds that
+hold from a call's start (calls in flight, metadata size) are `callbounds.CallBounds`. Each refusal is
+RESOURCE_EXHAUSTED and counts in `kubespiffe_issuer_limit_refusals_total{limit}`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import hashlib
 import logging
 import time
 from collections import Counter as Tally
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import grpc
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -107,58 +106,6 @@ class Caller:
     who: str
     identities: tuple[Identity, ...]
     pod_uid: str = ""
-
-
-class ConcurrencyLimit:
-    """At most `maximum` calls in flight, streams included; the next one is refused with RESOURCE_EXHAUSTED.
-
-    grpc's own `maximum_concurrent_rpcs` refuses the same way but counts nothing; this bound is observable.
-    It wraps each of the service's methods once, when the service is added to the server: a server
-    interceptor would do the same work through grpc's interceptor pipeline on every call, which cost
-    about a tenth of a MintX509SVID call's CPU (bench/issuance.py).
-    """
-
-    def __init__(self, maximum: int) -> None:
-        self._maximum = maximum
-        self._in_flight = 0
-
-    def around(self, service: issuer_pb2_grpc.IssuerServicer) -> issuer_pb2_grpc.IssuerServicer:
-        """A servicer whose every Issuer method enters this bound first, then calls `service`'s."""
-        methods = {
-            method.name: (self._stream if method.server_streaming else self._unary)(
-                getattr(service, method.name)
-            )
-            for method in issuer_pb2.DESCRIPTOR.services_by_name["Issuer"].methods
-        }
-        # add_IssuerServicer_to_server reads only these attributes.
-        return cast(issuer_pb2_grpc.IssuerServicer, SimpleNamespace(**methods))
-
-    def _unary(self, unary: Callable[[Any, Context], Awaitable[Any]]) -> Callable[..., Any]:
-        async def call(request: Any, context: Context) -> Any:
-            await self._enter(context)
-            try:
-                return await unary(request, context)
-            finally:
-                self._in_flight -= 1
-
-        return call
-
-    def _stream(self, stream: Callable[[Any, Context], AsyncIterator[Any]]) -> Callable[..., Any]:
-        async def watch(request: Any, context: Context) -> AsyncIterator[Any]:
-            await self._enter(context)
-            try:
-                async for message in stream(request, context):
-                    yield message
-            finally:
-                self._in_flight -= 1
-
-        return watch
-
-    async def _enter(self, context: Context) -> None:
-        if self._in_flight >= self._maximum:
-            LIMIT_REFUSALS.labels("concurrent_rpcs").inc()
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "kubespiffed is busy; retry later")
-        self._in_flight += 1
 
 
 class IssuerService(issuer_pb2_grpc.IssuerServicer):
