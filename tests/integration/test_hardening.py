@@ -478,6 +478,19 @@ async def test_calls_that_never_send_their_request_count_toward_the_calls_in_fli
         assert code == grpc.StatusCode.UNAUTHENTICATED
 
 
+@pytest.mark.parametrize("size", [16 * 1024 + 1, 4 * 1024 * 1024 - 64], ids=["16KiB+1", "4MiB"])
+async def test_a_request_over_16_kib_is_refused_from_its_length_prefix(
+    stub: issuer_pb2_grpc.IssuerAsyncStub, size: int
+) -> None:
+    """grpc's default would buffer 4 MiB per call before kubespiffed sees it; 16 KiB is several times the
+    largest legitimate request (tests/unit/test_callbounds.py)."""
+    request = issuer_pb2.MintX509SVIDRequest(csr=b"\x30" * size)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.MintX509SVID(request, metadata=(("authorization", "Bearer x"),), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in str(caught.value.details())
+
+
 @pytest.fixture(scope="module")
 async def patient(
     control_plane: ControlPlane, kube: AsyncClient, kubespiffed: Running

@@ -356,12 +356,11 @@ async def test_no_token_material_is_logged(
 async def test_oversized_token_is_refused_before_it_is_parsed(
     kubespiffed: Running, bound_token: tuple[str, dict[str, object]]
 ) -> None:
-    """A valid token with 20 KB appended: refused on its size (MAX_TOKEN_BYTES), nothing decoded or issued.
+    """A valid token with 6 KB appended: refused on its size (MAX_TOKEN_BYTES), nothing decoded or issued.
 
-    (gRPC's own metadata limit is the client's business: grpcio's client refuses to send this, grpclib's
-    sends it, and grpcio's server accepts it, so kubespiffed's bound is the one that holds.)"""
+    (Metadata past 16 KiB is refused before any of this: tests/integration/test_hardening.py.)"""
     with pytest.raises(TokenRefused, match="larger than 6144 bytes"):
-        await kubespiffed.fetch(bound_token[0] + "A" * 20000)
+        await kubespiffed.fetch(bound_token[0] + "A" * 6000)
 
 
 async def test_trust_bundle_is_published_to_every_namespace(

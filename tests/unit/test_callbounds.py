@@ -8,9 +8,14 @@ import asyncio
 from typing import NamedTuple
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding
 
+from kubespiffe.constants import JWT_AUDIENCE_MAX_COUNT, JWT_AUDIENCE_MAX_LENGTH
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
-from kubespiffe.server.callbounds import MAX_METADATA_BYTES, CallBounds, Handler
+from kubespiffe.server.callbounds import MAX_METADATA_BYTES, MAX_REQUEST_BYTES, CallBounds, Handler
 
 
 class Details(NamedTuple):
@@ -130,3 +135,17 @@ async def test_other_methods_are_left_to_grpc(method: str) -> None:
     bounds, done = _bounds(), asyncio.Event()
     done.set()
     assert await _call(bounds, Details(method, _metadata(100)), done) is None
+
+
+def test_the_largest_legitimate_requests_fit_the_request_bound() -> None:
+    """MintJWTSVID with every audience at its longest and a SPIFFE ID at the spec's 2,048 bytes;
+    MintX509SVID with an RSA-4096 key's CSR (the agent's keys are P-256)."""
+    spiffe_id = "spiffe://" + "t" * 255 + "/" + "p" * (2048 - len("spiffe://") - 256)
+    jwt = issuer_pb2.MintJWTSVIDRequest(
+        audience=["a" * JWT_AUDIENCE_MAX_LENGTH] * JWT_AUDIENCE_MAX_COUNT, spiffe_id=spiffe_id
+    )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+    mint = issuer_pb2.MintX509SVIDRequest(csr=csr.public_bytes(Encoding.DER), spiffe_id=spiffe_id)
+    for request in (jwt, mint):
+        assert request.ByteSize() < MAX_REQUEST_BYTES / 2, type(request).__name__

@@ -52,7 +52,7 @@ from kubespiffe.kube.leader import LeaderElector
 from kubespiffe.registry.live import Registry
 from kubespiffe.server import https
 from kubespiffe.server.bundle_configmaps import BundleConfigMaps
-from kubespiffe.server.callbounds import CallBounds
+from kubespiffe.server.callbounds import MAX_REQUEST_BYTES, CallBounds
 from kubespiffe.server.config import ServerConfig
 from kubespiffe.server.https import StaticTls, TlsSource
 from kubespiffe.server.issuer import IssuerService
@@ -353,6 +353,7 @@ def issuer_server(config: ServerConfig, identity: ServingIdentity, service: Issu
             ("grpc.http2.settings_timeout", handshake_ms),
             ("grpc.keepalive_time_ms", 120_000),
             ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
         ],
     )
     server.add_generic_rpc_handlers((CallBounds(service, max_in_flight=config.max_concurrent_rpcs),))
