@@ -40,6 +40,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from lightkube import AsyncClient, KubeConfig
+from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Pod, Secret
@@ -457,7 +458,13 @@ def _true(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
 
 
 async def lease_holder(kube: AsyncClient, secret: str) -> str:
-    lease = await kube.get(Lease, f"{secret}-leader", namespace=NAMESPACE)
+    """The Lease's holder; "" while nobody holds it or it does not exist yet."""
+    try:
+        lease = await kube.get(Lease, f"{secret}-leader", namespace=NAMESPACE)
+    except ApiError as exc:
+        if exc.status.code != 404:
+            raise
+        return ""
     return (lease.spec.holderIdentity if lease.spec else None) or ""
 
 
@@ -472,8 +479,14 @@ async def test_kubespiffed_sigkilled_with_two_replicas(faults: FaultPlane, fault
     bundle = await authority_bundle_pem(kube, secret=secret)
     for replica in replicas:
         await asyncio.to_thread(replica.wait_ready, bundle)
+
+    # Ready means able to issue, not leading: the authority Secret is created by the first replica to start
+    # (optimistic concurrency, no Lease needed), and the Lease once appeared after both were ready.
+    async def held() -> bool:
+        return bool(await lease_holder(kube, secret))
+
+    await until(held, 15, "no replica holds the Lease")
     holder = await lease_holder(kube, secret)
-    assert holder, "no replica holds the Lease"
     by_pid = {str(r.process.pid): r for r in replicas if r.process is not None}
     leader = next(r for pid, r in by_pid.items() if holder.endswith(f"-{pid}"))
     survivor = next(r for r in replicas if r is not leader)
