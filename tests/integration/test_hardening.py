@@ -433,6 +433,9 @@ async def test_megabytes_of_metadata_sent_before_the_settings_ack_are_refused_at
         assert headers[b"grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]).encode()
         assert "metadata is larger than 16384 bytes" in unquote(headers[b"grpc-message"].decode())
         assert await _refusals(limited, "metadata_size") == before + 1
+        local = writer.get_extra_info("sockname")
+        line = f"rejected peer=ipv4:{local[0]}:{local[1]} reason='call metadata is larger than 16384 bytes'"
+        assert line in limited.log.read_text()
         # The connection, now past its SETTINGS ack, still takes calls (grpc's own bound refuses this one).
         mint = "/kubespiffe.issuer.v1.Issuer/MintX509SVID"
         writer.write(_header_frames(mint, 20_000, end_headers=True, stream=3))
@@ -467,6 +470,9 @@ async def test_calls_that_never_send_their_request_count_toward_the_calls_in_fli
                     assert frame.stream_id == 7, "the three calls within the bound wait for their request"
         assert headers[b"grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]).encode()
         assert await _refusals(limited, "concurrent_rpcs") == before + 1
+        local = writer.get_extra_info("sockname")
+        line = f"rejected peer=ipv4:{local[0]}:{local[1]} reason='3 calls in flight'"
+        assert line in limited.log.read_text()
     finally:
         writer.transport.abort()  # at once: a TLS close() waits for the peer's close_notify
     async with _channel(limited) as channel:

@@ -9,7 +9,8 @@
 - At most `max_in_flight` calls, streams included, from their start to their end: a call that never sends
   its request counts too (a bound applied once the request is in would let such calls pile up).
 
-Each refusal is RESOURCE_EXHAUSTED, sent at once, and counts in `kubespiffe_issuer_limit_refusals_total`.
+Each refusal is RESOURCE_EXHAUSTED, sent at once, counted in `kubespiffe_issuer_limit_refusals_total` and
+logged with the caller's address (nothing else of the call is known yet).
 grpc's own `maximum_concurrent_rpcs` refuses the same way but counts nothing. With a request message
 bounded too (MAX_REQUEST_BYTES), a call in flight holds at most 32 KiB of what its caller sent.
 """
@@ -17,12 +18,15 @@ bounded too (MAX_REQUEST_BYTES), a call in flight holds at most 32 KiB of what i
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any, Never, TypeAlias
 
 import grpc
 
 from kubespiffe.proto import issuer_pb2_grpc
 from kubespiffe.server.issuer import LIMIT_REFUSALS
+
+log = logging.getLogger("kubespiffed.issuer")
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 if TYPE_CHECKING:  # grpc's stubs are generic, its classes are not
@@ -93,14 +97,20 @@ class CallBounds(GenericRpcHandler):
         self._in_flight -= 1
 
     async def _refuse_metadata(self, requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Never:
-        LIMIT_REFUSALS.labels("metadata_size").inc()
-        await context.abort(
-            grpc.StatusCode.RESOURCE_EXHAUSTED, f"call metadata is larger than {self._max_metadata} bytes"
-        )
+        await _refuse(context, "metadata_size", f"call metadata is larger than {self._max_metadata} bytes")
 
     async def _refuse_busy(self, requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Never:
-        LIMIT_REFUSALS.labels("concurrent_rpcs").inc()
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "kubespiffed is busy; retry later")
+        reason = f"{self._max_in_flight} calls in flight"
+        await _refuse(context, "concurrent_rpcs", reason, "kubespiffed is busy; retry later")
+
+
+async def _refuse(
+    context: grpc.aio.ServicerContext[Any, Any], limit: str, reason: str, details: str = ""
+) -> Never:
+    """Counted, logged with the peer (nothing of the call is authenticated yet), and ended."""
+    LIMIT_REFUSALS.labels(limit).inc()
+    log.warning("rejected peer=%s reason=%r", context.peer(), reason)
+    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, details or reason)
 
 
 class _Collected:
