@@ -370,6 +370,7 @@ async def test_idle_and_unfinished_connections_are_closed(limited: Running) -> N
 # SETTINGS; before that a header block may be 16 MiB, and 20 such calls, each waiting for a request that
 # never came, held 567 MB in a kubespiffed-like server. These tests speak HTTP/2 frame by frame.
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_MINT = "/kubespiffe.issuer.v1.Issuer/MintX509SVID"
 
 
 async def _h2_connection(running: Running) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -379,7 +380,7 @@ async def _h2_connection(running: Running) -> tuple[asyncio.StreamReader, asynci
     return await asyncio.open_connection(host, int(port), ssl=context, server_hostname="kubespiffed")
 
 
-def _header_frames(path: str, token_bytes: int, *, end_headers: bool, stream: int = 1) -> bytes:
+def _header_frames(path: str, token: str, *, end_headers: bool, stream: int = 1) -> bytes:
     """A call's HEADERS (+ CONTINUATION) frames, its token not Huffman-coded (so its size is what is sent)."""
     block = Encoder().encode(
         [
@@ -389,7 +390,7 @@ def _header_frames(path: str, token_bytes: int, *, end_headers: bool, stream: in
             (":authority", "kubespiffed"),
             ("content-type", "application/grpc"),
             ("te", "trailers"),
-            ("authorization", "Bearer " + "A" * token_bytes),
+            ("authorization", f"Bearer {token}"),
         ],
         huffman=False,
     )
@@ -419,7 +420,9 @@ async def test_megabytes_of_metadata_sent_before_the_settings_ack_are_refused_at
     reader, writer = await _h2_connection(limited)
     try:
         writer.write(_PREFACE + SettingsFrame(0).serialize())
-        writer.write(_header_frames(f"/kubespiffe.issuer.v1.Issuer/{method}", 1_000_000, end_headers=True))
+        writer.write(
+            _header_frames(f"/kubespiffe.issuer.v1.Issuer/{method}", "A" * 1_000_000, end_headers=True)
+        )
         writer.write(SettingsFrame(0, flags=["ACK"]).serialize())
         await writer.drain()
         decoder = Decoder()
@@ -437,8 +440,7 @@ async def test_megabytes_of_metadata_sent_before_the_settings_ack_are_refused_at
         line = f"rejected peer=ipv4:{local[0]}:{local[1]} reason='call metadata is larger than 16384 bytes'"
         assert line in limited.log.read_text()
         # The connection, now past its SETTINGS ack, still takes calls (grpc's own bound refuses this one).
-        mint = "/kubespiffe.issuer.v1.Issuer/MintX509SVID"
-        writer.write(_header_frames(mint, 20_000, end_headers=True, stream=3))
+        writer.write(_header_frames(_MINT, "A" * 20_000, end_headers=True, stream=3))
         await writer.drain()
         async with asyncio.timeout(3):
             while (frame := await _read_frame(reader)).stream_id != 3:
@@ -448,40 +450,98 @@ async def test_megabytes_of_metadata_sent_before_the_settings_ack_are_refused_at
         writer.transport.abort()  # at once: a TLS close() waits for the peer's close_notify
 
 
-async def test_calls_that_never_send_their_request_count_toward_the_calls_in_flight(limited: Running) -> None:
-    """Calls count from their start: with 3 at most, a fourth opened next to three that never send their
-    request is refused at once, and the three stop counting when their connection goes."""
-    before = await _refusals(limited, "concurrent_rpcs")
+async def _status_of(reader: asyncio.StreamReader, decoder: Decoder, stream: int) -> bytes:
+    """The grpc-status the server ends `stream` with; fails if any other call ends first (within 3 s)."""
+    async with asyncio.timeout(3):
+        while True:
+            frame = await _read_frame(reader)
+            if isinstance(frame, HeadersFrame):
+                headers = dict(decoder.decode(frame.data, raw=True))
+                assert frame.stream_id == stream, f"call {frame.stream_id} ended; it should be waiting"
+                if b"grpc-status" in headers:
+                    return headers[b"grpc-status"]
+
+
+async def _known_token(kube: AsyncClient, running: Running, namespace: str, name: str) -> str:
+    """A registered pod's token, verified once by `running` (so known to it from then on)."""
+    await register(kube, name, {"serviceAccountNames": [name]}, namespace)
+    _, token = await pod_with_token(kube, namespace, name, name)
+    async with _channel(running) as channel:
+        assert await _mint_code(issuer_pb2_grpc.IssuerStub(channel), token) == grpc.StatusCode.OK
+    return token
+
+
+def _refusal_logged(running: Running, writer: asyncio.StreamWriter, reason: str) -> bool:
+    host, port = writer.get_extra_info("sockname")[:2]
+    return f"rejected peer=ipv4:{host}:{port} reason={reason!r}" in running.log.read_text()
+
+
+_EXHAUSTED = str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]).encode()
+
+
+async def test_calls_that_never_send_their_request_are_bounded_by_shares(
+    kube: AsyncClient, limited: Running, namespace: str
+) -> None:
+    """Calls count from their start, before their request (3 at most here). A new token's calls wait in a
+    share of their own (a quarter, at least 1): a caller without a valid token cannot hold back a pod whose
+    token is known. All of them stop counting when their connection goes."""
+    token = await _known_token(kube, limited, namespace, "shares")
+    unverified, busy = (
+        await _refusals(limited, "unverified_calls"),
+        await _refusals(limited, "concurrent_rpcs"),
+    )
     reader, writer = await _h2_connection(limited)
+    decoder = Decoder()
     try:
         writer.write(_PREFACE + SettingsFrame(0).serialize() + SettingsFrame(0, flags=["ACK"]).serialize())
-        mint = "/kubespiffe.issuer.v1.Issuer/MintX509SVID"
-        for stream in (1, 3, 5, 7):
-            writer.write(_header_frames(mint, 100, end_headers=True, stream=stream))
+        writer.write(_header_frames(_MINT, "new-token", end_headers=True, stream=1))
+        writer.write(_header_frames(_MINT, "another-new-token", end_headers=True, stream=3))
         await writer.drain()
-        decoder = Decoder()
-        async with asyncio.timeout(3):
-            while True:
-                frame = await _read_frame(reader)
-                if isinstance(frame, HeadersFrame):
-                    headers = dict(decoder.decode(frame.data, raw=True))
-                    if frame.stream_id == 7 and b"grpc-status" in headers:
-                        break
-                    assert frame.stream_id == 7, "the three calls within the bound wait for their request"
-        assert headers[b"grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]).encode()
-        assert await _refusals(limited, "concurrent_rpcs") == before + 1
-        local = writer.get_extra_info("sockname")
-        line = f"rejected peer=ipv4:{local[0]}:{local[1]} reason='3 calls in flight'"
-        assert line in limited.log.read_text()
+        assert await _status_of(reader, decoder, 3) == _EXHAUSTED
+        assert await _refusals(limited, "unverified_calls") == unverified + 1
+        assert _refusal_logged(limited, writer, "1 calls from new tokens waiting for their request")
+        async with _channel(limited) as channel:
+            stub = issuer_pb2_grpc.IssuerStub(channel)
+            assert await _mint_code(stub, token) == grpc.StatusCode.OK, "a known pod goes on"
+        # Two of the known pod's calls that never send their request fill the 3.
+        for stream in (5, 7, 9):
+            writer.write(_header_frames(_MINT, token, end_headers=True, stream=stream))
+        await writer.drain()
+        assert await _status_of(reader, decoder, 9) == _EXHAUSTED
+        assert await _refusals(limited, "concurrent_rpcs") == busy + 1
+        assert _refusal_logged(limited, writer, "3 calls in flight")
     finally:
         writer.transport.abort()  # at once: a TLS close() waits for the peer's close_notify
     async with _channel(limited) as channel:
         stub = issuer_pb2_grpc.IssuerStub(channel)
         deadline = time.monotonic() + 5
-        while (code := await _mint_code(stub, "not-a-token")) == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        while (code := await _mint_code(stub, token)) == grpc.StatusCode.RESOURCE_EXHAUSTED:
             assert time.monotonic() < deadline, "the calls of a closed connection still count"
             await asyncio.sleep(0.1)
-        assert code == grpc.StatusCode.UNAUTHENTICATED
+        assert code == grpc.StatusCode.OK
+
+
+async def test_one_pod_holds_at_most_64_calls_at_once(
+    kube: AsyncClient, patient: Running, namespace: str
+) -> None:
+    """Calls from a token kubespiffed verified before count for its pod from their start (64 at most);
+    another pod's calls go on."""
+    token = await _known_token(kube, patient, namespace, "greedy")
+    other = await _known_token(kube, patient, namespace, "modest")
+    before = await _refusals(patient, "calls_per_pod")
+    reader, writer = await _h2_connection(patient)
+    try:
+        writer.write(_PREFACE + SettingsFrame(0).serialize() + SettingsFrame(0, flags=["ACK"]).serialize())
+        for stream in range(1, 2 * 65, 2):  # 65 calls, none sends its request
+            writer.write(_header_frames(_MINT, token, end_headers=True, stream=stream))
+        await writer.drain()
+        assert await _status_of(reader, Decoder(), 129) == _EXHAUSTED
+        assert await _refusals(patient, "calls_per_pod") == before + 1
+        assert _refusal_logged(patient, writer, "64 calls in flight for this pod")
+        async with _channel(patient) as channel:
+            assert await _mint_code(issuer_pb2_grpc.IssuerStub(channel), other) == grpc.StatusCode.OK
+    finally:
+        writer.transport.abort()  # at once: a TLS close() waits for the peer's close_notify
 
 
 @pytest.mark.parametrize("size", [16 * 1024 + 1, 4 * 1024 * 1024 - 64], ids=["16KiB+1", "4MiB"])
@@ -515,9 +575,7 @@ async def test_connection_that_never_acknowledges_settings_is_closed(patient: Ru
     reader, writer = await _h2_connection(patient)
     try:
         writer.write(_PREFACE + SettingsFrame(0).serialize())
-        writer.write(
-            _header_frames("/kubespiffe.issuer.v1.Issuer/MintX509SVID", 1_000_000, end_headers=False)
-        )
+        writer.write(_header_frames(_MINT, "A" * 1_000_000, end_headers=False))
         await writer.drain()
         started = time.monotonic()
         async with asyncio.timeout(30):

@@ -290,6 +290,23 @@ async def test_verified_tokens_are_cached_until_they_expire(monkeypatch: pytest.
     assert len(checked) == 2, "an expired cache entry must not answer"
 
 
+async def test_known_answers_only_for_tokens_verified_before_and_unexpired(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`known` (who a call is from before its request is read) verifies nothing and does no I/O."""
+    v = verifier(Jwks((KEY, "k1")))
+    token = sign(claims(exp=int(time.time()) + 60))
+    assert v.known(token) is None, "not verified yet"
+    verified = await v.verify(token)
+    assert v.known(token) == verified
+    forged = sign(claims(exp=int(time.time()) + 60), key=rsa.generate_private_key(65537, 2048))
+    for other in (forged, "", "x" * 7000, "tøken", token + "x"):
+        assert v.known(other) is None
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 120)
+    assert v.known(token) is None, "expired"
+
+
 # Found by fuzzing (tests/fuzz, token*): each escaped as another exception (UnicodeEncodeError,
 # OverflowError/ValueError from datetime) instead of TokenRejected.
 async def test_a_non_ascii_token_is_refused() -> None:

@@ -1,11 +1,12 @@
 """CallBounds' choice per call (the method's own handler, a refusal, or nothing: grpc's UNIMPLEMENTED) and its
-count of calls in flight. Its effect on the wire (refused before the request is read) is tested against
-kubespiffed in tests/integration/test_hardening.py."""
+counts of calls in flight: overall, per pod, and of new tokens waiting for their request. Its effect on the
+wire (refused before the request is read) is tested against kubespiffed in
+tests/integration/test_hardening.py."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 from cryptography import x509
@@ -15,7 +16,13 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from kubespiffe.constants import JWT_AUDIENCE_MAX_COUNT, JWT_AUDIENCE_MAX_LENGTH
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
-from kubespiffe.server.callbounds import MAX_METADATA_BYTES, MAX_REQUEST_BYTES, CallBounds, Handler
+from kubespiffe.server.callbounds import (
+    MAX_METADATA_BYTES,
+    MAX_REQUEST_BYTES,
+    CallBounds,
+    Handler,
+    unverified_share,
+)
 
 
 class Details(NamedTuple):
@@ -25,11 +32,13 @@ class Details(NamedTuple):
 
 ISSUER = "/kubespiffe.issuer.v1.Issuer/"
 MINT = ISSUER + "MintX509SVID"
+# Tokens verified before, and the pods they speak for; any other token is new.
+PODS = {"token-a": "uid-a", "token-b": "uid-b", "token-c": "uid-c"}
 
 
-def _bounds(max_in_flight: int = 10) -> CallBounds:
-    servicer = issuer_pb2_grpc.IssuerServicer()  # type: ignore[abstract]  # only dispatched, never called
-    return CallBounds(servicer, max_in_flight=max_in_flight)
+def _bounds(max_in_flight: int = 10, max_per_pod: int = 64) -> CallBounds:
+    servicer = issuer_pb2_grpc.IssuerServicer()  # type: ignore[abstract]  # its methods only say UNIMPLEMENTED
+    return CallBounds(servicer, max_in_flight=max_in_flight, pod_of=PODS.get, max_per_pod=max_per_pod)
 
 
 def _metadata(size: int) -> tuple[tuple[str, str], ...]:
@@ -37,31 +46,75 @@ def _metadata(size: int) -> tuple[tuple[str, str], ...]:
     return (("authorization", "x" * (size - len("authorization"))),)
 
 
-_calls: set[asyncio.Task[None]] = set()  # the running calls, referenced until they end
+def _from(token: str) -> Details:
+    return Details(MINT, (("authorization", f"Bearer {token}"), ("user-agent", "test")))
 
 
-async def _call(bounds: CallBounds, details: Details, ends: asyncio.Event) -> Handler | None:
-    """Asks for a handler inside a task of its own, as grpc's asyncio server does per call; that task
-    (the call) runs until `ends` is set."""
-    asked: asyncio.Future[Handler | None] = asyncio.get_running_loop().create_future()
+def _refusal(handler: Handler | None) -> str:
+    """Which refusal `handler` is ("" for a method's own handler): refusals read no request first."""
+    assert handler is not None
+    if not handler.request_streaming:
+        return ""
+    return str(handler.stream_unary.__name__).removeprefix("_refuse_")  # type: ignore[union-attr]
 
-    async def call() -> None:
-        asked.set_result(bounds.service(details))  # type: ignore[arg-type]
-        await ends.wait()
 
-    task = asyncio.create_task(call())
-    _calls.add(task)
-    task.add_done_callback(_calls.discard)
-    return await asked
+class _Context:
+    """What the generated servicer's UNIMPLEMENTED methods do to a context."""
+
+    def set_code(self, code: Any) -> None: ...
+
+    def set_details(self, details: str) -> None: ...
+
+
+class Call:
+    """One call as grpc's asyncio server runs it: a task that asks for its handler, reads its request when
+    told to (and runs the handler on it), and ends when told to."""
+
+    running: set[asyncio.Task[None]] = set()
+
+    def __init__(self, bounds: CallBounds, details: Details) -> None:
+        self.request_in, self.end = asyncio.Event(), asyncio.Event()
+        self._asked: asyncio.Future[Handler | None] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._run(bounds, details))
+        Call.running.add(self._task)
+        self._task.add_done_callback(Call.running.discard)
+
+    async def _run(self, bounds: CallBounds, details: Details) -> None:
+        handler = bounds.service(details)  # type: ignore[arg-type]
+        self._asked.set_result(handler)
+        await self.request_in.wait()
+        if handler is not None and handler.unary_unary is not None:
+            with pytest.raises(NotImplementedError):
+                await handler.unary_unary(issuer_pb2.MintX509SVIDRequest(), _Context())  # type: ignore[arg-type]
+        await self.end.wait()
+
+    async def handler(self) -> Handler | None:
+        return await self._asked
+
+    async def ended(self) -> None:
+        self.request_in.set()
+        self.end.set()
+        await self._task
+
+
+async def _start(bounds: CallBounds, details: Details) -> tuple[Call, Handler | None]:
+    call = Call(bounds, details)
+    return call, await call.handler()
+
+
+async def _settle() -> None:
+    """Lets ended calls' done callbacks run."""
+    for _ in range(3):
+        await asyncio.sleep(0)
 
 
 async def test_every_issuer_method_is_served() -> None:
-    bounds, done = _bounds(), asyncio.Event()
-    done.set()
+    bounds = _bounds()
     for method in issuer_pb2.DESCRIPTOR.services_by_name["Issuer"].methods:
-        handler = await _call(bounds, Details(ISSUER + method.name, _metadata(100)), done)
+        call, handler = await _start(bounds, Details(ISSUER + method.name, _metadata(100)))
         assert handler is not None and handler.response_streaming == method.server_streaming
-        assert not handler.request_streaming  # the method's own handler: grpc reads the request first
+        assert _refusal(handler) == ""  # the method's own handler: grpc reads the request first
+        await call.ended()
 
 
 @pytest.mark.parametrize(
@@ -79,36 +132,74 @@ async def test_every_issuer_method_is_served() -> None:
 async def test_metadata_over_the_bound_gets_the_refusal(
     metadata: tuple[tuple[str, str | bytes], ...] | None, refused: bool
 ) -> None:
-    bounds, done = _bounds(), asyncio.Event()
-    done.set()
-    handler = await _call(bounds, Details(MINT, metadata), done)
-    assert handler is not None
-    # A refusal reads no request first (request streaming); MintX509SVID's own handler reads one.
-    assert handler.request_streaming is refused
+    bounds = _bounds()
+    call, handler = await _start(bounds, Details(MINT, metadata))
+    assert _refusal(handler) == ("metadata" if refused else "")
+    await call.ended()
 
 
 async def test_calls_count_from_their_start_to_their_end() -> None:
     bounds = _bounds(max_in_flight=2)
-    first, second = asyncio.Event(), asyncio.Event()
-    await _call(bounds, Details(MINT, ()), first)
-    await _call(bounds, Details(MINT, ()), second)
-    assert bounds.in_flight == 2
-    third = asyncio.Event()
-    refused = await _call(bounds, Details(MINT, ()), third)
-    assert refused is not None and refused.request_streaming, "the third call is refused"
+    first, accepted = await _start(bounds, _from("token-a"))
+    second, _ = await _start(bounds, _from("token-b"))
+    assert _refusal(accepted) == "" and bounds.in_flight == 2
+    third, refused = await _start(bounds, _from("token-c"))
+    assert _refusal(refused) == "busy"
     assert bounds.in_flight == 2, "a refused call is not counted"
-    first.set()
-    for _ in range(3):  # the call's task ends, then its done callback runs
-        await asyncio.sleep(0)
+    await first.ended()
+    await _settle()
     assert bounds.in_flight == 1, "an ended call (whatever its outcome) no longer counts"
-    fourth = asyncio.Event()
-    accepted = await _call(bounds, Details(MINT, ()), fourth)
-    assert accepted is not None and not accepted.request_streaming
-    assert bounds.in_flight == 2
-    for event in (second, third, fourth):
-        event.set()
-    await asyncio.gather(*_calls)
-    assert bounds.in_flight == 0
+    fourth, accepted = await _start(bounds, _from("token-c"))
+    assert _refusal(accepted) == "" and bounds.in_flight == 2
+    for call in (second, third, fourth):
+        await call.ended()
+    await _settle()
+    assert bounds.in_flight == 0 and bounds.in_flight_of("uid-a") == 0
+
+
+async def test_one_pod_holds_at_most_its_share() -> None:
+    bounds = _bounds(max_in_flight=10, max_per_pod=2)
+    calls = [(await _start(bounds, _from("token-a")))[0] for _ in range(2)]
+    assert bounds.in_flight_of("uid-a") == 2
+    third, refused = await _start(bounds, _from("token-a"))
+    assert _refusal(refused) == "pod_busy"
+    other, accepted = await _start(bounds, _from("token-b"))
+    assert _refusal(accepted) == "", "another pod is not held back"
+    await calls[0].ended()
+    await _settle()
+    again, accepted = await _start(bounds, _from("token-a"))
+    assert _refusal(accepted) == "" and bounds.in_flight_of("uid-a") == 2
+    for call in (calls[1], third, other, again):
+        await call.ended()
+    await _settle()
+    assert bounds.in_flight_of("uid-a") == 0 and bounds.in_flight == 0
+
+
+async def test_new_tokens_wait_for_their_request_in_a_share_of_their_own() -> None:
+    """A caller with no valid token can fill only this share: pods whose tokens are known go on."""
+    bounds = _bounds(max_in_flight=8)
+    share = unverified_share(8)
+    assert share == 2
+    waiting = [(await _start(bounds, _from(f"new-{i}")))[0] for i in range(share)]
+    no_token = Details(MINT, (("user-agent", "test"),))
+    refused_calls = [await _start(bounds, _from("new-x")), await _start(bounds, no_token)]
+    assert [_refusal(handler) for _, handler in refused_calls] == ["unverified_busy"] * 2
+    known, accepted = await _start(bounds, _from("token-a"))
+    assert _refusal(accepted) == ""
+    # Once its request is in, a call is attested like any other: it leaves the share, still in flight.
+    waiting[0].request_in.set()
+    await _settle()
+    assert bounds.waiting_unverified == 1 and bounds.in_flight == 3
+    later, accepted = await _start(bounds, _from("new-y"))
+    assert _refusal(accepted) == ""
+    for call in [*waiting, known, later, *(c for c, _ in refused_calls)]:
+        await call.ended()
+    await _settle()
+    assert bounds.waiting_unverified == 0 and bounds.in_flight == 0
+
+
+def test_the_unverified_share_is_a_quarter_and_never_none() -> None:
+    assert [unverified_share(n) for n in (1, 3, 4, 7, 8, 4096)] == [1, 1, 1, 1, 2, 1024]
 
 
 async def test_a_handler_asked_for_outside_a_task_is_an_error() -> None:
@@ -118,7 +209,7 @@ async def test_a_handler_asked_for_outside_a_task_is_an_error() -> None:
 
     def ask() -> None:  # a plain callback of the loop: no task is current
         try:
-            bounds.service(Details(MINT, ()))  # type: ignore[arg-type]
+            bounds.service(_from("token-a"))  # type: ignore[arg-type]
         except RuntimeError as exc:
             outcome.set_exception(exc)
         else:
@@ -132,9 +223,11 @@ async def test_a_handler_asked_for_outside_a_task_is_an_error() -> None:
 
 @pytest.mark.parametrize("method", ["/other.Service/MintX509SVID", ISSUER + "Unknown", ""])
 async def test_other_methods_are_left_to_grpc(method: str) -> None:
-    bounds, done = _bounds(), asyncio.Event()
-    done.set()
-    assert await _call(bounds, Details(method, _metadata(100)), done) is None
+    bounds = _bounds()
+    call = Call(bounds, Details(method, _metadata(100)))
+    assert await call.handler() is None
+    await call.ended()
+    assert bounds.in_flight == 0
 
 
 def test_the_largest_legitimate_requests_fit_the_request_bound() -> None:

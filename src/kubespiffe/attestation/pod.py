@@ -71,6 +71,11 @@ class PodAttestor:
     async def wait_synced(self) -> None:
         await self.service_accounts.synced.wait()
 
+    def known_pod(self, token: str) -> str | None:
+        """The UID of the pod a token verified before speaks for (no I/O; `attest` still decides)."""
+        claims = self._verifier.known(token)
+        return claims.pod_uid if claims is not None else None
+
     async def attest(self, token: str) -> AttestedPod:
         """The pod the token speaks for, or TokenRejected saying why the token does not attest one."""
         claims = await self._verifier.verify(token)

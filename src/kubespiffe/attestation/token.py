@@ -166,14 +166,28 @@ class TokenVerifier:
         if not token.isascii():
             raise TokenRejected("token is not ASCII (a JWS compact serialization never is)")
         digest = hashlib.sha256(token.encode()).digest()
-        cached = self._cache.get(digest)
-        if cached is not None and cached.expires_at.timestamp() > time.time():
+        cached = self._cached(digest)
+        if cached is not None:
             return cached
         claims = await self._verify(token, digest)
         if len(self._cache) >= _CACHE_SIZE:
             self._cache.pop(next(iter(self._cache)))
         self._cache[digest] = claims
         return claims
+
+    def known(self, token: str) -> PodClaims | None:
+        """The claims of `token` if it was verified before and has not expired; no I/O, nothing verified.
+
+        Who a call comes from before its request is read (server.callbounds); `verify` still decides."""
+        if not token or len(token) > MAX_TOKEN_BYTES or not token.isascii():
+            return None
+        return self._cached(hashlib.sha256(token.encode()).digest())
+
+    def _cached(self, digest: bytes) -> PodClaims | None:
+        cached = self._cache.get(digest)
+        if cached is not None and cached.expires_at.timestamp() > time.time():
+            return cached
+        return None
 
     async def _verify(self, token: str, digest: bytes) -> PodClaims:
         try:

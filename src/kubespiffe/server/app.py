@@ -107,7 +107,9 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
         client, config.trust_domain, frozenset(config.server_dns_names), config.cluster_domain
     )
     attestor, token_issuer = await pod_attestor(config, client, registry)
-    server = issuer_server(config, identity, issuer_service(config, attestor, registry, authority))
+    server = issuer_server(
+        config, identity, issuer_service(config, attestor, registry, authority), attestor.known_pod
+    )
     ready = asyncio.Event()
     podcert_loops, podcert_readyz = await pod_certificates(config, client, registry, authority, leader)
     workers = WorkerPool(config, config.workers - 1) if config.workers > 1 else None
@@ -205,7 +207,9 @@ async def serve_worker(config: ServerConfig, client: AsyncClient, index: int) ->
         write_status=False,
     )
     attestor, _ = await pod_attestor(config, client, registry)
-    server = issuer_server(config, identity, issuer_service(config, attestor, registry, authority))
+    server = issuer_server(
+        config, identity, issuer_service(config, attestor, registry, authority), attestor.known_pod
+    )
     federation = Federation(
         client,
         config.trust_domain,
@@ -340,7 +344,13 @@ async def pod_attestor(
     return PodAttestor(verifier, client, registry.pods), issuer
 
 
-def issuer_server(config: ServerConfig, identity: ServingIdentity, service: IssuerService) -> grpc.aio.Server:
+def issuer_server(
+    config: ServerConfig,
+    identity: ServingIdentity,
+    service: IssuerService,
+    pod_of: Callable[[str], str | None],
+) -> grpc.aio.Server:
+    """The issuer API's server; `pod_of` says which pod a token verified before speaks for (CallBounds)."""
     handshake_ms = int(config.grpc_handshake_timeout.total_seconds() * 1000)
     server = grpc.aio.server(
         options=[
@@ -356,7 +366,8 @@ def issuer_server(config: ServerConfig, identity: ServingIdentity, service: Issu
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
         ],
     )
-    server.add_generic_rpc_handlers((CallBounds(service, max_in_flight=config.max_concurrent_rpcs),))
+    bounds = CallBounds(service, max_in_flight=config.max_concurrent_rpcs, pod_of=pod_of)
+    server.add_generic_rpc_handlers((bounds,))
     server.add_secure_port(f"{config.listen_host}:{config.port}", identity.grpc_credentials())
     return server
 

@@ -8,27 +8,38 @@
   `grpc.http2.settings_timeout` (app.issuer_server).
 - At most `max_in_flight` calls, streams included, from their start to their end: a call that never sends
   its request counts too (a bound applied once the request is in would let such calls pile up).
+- Shares of that bound, so that no caller can hold all of it:
+  - a call whose token was verified before (`pod_of`, no I/O) counts for its pod, at most
+    MAX_CALLS_PER_POD at once (an agent holds one stream and mints one or a few at a time);
+  - a call whose token is new (a starting pod, a rotated token) or no token at all is nobody's yet: such
+    calls may wait for their request at most a quarter of `max_in_flight` at once. Once its request is in,
+    the call is attested like any other and leaves that share.
+  A caller without a valid token can thus delay new pods' first calls, but not the pods already served.
 
 Each refusal is RESOURCE_EXHAUSTED, sent at once, counted in `kubespiffe_issuer_limit_refusals_total` and
-logged with the caller's address (nothing else of the call is known yet).
-grpc's own `maximum_concurrent_rpcs` refuses the same way but counts nothing. With a request message
-bounded too (MAX_REQUEST_BYTES), a call in flight holds at most 32 KiB of what its caller sent.
+logged with the caller's address. grpc's own `maximum_concurrent_rpcs` refuses the same way but counts
+nothing. With a request message bounded too (MAX_REQUEST_BYTES), a call in flight holds at most 32 KiB of
+what its caller sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections import Counter as Tally
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Never, TypeAlias
 
 import grpc
 
 from kubespiffe.proto import issuer_pb2_grpc
-from kubespiffe.server.issuer import LIMIT_REFUSALS
+from kubespiffe.server.issuer import LIMIT_REFUSALS, bearer
 
 log = logging.getLogger("kubespiffed.issuer")
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 if TYPE_CHECKING:  # grpc's stubs are generic, its classes are not
     GenericRpcHandler = grpc.GenericRpcHandler[Any, Any]
 else:
@@ -43,6 +54,14 @@ MAX_METADATA_BYTES = 16 * 1024
 # (an agent's CSR is under 2 KiB, RSA-4096 included). 4 MiB requests that never end, 50 calls on each of
 # 4 connections, took a grpc asyncio server to 833 MB.
 MAX_REQUEST_BYTES = 16 * 1024
+# Calls in flight of one pod (known by its token): its agent's stream, renewals, JWT-SVIDs for several
+# audiences at once, `kubespiffe fetch`.
+MAX_CALLS_PER_POD = 64
+
+
+def unverified_share(max_in_flight: int) -> int:
+    """How many calls from tokens not verified before may wait for their request at once."""
+    return max(1, max_in_flight // 4)
 
 
 class CallBounds(GenericRpcHandler):
@@ -50,8 +69,8 @@ class CallBounds(GenericRpcHandler):
 
     It replaces the generated registration (`add_IssuerServicer_to_server` also registers the methods
     with grpc's core, and a registered method is dispatched without asking generic handlers), so every
-    call passes `service` first: a dict lookup, a sum over a few pairs, and a callback on the call's task,
-    which grpc's asyncio server creates per call and in which it asks for the handler.
+    call passes `service` first. grpc's asyncio server runs each call in a task of its own and asks for
+    the handler in it: the call's end is that task's end, and its handler runs in it too.
     """
 
     def __init__(
@@ -59,54 +78,127 @@ class CallBounds(GenericRpcHandler):
         servicer: issuer_pb2_grpc.IssuerServicer,
         *,
         max_in_flight: int,
+        pod_of: Callable[[str], str | None],
+        max_per_pod: int = MAX_CALLS_PER_POD,
         max_metadata_bytes: int = MAX_METADATA_BYTES,
     ) -> None:
         collected = _Collected()
         issuer_pb2_grpc.add_IssuerServicer_to_server(servicer, collected)  # type: ignore[arg-type]
         self._handlers = {
-            f"/{collected.service}/{name}": handler for name, handler in collected.handlers.items()
+            f"/{collected.service}/{name}": self._leaving_unverified(handler)
+            for name, handler in collected.handlers.items()
         }
+        self._pod_of = pod_of
         self._max_in_flight = max_in_flight
+        self._max_unverified = unverified_share(max_in_flight)
+        self._max_per_pod = max_per_pod
         self._max_metadata = max_metadata_bytes
         self._in_flight = 0
+        self._per_pod: Tally[str] = Tally()
+        self._unverified: set[asyncio.Task[Any]] = set()
         # Request streaming, so grpc starts them without reading a request first.
         self._too_much_metadata = grpc.stream_unary_rpc_method_handler(self._refuse_metadata)
         self._busy = grpc.stream_unary_rpc_method_handler(self._refuse_busy)
+        self._pod_busy = grpc.stream_unary_rpc_method_handler(self._refuse_pod_busy)
+        self._unverified_busy = grpc.stream_unary_rpc_method_handler(self._refuse_unverified_busy)
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def waiting_unverified(self) -> int:
+        return len(self._unverified)
+
+    def in_flight_of(self, pod_uid: str) -> int:
+        return self._per_pod[pod_uid]
+
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
         handler = self._handlers.get(handler_call_details.method)
         if handler is None:
             return None  # grpc answers UNIMPLEMENTED
-        metadata = handler_call_details.invocation_metadata
-        if sum(len(key) + len(value) for key, value in metadata or ()) > self._max_metadata:
+        metadata = handler_call_details.invocation_metadata or ()
+        if sum(len(key) + len(value) for key, value in metadata) > self._max_metadata:
             return self._too_much_metadata
         if self._in_flight >= self._max_in_flight:
             return self._busy
         call = asyncio.current_task()
         if call is None:
             raise RuntimeError("grpc asked for an issuer handler outside a call's task")
+        pod = self._pod_of(bearer(metadata))
+        if pod is None:
+            if len(self._unverified) >= self._max_unverified:
+                return self._unverified_busy
+            self._unverified.add(call)
+        elif self._per_pod[pod] >= self._max_per_pod:
+            return self._pod_busy
+        else:
+            self._per_pod[pod] += 1
         self._in_flight += 1
-        call.add_done_callback(self._ended)
+        call.add_done_callback(functools.partial(self._ended, pod))
         return handler
 
-    def _ended(self, call: object) -> None:
+    def _ended(self, pod: str | None, call: asyncio.Task[Any]) -> None:
         self._in_flight -= 1
+        if pod is None:
+            self._unverified.discard(call)
+        else:
+            self._per_pod[pod] -= 1
+            if not self._per_pod[pod]:
+                del self._per_pod[pod]
 
-    async def _refuse_metadata(self, requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Never:
+    def _request_in(self) -> None:
+        """The current call's request has been read: attestation decides from here."""
+        call = asyncio.current_task()
+        if call is not None:
+            self._unverified.discard(call)
+
+    def _leaving_unverified(self, handler: Handler) -> Handler:
+        """`handler`, telling the bounds when its request is in (grpc calls a behaviour with it)."""
+        if handler.unary_unary is not None:
+            unary: Any = handler.unary_unary  # grpc's stubs describe its synchronous API
+
+            async def one(request: Any, context: Context) -> Any:
+                self._request_in()
+                return await unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                one,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            stream: Any = handler.unary_stream
+
+            async def many(request: Any, context: Context) -> AsyncIterator[Any]:
+                self._request_in()
+                async for message in stream(request, context):
+                    yield message
+
+            return grpc.unary_stream_rpc_method_handler(
+                many,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        raise TypeError("the Issuer service has unary requests only")
+
+    async def _refuse_metadata(self, requests: Any, context: Context) -> Never:
         await _refuse(context, "metadata_size", f"call metadata is larger than {self._max_metadata} bytes")
 
-    async def _refuse_busy(self, requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Never:
+    async def _refuse_busy(self, requests: Any, context: Context) -> Never:
         reason = f"{self._max_in_flight} calls in flight"
         await _refuse(context, "concurrent_rpcs", reason, "kubespiffed is busy; retry later")
 
+    async def _refuse_pod_busy(self, requests: Any, context: Context) -> Never:
+        reason = f"{self._max_per_pod} calls in flight for this pod"
+        await _refuse(context, "calls_per_pod", reason)
 
-async def _refuse(
-    context: grpc.aio.ServicerContext[Any, Any], limit: str, reason: str, details: str = ""
-) -> Never:
+    async def _refuse_unverified_busy(self, requests: Any, context: Context) -> Never:
+        reason = f"{self._max_unverified} calls from new tokens waiting for their request"
+        await _refuse(context, "unverified_calls", reason, "kubespiffed is busy; retry later")
+
+
+async def _refuse(context: Context, limit: str, reason: str, details: str = "") -> Never:
     """Counted, logged with the peer (nothing of the call is authenticated yet), and ended."""
     LIMIT_REFUSALS.labels(limit).inc()
     log.warning("rejected peer=%s reason=%r", context.peer(), reason)

@@ -4,8 +4,9 @@ One log line per decision: `attested` with the pod and its SPIFFE IDs, or `rejec
 Tokens and keys never reach the log.
 
 One caller cannot degrade everyone: WatchBundles streams are bounded per pod (UID), and the bounds that
-hold from a call's start (calls in flight, metadata size) are `callbounds.CallBounds`. Each refusal is
-RESOURCE_EXHAUSTED and counts in `kubespiffe_issuer_limit_refusals_total{limit}`.
+hold from a call's start (metadata size; calls in flight overall, per pod, and from new tokens) are
+`callbounds.CallBounds`. Each refusal is RESOURCE_EXHAUSTED and counts in
+`kubespiffe_issuer_limit_refusals_total{limit}`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import hashlib
 import logging
 import time
 from collections import Counter as Tally
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -95,7 +96,12 @@ def audience_problem(audience: list[str]) -> str | None:
 
 
 def bearer_token(context: Context) -> str:
-    for key, value in context.invocation_metadata() or ():
+    return bearer(context.invocation_metadata() or ())
+
+
+def bearer(metadata: Iterable[tuple[str, str | bytes]]) -> str:
+    """The token of a call's `authorization: Bearer` metadata, or ""."""
+    for key, value in metadata:
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
             return value[len("Bearer ") :].strip()
     return ""
