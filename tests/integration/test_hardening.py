@@ -166,11 +166,24 @@ async def test_token_of_deleted_or_recreated_service_account_is_refused(
     _, token = await pod_with_token(kube, namespace, "doomed", "doomed")
     assert (await kubespiffed.fetch(token)).svids
     await kube.delete(ServiceAccount, "doomed", namespace=namespace)
-    with pytest.raises(TokenRefused, match="service account no longer exists"):
-        await kubespiffed.fetch(token)
+    await _refused_soon(kubespiffed, token, "service account no longer exists")
     await kube.create(ServiceAccount(metadata=ObjectMeta(name="doomed", namespace=namespace)))
-    with pytest.raises(TokenRefused, match="service account was deleted"):
-        await kubespiffed.fetch(token)
+    await _refused_soon(kubespiffed, token, "service account was deleted")
+
+
+async def _refused_soon(kubespiffed: Running, token: str, reason: str) -> None:
+    """Refused within 3 s: kubespiffed reads ServiceAccounts from its watch, which may be a moment behind
+    (a fetch right after the delete once got an SVID)."""
+    deadline = time.monotonic() + 3
+    while True:
+        try:
+            await kubespiffed.fetch(token)
+        except TokenRefused as exc:
+            refusal = str(exc)
+            break
+        assert time.monotonic() < deadline, f"still issued 3 s later; expected a refusal: {reason}"
+        await asyncio.sleep(0.1)
+    assert reason in refusal
 
 
 def _dns_names(result: X509Result) -> list[str]:
@@ -415,39 +428,47 @@ async def test_megabytes_of_metadata_sent_before_the_settings_ack_are_refused_at
     limited: Running, method: str
 ) -> None:
     """The call is refused (RESOURCE_EXHAUSTED) as soon as its headers are in, without waiting for its
-    request, so its metadata does not stay in memory; the connection goes on."""
+    request, so its metadata does not stay in memory; the connection goes on.
+
+    grpc itself rejects some oversized blocks at random (its soft limit: here with a probability of about
+    (1 MB - 8 KiB) / (16 MiB - 8 KiB), 6%); that is a refusal too, and the test tries again (3 times)."""
     before = await _refusals(limited, "metadata_size")
-    reader, writer = await _h2_connection(limited)
-    try:
-        writer.write(_PREFACE + SettingsFrame(0).serialize())
-        writer.write(
-            _header_frames(f"/kubespiffe.issuer.v1.Issuer/{method}", "A" * 1_000_000, end_headers=True)
-        )
-        writer.write(SettingsFrame(0, flags=["ACK"]).serialize())
-        await writer.drain()
-        decoder = Decoder()
-        async with asyncio.timeout(3):  # the call itself would wait for its request forever
-            while True:
-                frame = await _read_frame(reader)
-                if isinstance(frame, HeadersFrame) and frame.stream_id == 1:
-                    headers = dict(decoder.decode(frame.data, raw=True))
-                    if b"grpc-status" in headers:
-                        break
-        assert headers[b"grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]).encode()
-        assert "metadata is larger than 16384 bytes" in unquote(headers[b"grpc-message"].decode())
-        assert await _refusals(limited, "metadata_size") == before + 1
-        local = writer.get_extra_info("sockname")
-        line = f"rejected peer=ipv4:{local[0]}:{local[1]} reason='call metadata is larger than 16384 bytes'"
-        assert line in limited.log.read_text()
-        # The connection, now past its SETTINGS ack, still takes calls (grpc's own bound refuses this one).
-        writer.write(_header_frames(_MINT, "A" * 20_000, end_headers=True, stream=3))
-        await writer.drain()
-        async with asyncio.timeout(3):
-            while (frame := await _read_frame(reader)).stream_id != 3:
-                pass
-        assert isinstance(frame, HeadersFrame | RstStreamFrame)
-    finally:
-        writer.transport.abort()  # at once: a TLS close() waits for the peer's close_notify
+    for _ in range(3):
+        reader, writer = await _h2_connection(limited)
+        try:
+            writer.write(_PREFACE + SettingsFrame(0).serialize())
+            path = f"/kubespiffe.issuer.v1.Issuer/{method}"
+            writer.write(_header_frames(path, "A" * 1_000_000, end_headers=True))
+            writer.write(SettingsFrame(0, flags=["ACK"]).serialize())
+            await writer.drain()
+            decoder = Decoder()
+            async with asyncio.timeout(3):  # the call itself would wait for its request forever
+                while True:
+                    frame = await _read_frame(reader)
+                    if isinstance(frame, HeadersFrame) and frame.stream_id == 1:
+                        headers = dict(decoder.decode(frame.data, raw=True))
+                        if b"grpc-status" in headers:
+                            break
+            assert headers[b"grpc-status"] == _EXHAUSTED
+            message = unquote(headers[b"grpc-message"].decode())
+            if "exceeds soft limit" in message:
+                continue  # grpc's own random early refusal
+            assert "metadata is larger than 16384 bytes" in message
+            # (grpc's own refusals may reach kubespiffed's bound too: counted as well)
+            assert await _refusals(limited, "metadata_size") > before
+            reason = "call metadata is larger than 16384 bytes"
+            assert _refusal_logged(limited, writer, reason)
+            # The connection, now past its SETTINGS ack, still takes calls (grpc's own bound refuses this).
+            writer.write(_header_frames(_MINT, "A" * 20_000, end_headers=True, stream=3))
+            await writer.drain()
+            async with asyncio.timeout(3):
+                while (frame := await _read_frame(reader)).stream_id != 3:
+                    pass
+            assert isinstance(frame, HeadersFrame | RstStreamFrame)
+            return
+        finally:
+            writer.transport.abort()  # at once: a TLS close() waits for the peer's close_notify
+    pytest.fail("grpc refused the call itself 3 times in a row; kubespiffed's bound was not reached")
 
 
 async def _status_of(reader: asyncio.StreamReader, decoder: Decoder, stream: int) -> bytes:
@@ -483,35 +504,40 @@ async def test_calls_that_never_send_their_request_are_bounded_by_shares(
     kube: AsyncClient, limited: Running, namespace: str
 ) -> None:
     """Calls count from their start, before their request (3 at most here). A new token's calls wait in a
-    share of their own (a quarter, at least 1): a caller without a valid token cannot hold back a pod whose
-    token is known. All of them stop counting when their connection goes."""
+    share of their own (a quarter, at least 1), which a call leaves once its request is in: a caller
+    without a valid token cannot hold back a pod whose token is known. All of them stop counting when their
+    connection goes."""
     token = await _known_token(kube, limited, namespace, "shares")
-    unverified, busy = (
-        await _refusals(limited, "unverified_calls"),
-        await _refusals(limited, "concurrent_rpcs"),
-    )
+    await register(kube, "starting", {"serviceAccountNames": ["starting"]}, namespace)
+    _, new_token = await pod_with_token(kube, namespace, "starting", "starting")
+    unverified = await _refusals(limited, "unverified_calls")
+    busy = await _refusals(limited, "concurrent_rpcs")
     reader, writer = await _h2_connection(limited)
     decoder = Decoder()
-    try:
-        writer.write(_PREFACE + SettingsFrame(0).serialize() + SettingsFrame(0, flags=["ACK"]).serialize())
-        writer.write(_header_frames(_MINT, "new-token", end_headers=True, stream=1))
-        writer.write(_header_frames(_MINT, "another-new-token", end_headers=True, stream=3))
-        await writer.drain()
-        assert await _status_of(reader, decoder, 3) == _EXHAUSTED
-        assert await _refusals(limited, "unverified_calls") == unverified + 1
-        assert _refusal_logged(limited, writer, "1 calls from new tokens waiting for their request")
-        async with _channel(limited) as channel:
+    async with _channel(limited) as channel:
+        # A starting pod's stream: a new token at its start, in flight for as long as it is open.
+        stream = await _open_stream(channel, new_token)
+        try:
+            writer.write(_PREFACE + SettingsFrame(0).serialize())
+            writer.write(SettingsFrame(0, flags=["ACK"]).serialize())
+            writer.write(_header_frames(_MINT, "new-token", end_headers=True, stream=1))
+            writer.write(_header_frames(_MINT, "another-new-token", end_headers=True, stream=3))
+            await writer.drain()
+            assert await _status_of(reader, decoder, 3) == _EXHAUSTED, "the share of 1 holds call 1"
+            assert await _refusals(limited, "unverified_calls") == unverified + 1
+            assert _refusal_logged(limited, writer, "1 calls from new tokens waiting for their request")
             stub = issuer_pb2_grpc.IssuerStub(channel)
             assert await _mint_code(stub, token) == grpc.StatusCode.OK, "a known pod goes on"
-        # Two of the known pod's calls that never send their request fill the 3.
-        for stream in (5, 7, 9):
-            writer.write(_header_frames(_MINT, token, end_headers=True, stream=stream))
-        await writer.drain()
-        assert await _status_of(reader, decoder, 9) == _EXHAUSTED
-        assert await _refusals(limited, "concurrent_rpcs") == busy + 1
-        assert _refusal_logged(limited, writer, "3 calls in flight")
-    finally:
-        writer.transport.abort()  # at once: a TLS close() waits for the peer's close_notify
+            # One of the known pod's calls that never sends its request fills the 3.
+            for call in (5, 7):
+                writer.write(_header_frames(_MINT, token, end_headers=True, stream=call))
+            await writer.drain()
+            assert await _status_of(reader, decoder, 7) == _EXHAUSTED
+            assert await _refusals(limited, "concurrent_rpcs") == busy + 1
+            assert _refusal_logged(limited, writer, "3 calls in flight")
+        finally:
+            writer.transport.abort()  # at once: a TLS close() waits for the peer's close_notify
+            stream.cancel()
     async with _channel(limited) as channel:
         stub = issuer_pb2_grpc.IssuerStub(channel)
         deadline = time.monotonic() + 5

@@ -28,7 +28,7 @@ import asyncio
 import functools
 import logging
 from collections import Counter as Tally
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Never, TypeAlias
 
 import grpc
@@ -154,30 +154,24 @@ class CallBounds(GenericRpcHandler):
             self._unverified.discard(call)
 
     def _leaving_unverified(self, handler: Handler) -> Handler:
-        """`handler`, telling the bounds when its request is in (grpc calls a behaviour with it)."""
+        """`handler`, telling the bounds when its request is in: grpc decodes the request in the call's
+        task before it calls the method (a plain function here costs less than a coroutine around it)."""
+        decode: Any = handler.request_deserializer
+
+        def request_in(data: bytes) -> Any:
+            self._request_in()
+            return decode(data)
+
         if handler.unary_unary is not None:
-            unary: Any = handler.unary_unary  # grpc's stubs describe its synchronous API
-
-            async def one(request: Any, context: Context) -> Any:
-                self._request_in()
-                return await unary(request, context)
-
             return grpc.unary_unary_rpc_method_handler(
-                one,
-                request_deserializer=handler.request_deserializer,
+                handler.unary_unary,
+                request_deserializer=request_in,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
-            stream: Any = handler.unary_stream
-
-            async def many(request: Any, context: Context) -> AsyncIterator[Any]:
-                self._request_in()
-                async for message in stream(request, context):
-                    yield message
-
             return grpc.unary_stream_rpc_method_handler(
-                many,
-                request_deserializer=handler.request_deserializer,
+                handler.unary_stream,
+                request_deserializer=request_in,
                 response_serializer=handler.response_serializer,
             )
         raise TypeError("the Issuer service has unary requests only")
