@@ -197,9 +197,17 @@ class Processes:
     running: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self, args: Sequence[str], log: Path, **kwargs: Any) -> subprocess.Popen[bytes]:
+        """Each in a session of its own, as kubespiffed is (devenv): where the kernel shares CPU time
+        out by session (sched_autogroup), each server then gets a share of its own, as its pod's cgroup
+        would give it, rather than one shared with the benchmark's client."""
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                list(args), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kwargs
+                list(args),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                **kwargs,
             )
         self.running.append(proc)
         return proc
@@ -496,10 +504,14 @@ async def metered_client(
     per call and how busy the whole machine was meanwhile. The client's CPU includes its setup (one
     handshake per connection, SPIRE's node attestation), a small share of thousands of calls.
 
+    Also per call: the client's context switches, and the TCP segments sent on the machine (both ends,
+    plus the control plane's own traffic, a few hundred a second). The same Go client spends more CPU
+    per call against one server than another when it is woken more often per call.
+
     With `port`, also how the client's connections to it were spread over the server's processes, read
     once the run is under way: the kernel spreads connections over kubespiffed's --workers processes
     (SO_REUSEPORT) by a hash, so one process may serve 11 of 16 clients and the other 5."""
-    cpu, busy = process_tree_cpu(server_pid), machine_busy()
+    cpu, busy, segments = process_tree_cpu(server_pid), machine_busy(), tcp_segments_sent()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     running = asyncio.create_task(run_client(client, *args))
     spread: list[int] = []
@@ -515,7 +527,18 @@ async def metered_client(
     result["client_us_per_call"] = client_cpu / calls * 1e6
     result["machine_busy"] = (busy_after[0] - busy[0]) / max(1, busy_after[1] - busy[1])
     result["connections_per_process"] = spread
+    switches = (after.ru_nvcsw - children.ru_nvcsw) + (after.ru_nivcsw - children.ru_nivcsw)
+    result["client_switches_per_call"] = switches / calls
+    result["segments_per_call"] = (tcp_segments_sent() - segments) / calls
     return result
+
+
+def tcp_segments_sent() -> int:
+    """TCP segments this network namespace has sent (/proc/net/snmp OutSegs): on loopback, both ends'."""
+    header, values = (
+        line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Tcp:")
+    )
+    return int(values[header.index("OutSegs")])
 
 
 def connections_per_process(pid: int, port: int) -> list[int]:
@@ -546,6 +569,13 @@ def _cpu_cell(runs: list[dict[str, Any]]) -> str:
     return f"{med('server_us_per_call'):.0f} + {med('client_us_per_call'):.0f} ({med('machine_busy'):.0%})"
 
 
+def _wakeups_cell(runs: list[dict[str, Any]]) -> str:
+    def med(key: str) -> float:
+        return statistics.median(float(r[key]) for r in runs)
+
+    return f"{med('client_switches_per_call'):.1f} / {med('segments_per_call'):.1f}"
+
+
 def summary(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{statistics.median(values) * scale:.{digits}f} / {max(values) * scale:.{digits}f}"
 
@@ -568,8 +598,13 @@ def machine() -> str:
     commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
     dirty = subprocess.run([*git, "status", "--porcelain", "src"], capture_output=True, text=True).stdout
     state = " + uncommitted changes in src/" if dirty.strip() else ""
+    try:
+        grouped = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        grouped = False
     return (
-        f"{model}, {os.cpu_count()} cores, {mem} GB, Linux {platform.release()}, "
+        f"{model}, {os.cpu_count()} cores, {mem} GB, Linux {platform.release()}"
+        f"{' (CPU shared by session: sched_autogroup)' if grouped else ''}, "
         f"kubespiffe {commit.strip() or '?'}{state}"
     )
 
@@ -812,6 +847,14 @@ async def measure(bench: Bench, args: argparse.Namespace, ks_token: Path, mint_t
                         _cpu_cell(spire_runs),
                         _cpu_cell(ks_runs),
                         ratio(med("server_us_per_call", spire_runs), med("server_us_per_call", ks_runs)),
+                    )
+                )
+                rows.append(
+                    (
+                        f"{label}, {clients} clients: per call, the client's context switches / TCP segments",
+                        _wakeups_cell(spire_runs),
+                        _wakeups_cell(ks_runs),
+                        "",
                     )
                 )
     if cold["spire"]:

@@ -324,7 +324,12 @@ async def _open_stream(channel: grpc.aio.Channel, token: str) -> Any:
 
 async def _refusals(running: Running, limit: str) -> float:
     """kubespiffed's count of calls refused by one bound, from its /metrics."""
-    prefix = f'kubespiffe_issuer_limit_refusals_total{{limit="{limit}"}} '
+    return await _metric(running, f'kubespiffe_issuer_limit_refusals_total{{limit="{limit}"}}')
+
+
+async def _metric(running: Running, sample: str) -> float:
+    """One sample (name and labels) of kubespiffed's /metrics, 0 when absent."""
+    prefix = sample + " "
 
     def get() -> str:
         context = ssl.create_default_context(cadata=running.bundle_pem.decode())
@@ -564,6 +569,7 @@ async def test_one_pod_holds_at_most_64_calls_at_once(
         assert await _status_of(reader, Decoder(), 129) == _EXHAUSTED
         assert await _refusals(patient, "calls_per_pod") == before + 1
         assert _refusal_logged(patient, writer, "64 calls in flight for this pod")
+        assert await _metric(patient, "kubespiffe_issuer_busiest_pod_calls") == 64
         async with _channel(patient) as channel:
             assert await _mint_code(issuer_pb2_grpc.IssuerStub(channel), other) == grpc.StatusCode.OK
     finally:

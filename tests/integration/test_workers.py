@@ -136,6 +136,17 @@ async def test_two_processes_answer_on_one_port(
     assert 0 < len(by_worker) < 40  # both the primary and the worker signed
 
 
+async def test_a_worker_has_its_own_process_group_in_the_primarys_session(two_workers: Running) -> None:
+    """Ctrl-C in a terminal reaches the primary only (it stops the workers itself); the session stays
+    the primary's, so where the kernel shares CPU time by session (sched_autogroup) the workers do not
+    take a share each."""
+    assert two_workers.daemon.process is not None
+    primary = two_workers.daemon.process.pid
+    worker = await _worker_ready(two_workers)
+    assert os.getpgid(worker) == worker != os.getpgid(primary)
+    assert os.getsid(worker) == os.getsid(primary)
+
+
 async def test_only_the_primary_does_the_lease_holders_work(
     kube: AsyncClient, two_workers: Running, namespace: str
 ) -> None:

@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
+from prometheus_client import REGISTRY
 
 from kubespiffe.constants import JWT_AUDIENCE_MAX_COUNT, JWT_AUDIENCE_MAX_LENGTH
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
@@ -145,13 +146,13 @@ async def test_calls_count_from_their_start_to_their_end() -> None:
     for call in (second, third, fourth):
         await call.ended()
     await _settle()
-    assert bounds.in_flight == 0 and bounds.in_flight_of("uid-a") == 0
+    assert bounds.in_flight == 0 and bounds.busiest_pod == 0
 
 
 async def test_one_pod_holds_at_most_its_share() -> None:
     bounds = _bounds(max_in_flight=10, max_per_pod=2)
     calls = [(await _start(bounds, _from("token-a")))[0] for _ in range(2)]
-    assert bounds.in_flight_of("uid-a") == 2
+    assert bounds.busiest_pod == 2
     third, refused = await _start(bounds, _from("token-a"))
     assert _refusal(refused) == "pod_busy"
     other, accepted = await _start(bounds, _from("token-b"))
@@ -159,11 +160,11 @@ async def test_one_pod_holds_at_most_its_share() -> None:
     await calls[0].ended()
     await _settle()
     again, accepted = await _start(bounds, _from("token-a"))
-    assert _refusal(accepted) == "" and bounds.in_flight_of("uid-a") == 2
+    assert _refusal(accepted) == "" and bounds.busiest_pod == 2
     for call in (calls[1], third, other, again):
         await call.ended()
     await _settle()
-    assert bounds.in_flight_of("uid-a") == 0 and bounds.in_flight == 0
+    assert bounds.busiest_pod == 0 and bounds.in_flight == 0
 
 
 async def test_new_tokens_wait_for_their_request_in_a_share_of_their_own() -> None:
@@ -187,6 +188,27 @@ async def test_new_tokens_wait_for_their_request_in_a_share_of_their_own() -> No
         await call.ended()
     await _settle()
     assert bounds.waiting_unverified == 0 and bounds.in_flight == 0
+
+
+def _gauges() -> dict[str, float | None]:
+    names = {
+        "in_flight": "calls_in_flight",
+        "unverified": "calls_unverified",
+        "busiest_pod": "busiest_pod_calls",
+    }
+    return {key: REGISTRY.get_sample_value(f"kubespiffe_issuer_{name}") for key, name in names.items()}
+
+
+async def test_published_gauges_show_how_full_each_bound_is() -> None:
+    bounds = _bounds(max_in_flight=8)
+    bounds.publish()
+    tokens = ("token-a", "token-a", "token-b", "new-1")
+    calls = [(await _start(bounds, _from(token)))[0] for token in tokens]
+    assert _gauges() == {"in_flight": 4, "unverified": 1, "busiest_pod": 2}
+    for call in calls:
+        await call.ended()
+    await _settle()
+    assert _gauges() == {"in_flight": 0, "unverified": 0, "busiest_pod": 0}
 
 
 def test_the_unverified_share_is_a_quarter_and_never_none() -> None:

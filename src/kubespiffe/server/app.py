@@ -367,6 +367,7 @@ def issuer_server(
         ],
     )
     bounds = CallBounds(service, max_in_flight=config.max_concurrent_rpcs, pod_of=pod_of)
+    bounds.publish()
     server.add_generic_rpc_handlers((bounds,))
     server.add_secure_port(f"{config.listen_host}:{config.port}", identity.grpc_credentials())
     return server

@@ -17,9 +17,10 @@
   A caller without a valid token can thus delay new pods' first calls, but not the pods already served.
 
 Each refusal is RESOURCE_EXHAUSTED, sent at once, counted in `kubespiffe_issuer_limit_refusals_total` and
-logged with the caller's address. grpc's own `maximum_concurrent_rpcs` refuses the same way but counts
-nothing. With a request message bounded too (MAX_REQUEST_BYTES), a call in flight holds at most 32 KiB of
-what its caller sent.
+logged with the caller's address; how full each bound is shows in /metrics too (`publish`), so an
+operator sees a bound coming before its refusals. grpc's own `maximum_concurrent_rpcs` refuses the same
+way but counts nothing. With a request message bounded too (MAX_REQUEST_BYTES), a call in flight holds at
+most 32 KiB of what its caller sent.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Never, TypeAlias
 
 import grpc
+from prometheus_client import Gauge
 
 from kubespiffe.proto import issuer_pb2_grpc
 from kubespiffe.server.issuer import LIMIT_REFUSALS, bearer
@@ -57,6 +59,20 @@ MAX_REQUEST_BYTES = 16 * 1024
 # Calls in flight of one pod (known by its token): its agent's stream, renewals, JWT-SVIDs for several
 # audiences at once, `kubespiffe fetch`.
 MAX_CALLS_PER_POD = 64
+
+IN_FLIGHT = Gauge(
+    "kubespiffe_issuer_calls_in_flight",
+    "Issuer API calls in flight, streams included, from their start (bound: --max-concurrent-rpcs)",
+)
+WAITING_UNVERIFIED = Gauge(
+    "kubespiffe_issuer_calls_unverified",
+    "Issuer API calls from tokens not verified before, waiting for their request "
+    "(bound: a quarter of --max-concurrent-rpcs)",
+)
+BUSIEST_POD = Gauge(
+    "kubespiffe_issuer_busiest_pod_calls",
+    f"Issuer API calls in flight of the pod with the most (bound: {MAX_CALLS_PER_POD})",
+)
 
 
 def unverified_share(max_in_flight: int) -> int:
@@ -110,8 +126,17 @@ class CallBounds(GenericRpcHandler):
     def waiting_unverified(self) -> int:
         return len(self._unverified)
 
-    def in_flight_of(self, pod_uid: str) -> int:
-        return self._per_pod[pod_uid]
+    @property
+    def busiest_pod(self) -> int:
+        """Calls in flight of the pod with the most (a scrape's work: nothing per call)."""
+        return max(self._per_pod.values(), default=0)
+
+    def publish(self) -> None:
+        """Report these bounds' use in /metrics: the process serves one issuer API, so the gauges follow
+        the last CallBounds published. Read at each scrape, they cost the calls nothing."""
+        IN_FLIGHT.set_function(lambda: self.in_flight)
+        WAITING_UNVERIFIED.set_function(lambda: self.waiting_unverified)
+        BUSIEST_POD.set_function(lambda: self.busiest_pod)
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
         handler = self._handlers.get(handler_call_details.method)

@@ -135,8 +135,10 @@ class WorkerPool:
             "from kubespiffe.server.workers import main; main()",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            # Its own session: a terminal's Ctrl-C reaches the primary only, which then stops the workers.
-            start_new_session=True,
+            # Its own process group: a terminal's Ctrl-C reaches the primary only, which then stops the
+            # workers. The primary's session still: where the kernel groups CPU time by session
+            # (sched_autogroup, processes outside any CPU cgroup), N workers in N sessions took N shares.
+            process_group=0,
         )
         assert process.stdin is not None
         payload = pickle.dumps((index, self._config))
