@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import grpc
 from lightkube.models.meta_v1 import ObjectMeta
 from spiffe._proto import workload_pb2, workload_pb2_grpc
+from stack import work_directory  # bench/stack.py (benchmarks run as scripts)
 
 from kubespiffe.authority import store
 from kubespiffe.devenv.stack import AUTHORITY_SECRET, NAMESPACE, agent_command
@@ -64,8 +64,7 @@ async def b_state(cluster: Cluster) -> store.Stored:
     return stored
 
 
-async def main(rounds: int) -> None:
-    root = Path(tempfile.mkdtemp(prefix="kubespiffe-bench-fed-"))
+async def main(rounds: int, root: Path) -> None:
     a, b = Cluster("a", "a", root / "a", ARGS), Cluster("b", "b", root / "b", ARGS)
     agent: subprocess.Popen[bytes] | None = None
     try:
@@ -144,4 +143,5 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=5, help="forced rotations at B (bounded to 20)")
-    asyncio.run(main(min(parser.parse_args().rounds, 20)))
+    with work_directory("kubespiffe-bench-fed-") as root:
+        asyncio.run(main(min(parser.parse_args().rounds, 20), root))

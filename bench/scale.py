@@ -32,7 +32,6 @@ import os
 import re
 import ssl
 import subprocess
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -43,7 +42,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.models.core_v1 import Container, PodSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Pod, ServiceAccount
-from stack import percentiles  # bench/stack.py (benchmarks run as scripts)
+from stack import percentiles, work_directory  # bench/stack.py (benchmarks run as scripts)
 from vs_spire import bench_client, descendants, machine, tree_memory_mb
 
 from kubespiffe.devenv.controlplane import ControlPlane
@@ -296,11 +295,9 @@ def report(label: str, value: str, target: str) -> None:
     print(f"{label:<58} {value:<70} {load:<9} {'target: ' + target if target else ''}", flush=True)
 
 
-async def main(args: argparse.Namespace) -> None:
+async def main(args: argparse.Namespace, work: Path) -> None:
     client = bench_client()
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f}")
-    shm = Path("/dev/shm")
-    work = Path(tempfile.mkdtemp(prefix="kubespiffe-scale-", dir=str(shm) if shm.is_dir() else None))
     with ControlPlane("scale", log_dir=work) as plane:
         kubeconfig = work / "admin.kubeconfig"
         kubeconfig.write_text(plane.admin_kubeconfig())
@@ -420,4 +417,5 @@ if __name__ == "__main__":
     cli.pods, cli.registrations = min(cli.pods, 20000), min(cli.registrations, 5000)
     cli.rate, cli.seconds, cli.downtime = min(cli.rate, 1000), min(cli.seconds, 120), min(cli.downtime, 30)
     cli.workers = min(cli.workers, 16)
-    asyncio.run(main(cli))
+    with work_directory("kubespiffe-scale-") as work:
+        asyncio.run(main(cli, work))

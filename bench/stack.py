@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +34,23 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return ordered[len(ordered) // 2] * 1000, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
 
 
+@contextlib.contextmanager
+def work_directory(prefix: str) -> Iterator[Path]:
+    """A run's directory on tmpfs (its control plane, logs, tokens, sockets): removed after a run that
+    succeeded, kept and named after one that failed, for its logs. Memory either way: none is left behind."""
+    shm = Path("/dev/shm")
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=str(shm) if shm.is_dir() else None))
+    try:
+        yield work
+    except BaseException:
+        print(f"the run failed; its logs are in {work} (remove it when done)", file=sys.stderr)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+
+
 @contextlib.asynccontextmanager
 async def running_stack() -> AsyncIterator[Stack]:
-    shm = Path("/dev/shm")
-    work = Path(tempfile.mkdtemp(prefix="kubespiffe-bench-", dir=str(shm) if shm.is_dir() else None))
-    with ControlPlane("bench", log_dir=work) as plane:
+    with work_directory("kubespiffe-bench-") as work, ControlPlane("bench", log_dir=work) as plane:
         kubeconfig = work / "admin.kubeconfig"
         kubeconfig.write_text(plane.admin_kubeconfig())
         client = AsyncClient(KubeConfig.from_file(kubeconfig))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import grpc
 from lightkube import AsyncClient, KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
-from stack import percentiles  # bench/stack.py (benchmarks run as scripts)
+from stack import percentiles, work_directory  # bench/stack.py (benchmarks run as scripts)
 from vs_spire import machine
 
 from kubespiffe.agent.issuer_client import new_csr
@@ -119,9 +118,7 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def main(args: argparse.Namespace) -> None:
-    shm = Path("/dev/shm")
-    work = Path(tempfile.mkdtemp(prefix="kubespiffe-storm-", dir=str(shm) if shm.is_dir() else None))
+async def main(args: argparse.Namespace, work: Path) -> None:
     print(machine(), flush=True)
     with ControlPlane("storm", log_dir=work) as plane:
         kubeconfig = work / "admin.kubeconfig"
@@ -172,4 +169,5 @@ if __name__ == "__main__":
     parser.add_argument(
         "--connected", action="store_true", help="connect (TLS) before the release: issuance alone"
     )
-    asyncio.run(main(parser.parse_args()))
+    with work_directory("kubespiffe-storm-") as work:
+        asyncio.run(main(parser.parse_args(), work))

@@ -72,7 +72,7 @@ from typing import Any
 from lightkube import AsyncClient, KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node
-from stack import percentiles  # bench/stack.py (benchmarks run as scripts)
+from stack import percentiles, work_directory  # bench/stack.py (benchmarks run as scripts)
 
 from kubespiffe.devenv.build import cache_root, ensure_tool, repo_root
 from kubespiffe.devenv.controlplane import ControlPlane, free_port
@@ -609,9 +609,9 @@ def machine() -> str:
     )
 
 
-async def setup_and_run(args: argparse.Namespace, server_bin: Path, agent_bin: Path, client: Path) -> None:
-    shm = Path("/dev/shm")
-    work = Path(tempfile.mkdtemp(prefix="kubespiffe-vs-spire-", dir=str(shm) if shm.is_dir() else None))
+async def setup_and_run(
+    args: argparse.Namespace, server_bin: Path, agent_bin: Path, client: Path, work: Path
+) -> None:
     work.chmod(0o755)  # SPIRE's per-round workloads run under their own uids and need the sockets
     # A copy the per-round uids can execute (the cache under ~ may not be traversable for them).
     shutil.copy2(client, work / "spiffe-bench")
@@ -951,7 +951,8 @@ def main() -> int:
     except Skip as exc:
         print(f"SKIPPED: {exc}", file=sys.stderr)
         return 0
-    asyncio.run(setup_and_run(args, server, agent, bench_client()))
+    with work_directory("kubespiffe-vs-spire-") as work:
+        asyncio.run(setup_and_run(args, server, agent, bench_client(), work))
     return 0
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,25 @@ class AgentProcess:
                 self.process.wait()
 
 
+_RUNTIME_DIRS: list[Path] = []
+
+
 def _runtime_dir() -> Path:
+    """A private directory on tmpfs for one workload's token, bundle and socket (short enough for a socket
+    path); removed once the test is over."""
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     path = Path(os.path.realpath(os.path.join(str(base or "/tmp"), f"ks-e2e-{uuid.uuid4().hex[:8]}")))
     path.mkdir(mode=0o700)
+    _RUNTIME_DIRS.append(path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _remove_runtime_dirs() -> Iterator[None]:
+    """Set up before, so torn down after, the fixtures that stop the processes using the directories."""
+    yield
+    while _RUNTIME_DIRS:
+        shutil.rmtree(_RUNTIME_DIRS.pop(), ignore_errors=True)
 
 
 AgentFactory = Callable[..., Any]

@@ -61,6 +61,7 @@ from kubespiffe.devenv.stack import (
 from kubespiffe.devenv.workloads import create_pod, ensure_namespace, pod_token
 from kubespiffe.spiffe.bundle import parse_der_certificates, parse_pem_certificates
 from kubespiffe.spiffe.x509svid import X509Svid, id_from_certificate
+from tests.e2e.conftest import _runtime_dir
 from tests.integration.kubespiffed import allow_secret, register, unregister
 
 pytestmark = pytest.mark.e2e
@@ -387,7 +388,7 @@ class Agent:
 async def start_agent(kube: AsyncClient, ns: str, name: str, sa: str, server: str, bundle: bytes) -> Agent:
     """`kubespiffe agent` for a new pod, as its sidecar runs it; waits until it serves an SVID."""
     pod = await create_pod(kube, ns, name, sa)
-    directory = Path(tempfile_dir())
+    directory = _runtime_dir()
     token, bundle_file, socket = directory / "token", directory / "bundle.pem", directory / "agent.sock"
     token.write_text(await pod_token(kube, pod))
     bundle_file.write_bytes(bundle)
@@ -402,13 +403,6 @@ async def start_agent(kube: AsyncClient, ns: str, name: str, sa: str, server: st
         assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
         await asyncio.sleep(0.2)
     return agent
-
-
-def tempfile_dir() -> str:
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
-    path = os.path.join(base, f"ks-faults-{uuid.uuid4().hex[:8]}")
-    os.mkdir(path, 0o700)
-    return path
 
 
 @dataclass
@@ -691,7 +685,7 @@ async def test_three_ca_rotations_while_fifty_workloads_renew(
     workloads = await bounded_gather(
         FLEET, lambda i: workload(kube, ns, f"fleet-{i}", "fleet", daemon.address, bundle)
     )
-    fleet = [Renewer(w, Path(tempfile_dir())) for w in workloads]
+    fleet = [Renewer(w, _runtime_dir()) for w in workloads]
     server = await start_agent(kube, ns, "mesh-server-1", "mesh-server", daemon.address, bundle)
     client = await start_agent(kube, ns, "mesh-client-1", "mesh-client", daemon.address, bundle)
     server_id, client_id = (f"spiffe://example.org/ns/{ns}/sa/mesh-{side}" for side in ("server", "client"))
