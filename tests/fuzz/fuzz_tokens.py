@@ -1,6 +1,7 @@
 """Fuzz targets for the token paths: pod tokens (attestation.token) and JWT-SVIDs (spiffe.jwtsvid).
 
-Three ways into TokenVerifier.verify, each against an in-memory JWKS with one fixed key, no API server:
+Three ways into TokenVerifier.verify, each against an in-memory JWKS with one fixed key, no API server,
+each also through `verify_now` (a call's start), which must refuse only what `verify` refuses:
 
 - `token`: the input is the token. Forged tokens stop at the header, kid and signature checks.
 - `token_signed`: the input is the claims segment, signed here with the JWKS key, so the claim checks
@@ -15,6 +16,7 @@ Three ways into TokenVerifier.verify, each against an in-memory JWKS with one fi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -69,18 +71,35 @@ def _check_refusal(token: str, message: str) -> None:
     assert token not in message or len(token) < 8, "a refusal message must not carry the token"
 
 
-def _verify(token: str, *, jwks_up: bool) -> PodClaims | None:
-    verifier = TokenVerifier(
-        issuer=ISSUER,
-        audience=AUDIENCE,
-        jwks=JwksCache(_jwks if jwks_up else _no_jwks),
-        review=_review,
-    )
+def _verifier(jwks_up: bool) -> TokenVerifier:
+    jwks = JwksCache(_jwks if jwks_up else _no_jwks)
+    return TokenVerifier(issuer=ISSUER, audience=AUDIENCE, jwks=jwks, review=_review)
+
+
+async def _at_the_start(token: str, jwks_up: bool) -> PodClaims | TokenRejected | None:
+    """`verify_now` as a call's start sees it: the JWKS fetched before (when it can be)."""
+    verifier = _verifier(jwks_up)
+    if jwks_up:
+        with contextlib.suppress(TokenRejected):
+            await verifier.verify(sign(b'{"warm":1}'))  # refused, but the JWKS is fetched
     try:
-        claims = _LOOP.run_until_complete(verifier.verify(token))
+        return verifier.verify_now(token)
     except TokenRejected as exc:
         _check_refusal(token, str(exc))
+        return exc
+
+
+def _verify(token: str, *, jwks_up: bool) -> PodClaims | None:
+    early = _LOOP.run_until_complete(_at_the_start(token, jwks_up))
+    try:
+        claims = _LOOP.run_until_complete(_verifier(jwks_up).verify(token))
+    except TokenRejected as exc:
+        _check_refusal(token, str(exc))
+        assert not isinstance(early, PodClaims), "accepted at a call's start, refused by verify"
         return None
+    # A call's start refuses only what `verify` refuses, and agrees with it on what it accepts.
+    assert not isinstance(early, TokenRejected), f"refused at the start only: {early}"
+    assert early is None or early == claims
     assert all(isinstance(v, str) and v for v in (claims.namespace, claims.service_account))
     assert all(isinstance(v, str) and v for v in (claims.pod_name, claims.pod_uid))
     assert claims.expires_at.tzinfo is not None

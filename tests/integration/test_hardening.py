@@ -116,7 +116,7 @@ async def test_token_with_several_audiences_is_refused(
     response = await kube.create(request, "multi", namespace=namespace)
     with pytest.raises(TokenRefused, match="audience"):
         await kubespiffed.fetch(response.status.token)
-    assert re.search(r"rejected reason=.*audience", kubespiffed.log.read_text())
+    assert re.search(r"rejected .*reason=.*audience", kubespiffed.log.read_text())
 
 
 # Finding 4: pod binding looser than the API server's own (TokenReview refuses both of these).
@@ -497,51 +497,84 @@ async def _known_token(kube: AsyncClient, running: Running, namespace: str, name
     return token
 
 
-def _refusal_logged(running: Running, writer: asyncio.StreamWriter, reason: str) -> bool:
+def _refusal_logged(
+    running: Running, writer: asyncio.StreamWriter, reason: str, *, exact: bool = True
+) -> bool:
+    """Whether `running` logged refusing a call of this connection, for `reason` (or one containing it)."""
     host, port = writer.get_extra_info("sockname")[:2]
-    return f"rejected peer=ipv4:{host}:{port} reason={reason!r}" in running.log.read_text()
+    prefix = f"rejected peer=ipv4:{host}:{port} reason="
+    if exact:
+        return prefix + repr(reason) in running.log.read_text()
+    return any(prefix in line and reason in line for line in running.log.read_text().splitlines())
 
 
 _EXHAUSTED = str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]).encode()
 
 
-async def test_calls_that_never_send_their_request_are_bounded_by_shares(
+_UNAUTHENTICATED = str(grpc.StatusCode.UNAUTHENTICATED.value[0]).encode()
+
+
+async def test_calls_without_a_valid_token_are_refused_at_their_start(
     kube: AsyncClient, limited: Running, namespace: str
 ) -> None:
-    """Calls count from their start, before their request (3 at most here). A new token's calls wait in a
-    share of their own (a quarter, at least 1), which a call leaves once its request is in: a caller
-    without a valid token cannot hold back a pod whose token is known. All of them stop counting when their
-    connection goes."""
+    """No token, a garbage one, a forged signature, a made-up key id right after a JWKS fetch: each call
+    is refused (UNAUTHENTICATED) as soon as its headers are in, before any request, and holds nothing:
+    a pod goes on minting while 12 such calls stay open on a replica that admits 3 calls at once."""
+    token = await _known_token(kube, limited, namespace, "valid")
+    header, payload, _ = token.split(".")
+    forged = f"{header}.{payload}.{'A' * 342}"  # the cluster's key id, a signature it did not make
+    claims = jwt.decode(token, options={"verify_signature": False})
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    made_up = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "made-up"})
+    refused = {"": "no token", "garbage": "not a well-formed JWT", forged: "signature", made_up: "made-up"}
+    async with _channel(limited) as channel:  # its key id is now settled unknown for 10 s (one fetch)
+        assert (
+            await _mint_code(issuer_pb2_grpc.IssuerStub(channel), made_up) == grpc.StatusCode.UNAUTHENTICATED
+        )
+    reader, writer = await _h2_connection(limited)
+    decoder = Decoder()
+    try:
+        writer.write(_PREFACE + SettingsFrame(0).serialize() + SettingsFrame(0, flags=["ACK"]).serialize())
+        for round_ in range(3):
+            for i, (bad, reason) in enumerate(refused.items()):
+                stream = 1 + 2 * (round_ * len(refused) + i)
+                writer.write(_header_frames(_MINT, bad, end_headers=True, stream=stream))  # no request
+                await writer.drain()
+                assert await _status_of(reader, decoder, stream) == _UNAUTHENTICATED, reason
+                assert _refusal_logged(limited, writer, reason, exact=False)
+        async with _channel(limited) as channel:
+            assert await _mint_code(issuer_pb2_grpc.IssuerStub(channel), token) == grpc.StatusCode.OK
+    finally:
+        writer.transport.abort()  # at once: a TLS close() waits for the peer's close_notify
+
+
+async def test_calls_that_never_send_their_request_count_until_they_end(
+    kube: AsyncClient, limited: Running, namespace: str
+) -> None:
+    """Calls count from their start, before their request (3 at most here), and stop counting when their
+    connection goes. A starting pod's first call is verified at its start and counts for its pod."""
     token = await _known_token(kube, limited, namespace, "shares")
     await register(kube, "starting", {"serviceAccountNames": ["starting"]}, namespace)
     _, new_token = await pod_with_token(kube, namespace, "starting", "starting")
-    unverified = await _refusals(limited, "unverified_calls")
     busy = await _refusals(limited, "concurrent_rpcs")
     reader, writer = await _h2_connection(limited)
     decoder = Decoder()
     async with _channel(limited) as channel:
-        # A starting pod's stream: a new token at its start, in flight for as long as it is open.
-        stream = await _open_stream(channel, new_token)
+        stream = await _open_stream(channel, new_token)  # in flight for as long as it is open
         try:
             writer.write(_PREFACE + SettingsFrame(0).serialize())
             writer.write(SettingsFrame(0, flags=["ACK"]).serialize())
-            writer.write(_header_frames(_MINT, "new-token", end_headers=True, stream=1))
-            writer.write(_header_frames(_MINT, "another-new-token", end_headers=True, stream=3))
-            await writer.drain()
-            assert await _status_of(reader, decoder, 3) == _EXHAUSTED, "the share of 1 holds call 1"
-            assert await _refusals(limited, "unverified_calls") == unverified + 1
-            assert _refusal_logged(limited, writer, "1 calls from new tokens waiting for their request")
-            stub = issuer_pb2_grpc.IssuerStub(channel)
-            assert await _mint_code(stub, token) == grpc.StatusCode.OK, "a known pod goes on"
-            # One of the known pod's calls that never sends its request fills the 3.
-            for call in (5, 7):
+            for call, in_flight in ((1, 2), (3, 3)):  # the known pod's calls that never send their request
                 writer.write(_header_frames(_MINT, token, end_headers=True, stream=call))
+                await writer.drain()
+                await _in_flight(limited, in_flight)  # grpc may start calls sent together in any order
+            writer.write(_header_frames(_MINT, token, end_headers=True, stream=5))
             await writer.drain()
-            assert await _status_of(reader, decoder, 7) == _EXHAUSTED
+            assert await _status_of(reader, decoder, 5) == _EXHAUSTED
             assert await _refusals(limited, "concurrent_rpcs") == busy + 1
             assert _refusal_logged(limited, writer, "3 calls in flight")
         finally:
-            writer.transport.abort()  # at once: a TLS close() waits for the peer's close_notify
+            writer.transport.abort()
             stream.cancel()
     async with _channel(limited) as channel:
         stub = issuer_pb2_grpc.IssuerStub(channel)
@@ -550,6 +583,60 @@ async def test_calls_that_never_send_their_request_are_bounded_by_shares(
             assert time.monotonic() < deadline, "the calls of a closed connection still count"
             await asyncio.sleep(0.1)
         assert code == grpc.StatusCode.OK
+
+
+async def _in_flight(running: Running, count: int) -> None:
+    """Until `running` has `count` calls in flight (its gauge), within 3 s."""
+    deadline = time.monotonic() + 3
+    while (now := await _metric(running, "kubespiffe_issuer_calls_in_flight")) != count:
+        assert time.monotonic() < deadline, f"{now:.0f} calls in flight, not {count}"
+        await asyncio.sleep(0.05)
+
+
+def _jwks_loads(running: Running) -> list[dt.datetime]:
+    """When `running` loaded the cluster JWKS, from its log."""
+    return [
+        dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+        for line in running.log.read_text().splitlines()
+        if "cluster JWKS loaded" in line
+    ]
+
+
+async def test_a_call_only_a_jwks_fetch_can_decide_waits_in_a_share_and_a_deadline(
+    kube: AsyncClient, limited: Running, namespace: str
+) -> None:
+    """A key id the JWKS lacks, once a fetch is due (10 s after the last): the API server may have a new
+    key, so the call waits for its request in the share of such calls (1 here), at most the handshake
+    timeout (2 s here), and the fetch starts at once: the next made-up key id is refused at its start."""
+    _, real = await pod_with_token(kube, namespace, "rotating", "rotating")
+    claims = jwt.decode(real, options={"verify_signature": False})
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    waits, refused = (
+        jwt.encode(claims, key, algorithm="RS256", headers={"kid": k}) for k in ("new-1", "new-2")
+    )
+    loads = _jwks_loads(limited)
+    if loads:  # a fetch is due 10 s after the last
+        await asyncio.sleep(max(0.0, 10.5 - (dt.datetime.now() - loads[-1]).total_seconds()))
+    timeouts = await _refusals(limited, "request_timeout")
+    reader, writer = await _h2_connection(limited)
+    decoder = Decoder()
+    try:
+        writer.write(_PREFACE + SettingsFrame(0).serialize() + SettingsFrame(0, flags=["ACK"]).serialize())
+        writer.write(_header_frames(_MINT, waits, end_headers=True, stream=1))  # no request
+        await writer.drain()
+        deadline = time.monotonic() + 3
+        while len(_jwks_loads(limited)) == len(loads):
+            assert time.monotonic() < deadline, "the call's start did not fetch the JWKS"
+            await asyncio.sleep(0.05)
+        writer.write(_header_frames(_MINT, refused, end_headers=True, stream=3))
+        await writer.drain()
+        assert await _status_of(reader, decoder, 3) == _UNAUTHENTICATED
+        assert _refusal_logged(limited, writer, "'new-2' is not in the cluster JWKS", exact=False)
+        assert await _status_of(reader, decoder, 1) == _EXHAUSTED  # 2 s after its start
+        assert await _refusals(limited, "request_timeout") == timeouts + 1
+        assert _refusal_logged(limited, writer, "no request within 2 s")
+    finally:
+        writer.transport.abort()
 
 
 async def test_one_pod_holds_at_most_64_calls_at_once(
@@ -563,13 +650,18 @@ async def test_one_pod_holds_at_most_64_calls_at_once(
     reader, writer = await _h2_connection(patient)
     try:
         writer.write(_PREFACE + SettingsFrame(0).serialize() + SettingsFrame(0, flags=["ACK"]).serialize())
-        for stream in range(1, 2 * 65, 2):  # 65 calls, none sends its request
+        for stream in range(1, 2 * 64, 2):  # 64 calls, none sends its request
             writer.write(_header_frames(_MINT, token, end_headers=True, stream=stream))
+        await writer.drain()
+        deadline = time.monotonic() + 3  # all started (grpc may start calls sent together in any order)
+        while await _metric(patient, "kubespiffe_issuer_busiest_pod_calls") != 64:
+            assert time.monotonic() < deadline, "the pod's 64 calls did not all start"
+            await asyncio.sleep(0.05)
+        writer.write(_header_frames(_MINT, token, end_headers=True, stream=129))
         await writer.drain()
         assert await _status_of(reader, Decoder(), 129) == _EXHAUSTED
         assert await _refusals(patient, "calls_per_pod") == before + 1
         assert _refusal_logged(patient, writer, "64 calls in flight for this pod")
-        assert await _metric(patient, "kubespiffe_issuer_busiest_pod_calls") == 64
         async with _channel(patient) as channel:
             assert await _mint_code(issuer_pb2_grpc.IssuerStub(channel), other) == grpc.StatusCode.OK
     finally:
@@ -578,13 +670,15 @@ async def test_one_pod_holds_at_most_64_calls_at_once(
 
 @pytest.mark.parametrize("size", [16 * 1024 + 1, 4 * 1024 * 1024 - 64], ids=["16KiB+1", "4MiB"])
 async def test_a_request_over_16_kib_is_refused_from_its_length_prefix(
-    stub: issuer_pb2_grpc.IssuerAsyncStub, size: int
+    kube: AsyncClient, kubespiffed: Running, namespace: str, stub: issuer_pb2_grpc.IssuerAsyncStub, size: int
 ) -> None:
     """grpc's default would buffer 4 MiB per call before kubespiffed sees it; 16 KiB is several times the
-    largest legitimate request (tests/unit/test_callbounds.py)."""
+    largest legitimate request (tests/unit/test_callbounds.py). From a valid token: any other is refused
+    before its request is read at all."""
+    token = await _known_token(kube, kubespiffed, namespace, f"big-{size}")
     request = issuer_pb2.MintX509SVIDRequest(csr=b"\x30" * size)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.MintX509SVID(request, metadata=(("authorization", "Bearer x"),), timeout=10)
+        await stub.MintX509SVID(request, metadata=(("authorization", f"Bearer {token}"),), timeout=10)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "larger than max" in str(caught.value.details())
 

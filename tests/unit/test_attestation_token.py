@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import time
@@ -290,21 +291,90 @@ async def test_verified_tokens_are_cached_until_they_expire(monkeypatch: pytest.
     assert len(checked) == 2, "an expired cache entry must not answer"
 
 
-async def test_known_answers_only_for_tokens_verified_before_and_unexpired(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """`known` (who a call is from before its request is read) verifies nothing and does no I/O."""
-    v = verifier(Jwks((KEY, "k1")))
+async def _settled(jwks: Jwks, review: Any = None) -> TokenVerifier:
+    """A verifier whose JWKS was fetched just now, as at a call's start in a running kubespiffed."""
+    v = verifier(jwks, review)
+    await v.verify(sign(claims(jti="warm-up")))
+    return v
+
+
+async def test_verify_now_verifies_a_new_token_at_once_and_caches_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call's start (server.callbounds) needs no I/O for a valid token whose key the JWKS has."""
+    jwks = Jwks((KEY, "k1"))
+    v = await _settled(jwks)
     token = sign(claims(exp=int(time.time()) + 60))
-    assert v.known(token) is None, "not verified yet"
-    verified = await v.verify(token)
-    assert v.known(token) == verified
-    forged = sign(claims(exp=int(time.time()) + 60), key=rsa.generate_private_key(65537, 2048))
-    for other in (forged, "", "x" * 7000, "tøken", token + "x"):
-        assert v.known(other) is None
-    now = time.time()
-    monkeypatch.setattr(time, "time", lambda: now + 120)
-    assert v.known(token) is None, "expired"
+    claimed = v.verify_now(token)
+    assert claimed is not None and claimed.pod_uid == "pod-uid"
+
+    async def no_io(token: str, digest: bytes) -> PodClaims:
+        raise AssertionError("verify must answer from the cache")
+
+    monkeypatch.setattr(v, "_verify", no_io)
+    assert await v.verify(token) == claimed
+    assert jwks.fetches == 1
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: "", "no token"),
+        (lambda: "a" * 7000, "larger than"),
+        (lambda: sign(claims()) + "\udcff", "ASCII"),
+        (lambda: "not.a.jwt", "not a well-formed JWT"),
+        (lambda: jwt.encode(claims(), "secret" * 8, algorithm="HS256", headers={"kid": "k1"}), "'HS256'"),
+        (lambda: jwt.encode(claims(), KEY, algorithm="RS256"), "no key id"),
+        (lambda: sign(claims(), rsa.generate_private_key(65537, 2048)), "signature does not verify"),
+        (lambda: sign(claims(), kid="made-up"), "not in the cluster JWKS"),
+        (lambda: sign(claims(exp=int(time.time()) - 60)), "expired"),
+        (lambda: sign(claims(aud=["kubespiffe", "api"])), "not exactly 'kubespiffe'"),
+        (lambda: sign(claims(**{"kubernetes.io": None})), "no kubernetes.io claims"),
+    ],
+)
+async def test_verify_now_refuses_what_verify_refuses(make: Callable[[], str], message: str) -> None:
+    jwks = Jwks((KEY, "k1"))
+    v = await _settled(jwks)
+    token = make()
+    with pytest.raises(TokenRejected, match=message):
+        v.verify_now(token)
+    with pytest.raises(TokenRejected, match=message):
+        await v.verify(token)
+    assert jwks.fetches == 1, "a made-up kid right after a fetch costs no other"
+
+
+async def test_verify_now_leaves_a_new_kid_to_a_fetch_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kid the JWKS lacks, once a fetch is due: only the fetch can tell (the API server may have
+    rotated its key), and it starts at once, so made-up kids are refused at the start from then on."""
+    monkeypatch.setattr("kubespiffe.attestation.token._JWKS_MIN_REFRESH_SECONDS", 0.05)
+    rotated = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks = Jwks((KEY, "k1"))
+    v = await _settled(jwks)
+    await asyncio.sleep(0.06)
+    jwks.keys.append((rotated, "k2"))
+    assert v.verify_now(sign(claims(), rotated, "k2")) is None
+    assert v.verify_now(sign(claims(), kid="made-up")) is None, "the fetch has not answered yet"
+    with pytest.raises(TokenRejected, match="issuer"):
+        v.verify_now(sign(claims(iss="https://evil"), kid="made-up-too"))  # what can never be ours
+    await asyncio.sleep(0.01)
+    assert jwks.fetches == 2, "one fetch for both"
+    assert v.verify_now(sign(claims(), rotated, "k2")) is not None
+    with pytest.raises(TokenRejected, match="not in the cluster JWKS"):
+        v.verify_now(sign(claims(), kid="made-up"))
+
+
+async def test_verify_now_leaves_tokens_to_token_review_while_the_jwks_is_unavailable() -> None:
+    jwks = Jwks((KEY, "k1"))
+    jwks.fail = True
+    reviews: list[str] = []
+    v = verifier(jwks, _refusing_review(reviews))
+    token = sign(claims())
+    assert v.verify_now(token) is None
+    with pytest.raises(TokenRejected, match="TokenReview refused"):
+        await v.verify(token)
+    with pytest.raises(TokenRejected, match="TokenReview refused"):
+        v.verify_now(token)  # the refusal is remembered: refused at the start, no second review
+    with pytest.raises(TokenRejected, match="expired"):
+        v.verify_now(sign(claims(exp=int(time.time()) - 60)))
+    assert len(reviews) == 1
 
 
 # Found by fuzzing (tests/fuzz, token*): each escaped as another exception (UnicodeEncodeError,

@@ -1,13 +1,15 @@
-"""CallBounds' choice per call (the method's own handler, a refusal, or nothing: grpc's UNIMPLEMENTED) and its
-counts of calls in flight: overall, per pod, and of new tokens waiting for their request. Its effect on the
-wire (refused before the request is read) is tested against kubespiffed in
-tests/integration/test_hardening.py."""
+"""CallBounds' choice per call (the method's own handler, the same behind a deadline for its request, a
+refusal, or nothing: grpc's UNIMPLEMENTED) and its counts of calls in flight: overall, per pod, and of
+calls whose token only I/O can verify. Its effect on the wire (refused before the request is read) is
+tested against kubespiffed in tests/integration/test_hardening.py."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import NamedTuple
+from collections.abc import AsyncIterator
+from typing import Any, NamedTuple, NoReturn
 
+import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -15,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from prometheus_client import REGISTRY
 
+from kubespiffe.attestation.token import TokenRejected
 from kubespiffe.constants import JWT_AUDIENCE_MAX_COUNT, JWT_AUDIENCE_MAX_LENGTH
 from kubespiffe.proto import issuer_pb2, issuer_pb2_grpc
 from kubespiffe.server.callbounds import (
@@ -33,13 +36,37 @@ class Details(NamedTuple):
 
 ISSUER = "/kubespiffe.issuer.v1.Issuer/"
 MINT = ISSUER + "MintX509SVID"
-# Tokens verified before, and the pods they speak for; any other token is new.
+# Valid tokens and the pods they speak for; "bad-..." tokens are refused; any other only I/O can decide.
 PODS = {"token-a": "uid-a", "token-b": "uid-b", "token-c": "uid-c"}
 
 
-def _bounds(max_in_flight: int = 10, max_per_pod: int = 64) -> CallBounds:
-    servicer = issuer_pb2_grpc.IssuerServicer()  # type: ignore[abstract]  # only dispatched, never called
-    return CallBounds(servicer, max_in_flight=max_in_flight, pod_of=PODS.get, max_per_pod=max_per_pod)
+def _pod_of(token: str) -> str | None:
+    if not token:
+        raise TokenRejected("no token was presented")
+    if token.startswith("bad"):
+        raise TokenRejected(f"{token} is forged")
+    return PODS.get(token)
+
+
+class Echo(issuer_pb2_grpc.IssuerServicer):
+    """Answers with what it was asked: the request a method got, as grpc would have passed it."""
+
+    async def MintX509SVID(self, request: Any, context: Any) -> Any:
+        return ("minted", request)
+
+    async def WatchBundles(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        for n in (1, 2):
+            yield ("bundles", n, request)
+
+
+def _bounds(max_in_flight: int = 10, max_per_pod: int = 64, request_timeout: float = 10.0) -> CallBounds:
+    return CallBounds(
+        Echo(),  # type: ignore[abstract]  # the other methods are only dispatched, never called
+        max_in_flight=max_in_flight,
+        pod_of=_pod_of,
+        max_per_pod=max_per_pod,
+        request_timeout=request_timeout,
+    )
 
 
 def _metadata(size: int) -> tuple[tuple[str, str], ...]:
@@ -52,11 +79,41 @@ def _from(token: str) -> Details:
 
 
 def _refusal(handler: Handler | None) -> str:
-    """Which refusal `handler` is ("" for a method's own handler): refusals read no request first."""
+    """Which refusal `handler` is ("" for a method's handler, with or without a deadline for its request):
+    refusals read no request."""
     assert handler is not None
-    if not handler.request_streaming:
-        return ""
-    return str(handler.stream_unary.__name__).removeprefix("_refuse_")  # type: ignore[union-attr]
+    name = str(getattr(handler.stream_unary or handler.stream_stream, "__name__", ""))
+    return name.removeprefix("_refuse_") if name.startswith("_refuse_") else ""
+
+
+def _waits_for_request(handler: Handler | None) -> bool:
+    """The method's handler behind a deadline for its request (it reads the request itself)."""
+    assert handler is not None
+    return handler.request_streaming and not _refusal(handler)
+
+
+class Aborted(Exception):
+    pass
+
+
+class Context:
+    """What CallBounds' handlers use of grpc's servicer context: read, abort, peer."""
+
+    def __init__(self, request: Any = None) -> None:
+        self._request = request
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    async def read(self) -> Any:
+        if self._request is None:
+            await asyncio.Event().wait()  # a request that never comes
+        return self._request
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:4242"
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        self.aborted = (code, details)
+        raise Aborted(details)
 
 
 class Call:
@@ -103,10 +160,58 @@ async def _settle() -> None:
 async def test_every_issuer_method_is_served() -> None:
     bounds = _bounds()
     for method in issuer_pb2.DESCRIPTOR.services_by_name["Issuer"].methods:
-        call, handler = await _start(bounds, Details(ISSUER + method.name, _metadata(100)))
-        assert handler is not None and handler.response_streaming == method.server_streaming
-        assert _refusal(handler) == ""  # the method's own handler: grpc reads the request first
+        for token, waits in (("token-a", False), ("unknown", True)):
+            call, handler = await _start(bounds, Details(ISSUER + method.name, _from(token)[1]))
+            assert handler is not None and handler.response_streaming == method.server_streaming
+            assert _refusal(handler) == ""
+            assert _waits_for_request(handler) == waits  # else grpc reads the request first
+            await call.ended()
+
+
+async def test_a_token_refused_at_the_start_ends_the_call_before_its_request() -> None:
+    """UNAUTHENTICATED, as the method would have answered once it had read the request."""
+    bounds = _bounds(max_in_flight=1)
+    before = REGISTRY.get_sample_value(
+        "kubespiffe_issuer_requests_total", {"rpc": "x509", "outcome": "token_rejected"}
+    )
+    for _ in range(3):  # not counted: a bound of 1 holds none of them
+        call, handler = await _start(bounds, _from("bad-token"))
+        assert _refusal(handler) == "token" and bounds.in_flight == 0
         await call.ended()
+    context = Context()
+    assert handler is not None
+    refuse: Any = handler.stream_unary
+    with pytest.raises(Aborted):
+        await refuse(None, context)
+    assert context.aborted == (grpc.StatusCode.UNAUTHENTICATED, "token refused: bad-token is forged")
+    after = REGISTRY.get_sample_value(
+        "kubespiffe_issuer_requests_total", {"rpc": "x509", "outcome": "token_rejected"}
+    )
+    assert after == (before or 0) + 1
+
+
+async def test_a_call_only_io_can_verify_gets_its_request_in_time_or_ends() -> None:
+    bounds = _bounds(request_timeout=0.05)
+    call, handler = await _start(bounds, _from("unknown"))
+    _, watch_handler = await _start(bounds, Details(ISSUER + "WatchBundles", _from("unknown")[1]))
+    assert handler is not None and watch_handler is not None
+    mint: Any = handler.stream_unary
+    watch: Any = watch_handler.stream_stream
+    assert await mint(None, Context("csr")) == ("minted", "csr")
+    assert [r async for r in watch(None, Context("w"))] == [("bundles", 1, "w"), ("bundles", 2, "w")]
+    timeouts = {"limit": "request_timeout"}
+    before = REGISTRY.get_sample_value("kubespiffe_issuer_limit_refusals_total", timeouts)
+    late = Context()
+    with pytest.raises(Aborted):
+        await mint(None, late)
+    assert late.aborted == (grpc.StatusCode.RESOURCE_EXHAUSTED, "no request within 0.05 s")
+    after = REGISTRY.get_sample_value("kubespiffe_issuer_limit_refusals_total", timeouts)
+    assert after == (before or 0) + 1
+    ended = Context(grpc.aio.EOF)  # type: ignore[attr-defined]
+    with pytest.raises(Aborted):
+        await mint(None, ended)
+    assert ended.aborted == (grpc.StatusCode.INVALID_ARGUMENT, "the call ended without its request")
+    await call.ended()
 
 
 @pytest.mark.parametrize(
@@ -126,7 +231,7 @@ async def test_metadata_over_the_bound_gets_the_refusal(
 ) -> None:
     bounds = _bounds()
     call, handler = await _start(bounds, Details(MINT, metadata))
-    assert _refusal(handler) == ("metadata" if refused else "")
+    assert (_refusal(handler) == "metadata") == refused
     await call.ended()
 
 
@@ -167,15 +272,20 @@ async def test_one_pod_holds_at_most_its_share() -> None:
     assert bounds.busiest_pod == 0 and bounds.in_flight == 0
 
 
-async def test_new_tokens_wait_for_their_request_in_a_share_of_their_own() -> None:
-    """A caller with no valid token can fill only this share: pods whose tokens are known go on."""
+async def test_calls_only_io_can_verify_wait_for_their_request_in_a_share_of_their_own() -> None:
+    """Calls whose token cannot be told valid or not without I/O fill only this share: pods whose tokens
+    are valid go on; a call with no token, or a refused one, is not let in at all."""
     bounds = _bounds(max_in_flight=8)
     share = unverified_share(8)
     assert share == 2
     waiting = [(await _start(bounds, _from(f"new-{i}")))[0] for i in range(share)]
     no_token = Details(MINT, (("user-agent", "test"),))
-    refused_calls = [await _start(bounds, _from("new-x")), await _start(bounds, no_token)]
-    assert [_refusal(handler) for _, handler in refused_calls] == ["unverified_busy"] * 2
+    refused_calls = [
+        await _start(bounds, _from("new-x")),
+        await _start(bounds, no_token),
+        await _start(bounds, _from("bad-x")),
+    ]
+    assert [_refusal(handler) for _, handler in refused_calls] == ["unverified_busy", "token", "token"]
     known, accepted = await _start(bounds, _from("token-a"))
     assert _refusal(accepted) == ""
     # Once its request is in, a call is attested like any other: it leaves the share, still in flight.

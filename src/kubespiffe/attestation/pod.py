@@ -71,9 +71,11 @@ class PodAttestor:
     async def wait_synced(self) -> None:
         await self.service_accounts.synced.wait()
 
-    def known_pod(self, token: str) -> str | None:
-        """The UID of the pod a token verified before speaks for (no I/O; `attest` still decides)."""
-        claims = self._verifier.known(token)
+    def pod_now(self, token: str) -> str | None:
+        """The UID of the pod the token speaks for, told without I/O (`TokenVerifier.verify_now`): None
+        when only I/O can tell, TokenRejected when the token is refused. `attest` still decides: the pod
+        itself is checked there."""
+        claims = self._verifier.verify_now(token)
         return claims.pod_uid if claims is not None else None
 
     async def attest(self, token: str) -> AttestedPod:

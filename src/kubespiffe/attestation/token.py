@@ -6,6 +6,9 @@ and an algorithm allow-list. A `kid` still unknown after a refetch is refused he
 token with the public claims (issuer, audience, expiry) and a made-up `kid`, so such tokens must not cost
 the API server anything.
 
+`verify_now` goes as far without I/O, for a call's start: a token without a valid signature is refused
+before its caller's request is even read, and it says when only a fetch or a TokenReview can decide.
+
 TokenReview decides only when the JWKS cannot be had at all (the API server does not serve it, or the
 fetch failed). Then each distinct token costs at most one TokenReview per `REFUSAL_TTL_SECONDS` (refusals
 are remembered, in a bounded cache), and TokenReviews are bounded globally by a token bucket
@@ -81,6 +84,7 @@ class JwksCache:
         self._fetched_at = -_JWKS_MIN_REFRESH_SECONDS
         self._failed = False
         self._lock = asyncio.Lock()
+        self._refreshing: asyncio.Task[None] | None = None
 
     async def key(self, kid: str) -> jwt.PyJWK | None:
         """The key, None if the JWKS has no such kid; raises if the JWKS could not be had (the last fetch
@@ -93,6 +97,34 @@ class JwksCache:
             elif kid not in self._keys and self._failed:
                 raise ConnectionError("the last fetch of the cluster JWKS failed")
         return self._keys.get(kid)
+
+    def key_now(self, kid: str) -> jwt.PyJWK | None:
+        """The key if the JWKS as last fetched has it (no I/O)."""
+        return self._keys.get(kid)
+
+    @property
+    def settled(self) -> bool:
+        """Whether a kid missing now would still be missing after `key`: the last fetch succeeded and the
+        next is not due yet."""
+        return not self._failed and not self._due()
+
+    def refresh_soon(self) -> None:
+        """Fetch in the background if a fetch is due: a kid seen only at a call's start (a call that never
+        sends its request never reaches `key`) is then settled within a fetch's time."""
+        if self._due() and (self._refreshing is None or self._refreshing.done()):
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh_if_due())
+
+    def _due(self) -> bool:
+        return time.monotonic() - self._fetched_at >= _JWKS_MIN_REFRESH_SECONDS
+
+    async def _refresh_if_due(self) -> None:
+        async with self._lock:
+            if not self._due():
+                return
+            try:
+                await self.refresh()
+            except Exception as exc:  # the next due fetch tries again; `key` reports it to callers
+                log.warning("cluster JWKS fetch failed: %s", exc)
 
     async def refresh(self) -> None:
         self._fetched_at = time.monotonic()
@@ -159,29 +191,44 @@ class TokenVerifier:
         Agents present the same token for every renewal until the kubelet rotates it, so the signature is
         checked once per token, not once per issuance. The pod binding is still checked every time.
         """
-        if not token:
-            raise TokenRejected("no token was presented")
-        if len(token) > MAX_TOKEN_BYTES:
-            raise TokenRejected(f"token is larger than {MAX_TOKEN_BYTES} bytes")
-        if not token.isascii():
-            raise TokenRejected("token is not ASCII (a JWS compact serialization never is)")
-        digest = hashlib.sha256(token.encode()).digest()
+        digest = _digest(token)
         cached = self._cached(digest)
         if cached is not None:
             return cached
         claims = await self._verify(token, digest)
+        self._remember(digest, claims)
+        return claims
+
+    def verify_now(self, token: str) -> PodClaims | None:
+        """`verify` as far as it goes without I/O, for a call's start (server.callbounds).
+
+        The claims of a token verified now or before (cached as `verify` caches them); TokenRejected when
+        the token is refused whatever the API server would say; None when only I/O can decide: its kid is
+        not in the JWKS as last fetched and a fetch is due (started here), or the JWKS cannot be had and
+        TokenReview decides. Tokens without a valid signature thus never wait at all."""
+        digest = _digest(token)
+        cached = self._cached(digest)
+        if cached is not None:
+            return cached
+        refused = self._refused.get(digest)
+        if refused is not None and refused[0] > time.monotonic():
+            raise TokenRejected(refused[1])
+        alg, kid = self._header(token)
+        key = self._jwks.key_now(kid)
+        if key is None:
+            if self._jwks.settled:
+                raise TokenRejected(f"token key id {kid!r} is not in the cluster JWKS")
+            self._jwks.refresh_soon()
+            _precheck_unverified(token, self.issuer, self.audience)
+            return None
+        claims = self._decode(token, key, alg)
+        self._remember(digest, claims)
+        return claims
+
+    def _remember(self, digest: bytes, claims: PodClaims) -> None:
         if len(self._cache) >= _CACHE_SIZE:
             self._cache.pop(next(iter(self._cache)))
         self._cache[digest] = claims
-        return claims
-
-    def known(self, token: str) -> PodClaims | None:
-        """The claims of `token` if it was verified before and has not expired; no I/O, nothing verified.
-
-        Who a call comes from before its request is read (server.callbounds); `verify` still decides."""
-        if not token or len(token) > MAX_TOKEN_BYTES or not token.isascii():
-            return None
-        return self._cached(hashlib.sha256(token.encode()).digest())
 
     def _cached(self, digest: bytes) -> PodClaims | None:
         cached = self._cache.get(digest)
@@ -190,6 +237,18 @@ class TokenVerifier:
         return None
 
     async def _verify(self, token: str, digest: bytes) -> PodClaims:
+        alg, kid = self._header(token)
+        try:
+            key = await self._jwks.key(kid)
+        except Exception as exc:
+            log.warning("cluster JWKS unavailable (%s); asking TokenReview", exc)
+            return await self._fallback(token, digest)
+        if key is None:
+            raise TokenRejected(f"token key id {kid!r} is not in the cluster JWKS")
+        return self._decode(token, key, alg)
+
+    def _header(self, token: str) -> tuple[str, str]:
+        """The token's algorithm (an allowed one) and key id."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -200,13 +259,10 @@ class TokenVerifier:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise TokenRejected("token header has no key id (kid)")
-        try:
-            key = await self._jwks.key(kid)
-        except Exception as exc:
-            log.warning("cluster JWKS unavailable (%s); asking TokenReview", exc)
-            return await self._fallback(token, digest)
-        if key is None:
-            raise TokenRejected(f"token key id {kid!r} is not in the cluster JWKS")
+        return str(alg), kid
+
+    def _decode(self, token: str, key: jwt.PyJWK, alg: str) -> PodClaims:
+        """Signature and claims, checked with the cluster's key."""
         try:
             claims = jwt.decode(
                 token,
@@ -264,6 +320,17 @@ class TokenVerifier:
         while len(self._refused) >= _CACHE_SIZE:
             self._refused.popitem(last=False)
         self._refused[digest] = (time.monotonic() + REFUSAL_TTL_SECONDS, message)
+
+
+def _digest(token: str) -> bytes:
+    """The token's cache key, once it is shaped like a token at all."""
+    if not token:
+        raise TokenRejected("no token was presented")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise TokenRejected(f"token is larger than {MAX_TOKEN_BYTES} bytes")
+    if not token.isascii():
+        raise TokenRejected("token is not ASCII (a JWS compact serialization never is)")
+    return hashlib.sha256(token.encode()).digest()
 
 
 def _check_audience(aud: object, audience: str) -> None:

@@ -108,7 +108,7 @@ async def serve(config: ServerConfig, client: AsyncClient) -> None:
     )
     attestor, token_issuer = await pod_attestor(config, client, registry)
     server = issuer_server(
-        config, identity, issuer_service(config, attestor, registry, authority), attestor.known_pod
+        config, identity, issuer_service(config, attestor, registry, authority), attestor.pod_now
     )
     ready = asyncio.Event()
     podcert_loops, podcert_readyz = await pod_certificates(config, client, registry, authority, leader)
@@ -208,7 +208,7 @@ async def serve_worker(config: ServerConfig, client: AsyncClient, index: int) ->
     )
     attestor, _ = await pod_attestor(config, client, registry)
     server = issuer_server(
-        config, identity, issuer_service(config, attestor, registry, authority), attestor.known_pod
+        config, identity, issuer_service(config, attestor, registry, authority), attestor.pod_now
     )
     federation = Federation(
         client,
@@ -350,7 +350,7 @@ def issuer_server(
     service: IssuerService,
     pod_of: Callable[[str], str | None],
 ) -> grpc.aio.Server:
-    """The issuer API's server; `pod_of` says which pod a token verified before speaks for (CallBounds)."""
+    """The issuer API's server; `pod_of` tells at a call's start whose pod its token is (CallBounds)."""
     handshake_ms = int(config.grpc_handshake_timeout.total_seconds() * 1000)
     server = grpc.aio.server(
         options=[
@@ -366,7 +366,12 @@ def issuer_server(
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
         ],
     )
-    bounds = CallBounds(service, max_in_flight=config.max_concurrent_rpcs, pod_of=pod_of)
+    bounds = CallBounds(
+        service,
+        max_in_flight=config.max_concurrent_rpcs,
+        pod_of=pod_of,
+        request_timeout=config.grpc_handshake_timeout.total_seconds(),
+    )
     bounds.publish()
     server.add_generic_rpc_handlers((bounds,))
     server.add_secure_port(f"{config.listen_host}:{config.port}", identity.grpc_credentials())

@@ -8,13 +8,18 @@
   `grpc.http2.settings_timeout` (app.issuer_server).
 - At most `max_in_flight` calls, streams included, from their start to their end: a call that never sends
   its request counts too (a bound applied once the request is in would let such calls pile up).
-- Shares of that bound, so that no caller can hold all of it:
-  - a call whose token was verified before (`pod_of`, no I/O) counts for its pod, at most
-    MAX_CALLS_PER_POD at once (an agent holds one stream and mints one or a few at a time);
-  - a call whose token is new (a starting pod, a rotated token) or no token at all is nobody's yet: such
-    calls may wait for their request at most a quarter of `max_in_flight` at once. Once its request is in,
-    the call is attested like any other and leaves that share.
-  A caller without a valid token can thus delay new pods' first calls, but not the pods already served.
+- A call's token is verified at its start, as far as that needs no I/O (`pod_of`: the cluster's JWKS as
+  last fetched, the verified-token cache). A token that is missing, malformed, forged, expired or for
+  another audience is refused then (UNAUTHENTICATED, as the method would), so a caller without a valid
+  token holds nothing at all.
+- Shares of the bound, so that no caller can hold all of it:
+  - a call with a valid token counts for its pod, at most MAX_CALLS_PER_POD at once (an agent holds one
+    stream and mints one or a few at a time);
+  - a call whose token only I/O can decide (its key is not in the JWKS as last fetched and a fetch is due,
+    or the JWKS cannot be had and TokenReview decides) is nobody's yet: such calls wait for their request
+    at most a quarter of `max_in_flight` at once, and at most `request_timeout` each. Once its request is
+    in, the call is attested like any other and leaves that share. The JWKS fetch starts at once, so a
+    made-up key id is refused at the start of calls from then on.
 
 Each refusal is RESOURCE_EXHAUSTED, sent at once, counted in `kubespiffe_issuer_limit_refusals_total` and
 logged with the caller's address; how full each bound is shows in /metrics too (`publish`), so an
@@ -29,14 +34,15 @@ import asyncio
 import functools
 import logging
 from collections import Counter as Tally
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Never, TypeAlias
 
 import grpc
 from prometheus_client import Gauge
 
+from kubespiffe.attestation.token import TokenRejected
 from kubespiffe.proto import issuer_pb2_grpc
-from kubespiffe.server.issuer import LIMIT_REFUSALS, bearer
+from kubespiffe.server.issuer import DECISIONS, LIMIT_REFUSALS, bearer
 
 log = logging.getLogger("kubespiffed.issuer")
 
@@ -59,6 +65,16 @@ MAX_REQUEST_BYTES = 16 * 1024
 # Calls in flight of one pod (known by its token): its agent's stream, renewals, JWT-SVIDs for several
 # audiences at once, `kubespiffe fetch`.
 MAX_CALLS_PER_POD = 64
+# How long a call whose token could not be verified at its start may wait for its request (app passes
+# --grpc-handshake-timeout): a client sends its request with its headers, in the same write.
+REQUEST_TIMEOUT = 10.0
+# The `rpc` label IssuerService counts each method's decisions under.
+_RPC_LABELS = {
+    "MintX509SVID": "x509",
+    "MintJWTSVID": "jwt",
+    "WatchBundles": "bundles",
+    "WatchIdentity": "identity",
+}
 
 IN_FLIGHT = Gauge(
     "kubespiffe_issuer_calls_in_flight",
@@ -66,7 +82,7 @@ IN_FLIGHT = Gauge(
 )
 WAITING_UNVERIFIED = Gauge(
     "kubespiffe_issuer_calls_unverified",
-    "Issuer API calls from tokens not verified before, waiting for their request "
+    "Issuer API calls whose token only I/O can verify, waiting for their request "
     "(bound: a quarter of --max-concurrent-rpcs)",
 )
 BUSIEST_POD = Gauge(
@@ -76,7 +92,7 @@ BUSIEST_POD = Gauge(
 
 
 def unverified_share(max_in_flight: int) -> int:
-    """How many calls from tokens not verified before may wait for their request at once."""
+    """How many calls whose token only I/O can verify may wait for their request at once."""
     return max(1, max_in_flight // 4)
 
 
@@ -97,14 +113,20 @@ class CallBounds(GenericRpcHandler):
         pod_of: Callable[[str], str | None],
         max_per_pod: int = MAX_CALLS_PER_POD,
         max_metadata_bytes: int = MAX_METADATA_BYTES,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         collected = _Collected()
         issuer_pb2_grpc.add_IssuerServicer_to_server(servicer, collected)  # type: ignore[arg-type]
-        self._handlers = {
-            f"/{collected.service}/{name}": self._leaving_unverified(handler)
-            for name, handler in collected.handlers.items()
-        }
+        self._handlers: dict[str, Handler] = {}
+        self._awaiting_request: dict[str, Handler] = {}
+        self._rpc: dict[str, str] = {}
+        for name, handler in collected.handlers.items():
+            path = f"/{collected.service}/{name}"
+            self._handlers[path] = self._leaving_unverified(handler)
+            self._awaiting_request[path] = self._within_timeout(self._handlers[path])
+            self._rpc[path] = _RPC_LABELS[name]
         self._pod_of = pod_of
+        self._request_timeout = request_timeout
         self._max_in_flight = max_in_flight
         self._max_unverified = unverified_share(max_in_flight)
         self._max_per_pod = max_per_pod
@@ -150,11 +172,15 @@ class CallBounds(GenericRpcHandler):
         call = asyncio.current_task()
         if call is None:
             raise RuntimeError("grpc asked for an issuer handler outside a call's task")
-        pod = self._pod_of(bearer(metadata))
+        try:
+            pod = self._pod_of(bearer(metadata))
+        except TokenRejected as exc:
+            return self._token_refused(self._rpc[handler_call_details.method], str(exc))
         if pod is None:
             if len(self._unverified) >= self._max_unverified:
                 return self._unverified_busy
             self._unverified.add(call)
+            handler = self._awaiting_request[handler_call_details.method]
         elif self._per_pod[pod] >= self._max_per_pod:
             return self._pod_busy
         else:
@@ -201,6 +227,53 @@ class CallBounds(GenericRpcHandler):
             )
         raise TypeError("the Issuer service has unary requests only")
 
+    def _within_timeout(self, handler: Handler) -> Handler:
+        """`handler` for a call whose token only I/O can verify: it reads the request itself, within
+        `request_timeout`, then runs the method as grpc would have. grpc offers no deadline for a request
+        to arrive, and a call whose task is cancelled keeps its HTTP/2 stream open."""
+        method: Any
+        if handler.unary_unary is not None:
+            method = handler.unary_unary
+
+            async def unary(requests: Any, context: Context) -> Any:
+                return await method(await self._request_of(context), context)
+
+            return grpc.stream_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        method = handler.unary_stream
+
+        async def stream(requests: Any, context: Context) -> AsyncIterator[Any]:
+            async for response in method(await self._request_of(context), context):
+                yield response
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    async def _request_of(self, context: Context) -> Any:
+        try:
+            request = await asyncio.wait_for(context.read(), self._request_timeout)
+        except TimeoutError:
+            await _refuse(context, "request_timeout", f"no request within {self._request_timeout:g} s")
+        if request is grpc.aio.EOF:  # type: ignore[attr-defined]  # exported, not in the stubs
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended without its request")
+        return request
+
+    def _token_refused(self, rpc: str, reason: str) -> Handler:
+        """A call whose token is refused at its start: it ends as the method would end it."""
+
+        async def _refuse_token(requests: Any, context: Context) -> Never:
+            DECISIONS.labels(rpc, "token_rejected").inc()
+            log.warning("rejected peer=%s reason=%r", context.peer(), reason)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"token refused: {reason}")
+
+        return grpc.stream_unary_rpc_method_handler(_refuse_token)
+
     async def _refuse_metadata(self, requests: Any, context: Context) -> Never:
         await _refuse(context, "metadata_size", f"call metadata is larger than {self._max_metadata} bytes")
 
@@ -213,7 +286,7 @@ class CallBounds(GenericRpcHandler):
         await _refuse(context, "calls_per_pod", reason)
 
     async def _refuse_unverified_busy(self, requests: Any, context: Context) -> Never:
-        reason = f"{self._max_unverified} calls from new tokens waiting for their request"
+        reason = f"{self._max_unverified} calls from unverified tokens waiting for their request"
         await _refuse(context, "unverified_calls", reason, "kubespiffed is busy; retry later")
 
 

@@ -149,7 +149,8 @@ class ServerConfig:
     )
     grpc_handshake_timeout: dt.timedelta = setting(
         dt.timedelta(seconds=10),
-        "close issuer API connections that have not finished TLS and HTTP/2 setup by then",
+        "close issuer API connections that have not finished TLS and HTTP/2 setup by then, and end "
+        "calls whose token only I/O can verify that have not sent their request by then",
         low=dt.timedelta(seconds=1),
         high=dt.timedelta(minutes=5),
     )
