@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -38,6 +39,7 @@ from kubespiffe.authority.upstream import (
     parse_upstream_secret,
 )
 from kubespiffe.authority.x509ca import (
+    CLOCK_SKEW,
     X509Authority,
     create_intermediate_ca,
     create_self_signed_ca,
@@ -344,6 +346,38 @@ async def test_name_constraints_that_admit_the_trust_domain_are_fine() -> None:
     ca = await new_intermediate(_Fixed(_upstream(issued)), TD, KeyType.EC_P256, YEAR, NOW, PROBE, DNS)
     leaf = _svid(ca)
     assert verify_chain([leaf, *ca.chain], {TD: [issued.cert]}, NOW) == SpiffeId(TD, "/ns/a/sa/b")
+
+
+class _Later(_Fixed):
+    """An upstream that signs `later` than the `now` it was given, starting its certificate then, as
+    cert-manager's CA issuer does (no backdating; kubespiffed's own CAs start CLOCK_SKEW early)."""
+
+    def __init__(self, upstream: X509Authority, later: dt.timedelta) -> None:
+        super().__init__(upstream)
+        self.later = later
+
+    async def sign(
+        self, trust_domain: TrustDomain, key_type: KeyType, ttl: dt.timedelta, now: dt.datetime
+    ) -> X509Authority:
+        return create_intermediate_ca(
+            self.upstream, trust_domain, key_type, ttl, now + self.later + CLOCK_SKEW
+        )
+
+
+async def test_an_intermediate_starting_after_now_is_used_from_its_start() -> None:
+    """A CertificateRequest answered in the next second: its intermediate starts after `now` (CI run at
+    e540582: kubespiffed refused to start, "not valid before")."""
+    now = dt.datetime.now(dt.UTC)
+    root = _root_now()
+    later = dt.timedelta(seconds=1)  # the next second whatever `now`'s fraction: a start after `now`
+    started = time.monotonic()
+    ca = await new_intermediate(_Later(_upstream(root), later), TD, KeyType.EC_P256, YEAR, now, PROBE, DNS)
+    assert ca.certificate.not_valid_before_utc == (now + later).replace(microsecond=0)
+    assert time.monotonic() - started < 2.5, "waited for its start, no longer"
+    with pytest.raises(UpstreamError, match=r"is not valid before"):
+        await new_intermediate(
+            _Later(_upstream(root), CLOCK_SKEW * 2), TD, KeyType.EC_P256, YEAR, now, PROBE, DNS
+        )
 
 
 async def test_an_upstream_about_to_expire_is_refused() -> None:

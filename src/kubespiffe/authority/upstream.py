@@ -21,6 +21,7 @@ Without `ca.crt` the last certificate of `tls.crt` is the trust anchor (a root C
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime as dt
@@ -39,7 +40,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Secret
 
 from kubespiffe.authority.keys import KeyType, SigningKey, check_public_key, generate_key
-from kubespiffe.authority.x509ca import X509Authority, create_intermediate_ca, sign_x509_svid
+from kubespiffe.authority.x509ca import CLOCK_SKEW, X509Authority, create_intermediate_ca, sign_x509_svid
 from kubespiffe.errors import KubespiffeError
 from kubespiffe.spiffe.bundle import BundleError, parse_pem_certificates
 from kubespiffe.spiffe.spiffeid import SpiffeId, TrustDomain
@@ -187,8 +188,17 @@ async def new_intermediate(
     probe: SpiffeId,
     dns_names: Sequence[str] = (),
 ) -> X509Authority:
-    """An intermediate from `upstream`, refused (UpstreamError) unless SVIDs it signs will verify."""
+    """An intermediate from `upstream`, refused (UpstreamError) unless SVIDs it signs will verify.
+
+    An upstream signs when it gets to it, by its own clock: cert-manager's CA issuer starts a certificate
+    at the second it signs, which may come after `now` (a CertificateRequest takes its time). One that
+    starts at most CLOCK_SKEW after `now` is waited for and checked as of its start; a later start is
+    refused as not valid yet."""
     authority = await upstream.sign(trust_domain, key_type, ttl, now)
+    starts = authority.certificate.not_valid_before_utc
+    if now < starts <= now + CLOCK_SKEW:
+        await asyncio.sleep(max(0.0, (starts - dt.datetime.now(dt.UTC)).total_seconds()))
+        now = starts
     check_intermediate(authority, probe, dns_names, now, str(upstream))
     if authority.certificate.not_valid_after_utc < now + ttl:
         log.warning(
