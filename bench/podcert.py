@@ -109,7 +109,7 @@ async def main(total: int) -> None:
             await asyncio.to_thread(daemon.wait_ready, bundle)
             await asyncio.sleep(1)  # the one replica takes its Lease at once
             await burst(plane, admin, total)
-            log = (plane.log_dir / f"kubespiffed-{daemon.port}.log").read_text()
+            log = daemon.log.read_text()
             print(f"requests signed twice: {_signed_twice(log)} (target 0)")
         finally:
             daemon.stop()

@@ -38,7 +38,7 @@ class Running:
 
     @property
     def log(self) -> Path:
-        return self.daemon.plane.log_dir / f"kubespiffed-{self.daemon.port}.log"
+        return self.daemon.log
 
     async def fetch(self, token: str, **kwargs: Any) -> X509Result:
         return await fetch_x509(self.address, token, self.bundle, **kwargs)

@@ -94,7 +94,7 @@ class Cluster:
         return parse_pem_certificates(await authority_bundle_pem(self.kube, SECRET))
 
     def logs(self) -> str:
-        return "".join((d.plane.log_dir / f"kubespiffed-{d.port}.log").read_text() for d in self.daemons)
+        return "".join(d.log.read_text() for d in self.daemons)
 
 
 async def _stale_requests(kube: AsyncClient, node: Node, namespace: str) -> dict[str, Any]:

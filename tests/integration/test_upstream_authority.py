@@ -206,7 +206,7 @@ async def test_an_unusable_upstream_secret_stops_kubespiffed(
     assert daemon.process is not None
     code = await asyncio.to_thread(daemon.process.wait, 30)
     assert code != 0
-    text = (daemon.plane.log_dir / f"kubespiffed-{daemon.port}.log").read_text()
+    text = daemon.log.read_text()
     line = next((x for x in text.splitlines() if "refusing to start" in x), "")
     assert f"ERROR kubespiffed refusing to start: upstream Secret {NAMESPACE}/{upstream}" in line, text[
         -3000:

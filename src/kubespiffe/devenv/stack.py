@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +94,18 @@ class Kubespiffed:
     bundle_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
+    def __post_init__(self) -> None:
+        # A file of each instance's own (restarts append to it): its port is a free port, which a later
+        # instance may get too, and reading the earlier one's lines as its own misled a test.
+        if self.log_path is None:
+            self.log_path = self.plane.log_dir / f"kubespiffed-{self.port}-{uuid.uuid4().hex[:6]}.log"
+
+    @property
+    def log(self) -> Path:
+        """Where this kubespiffed writes (stdout and stderr), all its starts."""
+        assert self.log_path is not None
+        return self.log_path
+
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
@@ -102,7 +115,7 @@ class Kubespiffed:
         fd = os.open(kubeconfig, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(self.plane.token_kubeconfig(token))
-        log = (self.log_path or self.plane.log_dir / f"kubespiffed-{self.port}.log").open("ab")
+        log = self.log.open("ab")
         self.process = subprocess.Popen(
             [
                 sys.executable,
