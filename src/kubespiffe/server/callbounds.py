@@ -21,11 +21,11 @@
     in, the call is attested like any other and leaves that share. The JWKS fetch starts at once, so a
     made-up key id is refused at the start of calls from then on.
 
-Each refusal is RESOURCE_EXHAUSTED, sent at once, counted in `kubespiffe_issuer_limit_refusals_total` and
-logged with the caller's address; how full each bound is shows in /metrics too (`publish`), so an
-operator sees a bound coming before its refusals. grpc's own `maximum_concurrent_rpcs` refuses the same
-way but counts nothing. With a request message bounded too (MAX_REQUEST_BYTES), a call in flight holds at
-most 32 KiB of what its caller sent.
+Each bound's refusal is RESOURCE_EXHAUSTED, sent at once, counted in
+`kubespiffe_issuer_limit_refusals_total` and logged with the caller's address (so is a refused token).
+How full each bound is shows in /metrics too (`publish`), so an operator sees a bound coming before its
+refusals. grpc's own `maximum_concurrent_rpcs` refuses the same way but counts nothing. With a request
+message bounded too (MAX_REQUEST_BYTES), a call in flight holds at most 32 KiB of what its caller sent.
 """
 
 from __future__ import annotations

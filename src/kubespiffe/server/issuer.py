@@ -4,9 +4,10 @@ One log line per decision: `attested` with the pod and its SPIFFE IDs, or `rejec
 Tokens and keys never reach the log.
 
 One caller cannot degrade everyone: WatchBundles streams are bounded per pod (UID), and the bounds that
-hold from a call's start (metadata size; calls in flight overall, per pod, and from new tokens) are
-`callbounds.CallBounds`. Each refusal is RESOURCE_EXHAUSTED and counts in
-`kubespiffe_issuer_limit_refusals_total{limit}`.
+hold from a call's start (metadata size; calls in flight overall, per pod, and from tokens only I/O can
+verify; tokens refused without I/O) are `callbounds.CallBounds`. Each bound's refusal is
+RESOURCE_EXHAUSTED and counts in `kubespiffe_issuer_limit_refusals_total{limit}`; a token refused at a
+call's start is UNAUTHENTICATED, as here.
 """
 
 from __future__ import annotations
